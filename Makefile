@@ -1,0 +1,54 @@
+# The README's two commands are `make run` and `make test`; each installs what it needs, idempotently.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help run test lint typecheck unit integration doctor up clean
+
+help:
+	@echo "make run     start devstack (local Entra, managed identity, Key Vault, Graph) and run the doctor against it"
+	@echo "make test    ruff + mypy + the whole pytest suite"
+	@echo "make doctor  run the identity doctor against a running devstack (.devstack/env)"
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m devstack run
+
+up: $(STAMP)
+	$(PY) -m devstack up
+
+doctor: $(STAMP)
+	$(PY) -m shared.identity.doctor --env-file .devstack/env
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+# Every step must pass; pytest's own exit status (including 5, "no tests collected") fails the target.
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .devstack .mypy_cache .ruff_cache .pytest_cache tests/.artifacts

@@ -1,0 +1,212 @@
+"""``python -m devstack up | run``: start the local identity world on 127.0.0.1.
+
+* ``up``  starts the servers, writes ``<dir>/env`` and prints ``devstack ready``; serves until
+  SIGINT/SIGTERM.
+* ``run`` does the same, then runs the identity doctor against it (the main job grows here in
+  later issues); with ``--once`` it stops after the doctor and exits with the doctor's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from devstack.entra import EntraContext, entra_app, managed_identity_app
+from devstack.keyvault import VaultContext, keyvault_app
+from devstack.stats import Stats
+from devstack.tls import TlsFiles, create_tls
+from devstack.tokens import TokenIssuer
+from devstack.world import SCENARIO_DIR, build_world, load_scenario
+
+READY_LINE = "devstack ready"
+READY_TIMEOUT_S = 30
+LOOPBACK = "127.0.0.1"
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to devstack, which stops all servers together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class _Listener:
+    name: str
+    app: Starlette
+    sock: socket.socket
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        port = self.sock.getsockname()[1]
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{port}"
+
+
+def _bind(port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _write_env(path: Path, values: dict[str, str]) -> None:
+    lines = [f"{key}={value}" for key, value in values.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def _probe(url: str, tls: TlsFiles) -> None:
+    context = ssl.create_default_context(cafile=str(tls.ca_cert))
+    with urllib.request.urlopen(f"{url}/_devstack/stats", timeout=2, context=context) as response:  # noqa: S310
+        response.read()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    directory = Path(args.dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = create_tls(directory / "tls")
+    scenario = load_scenario(Path(args.scenario))
+    world = build_world(scenario)
+
+    entra_sock, mi_sock, vault_sock = _bind(), _bind(), _bind()
+    entra_url = f"https://{LOOPBACK}:{entra_sock.getsockname()[1]}"
+    vault_url = f"https://{LOOPBACK}:{vault_sock.getsockname()[1]}"
+    mi_url = f"http://{LOOPBACK}:{mi_sock.getsockname()[1]}"
+    # The Dataverse Web API emulator will listen here; Entra already knows it as a resource principal.
+    dataverse_url = f"https://{LOOPBACK}:{_free_port()}"
+
+    record_path = Path(args.record_secrets).resolve() if args.record_secrets else None
+    issuer = TokenIssuer(entra_url, world.tenant_id, record_path=record_path)
+    identity_header = secrets.token_urlsafe(24)
+    entra_ctx = EntraContext(world, issuer, Stats(), entra_url, [dataverse_url])
+    mi_ctx = EntraContext(world, issuer, Stats(), entra_url, [dataverse_url])
+    vault_ctx = VaultContext(world, issuer, Stats(), vault_url, entra_url)
+    listeners = [
+        _Listener("entra", entra_app(entra_ctx), entra_sock, tls=True),
+        _Listener("managed-identity", managed_identity_app(mi_ctx, identity_header), mi_sock, tls=False),
+        _Listener("keyvault", keyvault_app(vault_ctx), vault_sock, tls=True),
+    ]
+    if record_path is not None:
+        with record_path.open("a") as out:
+            for value in [*world.every_secret_value(), identity_header]:
+                out.write(value.replace("\n", "\\n") + "\n")
+
+    servers: list[_QuietServer] = []
+    for listener in listeners:
+        config = uvicorn.Config(
+            listener.app,
+            log_level=args.log_level,
+            access_log=args.log_level == "debug",
+            ssl_certfile=str(tls.server_cert_chain) if listener.tls else None,
+            ssl_keyfile=str(tls.server_key) if listener.tls else None,
+            lifespan="off",
+            timeout_keep_alive=30,
+        )
+        servers.append(_QuietServer(config))
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+    tasks = [asyncio.create_task(s.serve(sockets=[lst.sock])) for s, lst in zip(servers, listeners, strict=True)]
+    deadline = loop.time() + READY_TIMEOUT_S
+    while not all(s.started for s in servers):
+        if loop.time() > deadline or any(t.done() for t in tasks):
+            stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            print("devstack failed to start", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.02)
+    for listener in listeners:
+        await loop.run_in_executor(None, _probe, listener.url, tls)
+
+    env = {
+        "IDENTITY_ENDPOINT": f"{mi_url}/msi/token",
+        "IDENTITY_HEADER": identity_header,
+        "KEY_VAULT_URL": vault_url,
+        "DATAVERSE_URL": dataverse_url,
+        "DATAVERSE_TENANT_ID": world.tenant_id,
+        "ENTRA_AUTHORITY_HOST": entra_url,
+        "ENTRA_INSTANCE_DISCOVERY": "false",
+        "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
+        "GRAPH_URL": entra_url,
+        "REQUESTS_CA_BUNDLE": str(tls.bundle),
+        **world.settings,
+        "DEVSTACK_ENTRA_URL": entra_url,
+        "DEVSTACK_MANAGED_IDENTITY_URL": mi_url,
+        "DEVSTACK_KEY_VAULT_URL": vault_url,
+        "DEVSTACK_CA_CERT": str(tls.ca_cert),
+    }
+    env_path = directory / "env"
+    _write_env(env_path, env)
+    print(READY_LINE, flush=True)
+    print(f"  environment: {env_path}  (source it: set -a; . {env_path}; set +a)", flush=True)
+    for listener in listeners:
+        print(f"  {listener.name:<17} {listener.url}", flush=True)
+
+    exit_code = 0
+    if args.command == "run":
+        exit_code = await loop.run_in_executor(None, _run_doctor, env)
+        if args.once:
+            stop()
+        else:
+            print("devstack is serving; press Ctrl-C to stop.", flush=True)
+    await asyncio.gather(*tasks)
+    with contextlib.suppress(FileNotFoundError):
+        env_path.unlink()
+    print("devstack stopped", flush=True)
+    return exit_code
+
+
+def _run_doctor(env: dict[str, str]) -> int:
+    """Run the doctor in a fresh interpreter, as a Functions worker would see the settings."""
+    child_env = {**os.environ, **env}
+    return subprocess.call([sys.executable, "-m", "shared.identity.doctor"], env=child_env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=["up", "run"])
+    parser.add_argument("--scenario", default=str(SCENARIO_DIR / "default.yaml"), help="scenario YAML")
+    parser.add_argument("--dir", default=".devstack", help="state directory (env file, TLS material)")
+    parser.add_argument("--record-secrets", help="append every secret value and issued token to this file")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
+    args = parser.parse_args(argv)
+    return asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The one exception tree of dvbridge.
+
+::
+
+    DvbridgeError                 anything dvbridge raises on purpose
+    ├── ConfigError               settings missing or malformed; .problems lists every one
+    │   └── CredentialFormatError the credential held in Key Vault cannot be used as it is
+    └── AuthError                 a step of the identity chain failed; .code, .cause, .fix, .step
+
+Every error message is safe to log: no secret value or token is ever put into one.
+Callers chain the original exception (``raise ... from exc``) so the SDK detail stays available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DvbridgeError(Exception):
+    """Base of every error dvbridge raises on purpose."""
+
+
+class ConfigError(DvbridgeError):
+    """One or more settings are missing or malformed.
+
+    ``problems`` holds one line per problem, each naming the setting and showing a good value,
+    so a single start-up reports everything that needs fixing.
+    """
+
+    def __init__(self, problems: Sequence[str], *, heading: str = "invalid configuration") -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{heading} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class CredentialFormatError(ConfigError):
+    """The Dataverse credential found in Key Vault cannot be used (bad connection string, PEM, PFX)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__([problem], heading="unusable Dataverse credential")
+
+
+class AuthError(DvbridgeError):
+    """A step of the identity chain failed.
+
+    Attributes:
+        code: the service's code (``AADSTS7000215``, ``ForbiddenByRbac``, ``0x80072560``...)
+        cause: the likely cause, in words
+        fix: what to change, in words
+        step: which step of the chain failed (``managed_identity``, ``key_vault``, ``entra_token``...)
+        status: the HTTP status the service answered with, when there was one
+    """
+
+    def __init__(
+        self,
+        code: str,
+        *,
+        cause: str,
+        fix: str,
+        step: str,
+        detail: str = "",
+        status: int | None = None,
+    ) -> None:
+        self.code = code
+        self.cause = cause
+        self.fix = fix
+        self.step = step
+        self.detail = detail
+        self.status = status
+        text = f"[{step}] {code}: {cause} Fix: {fix}"
+        if detail:
+            text += f" (detail: {detail})"
+        super().__init__(text)
