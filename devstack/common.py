@@ -43,7 +43,10 @@ def stats_routes(stats: Stats) -> list[Route]:
         stats.reset()
         return JSONResponse({"reset": True})
 
-    return [Route("/_devstack/stats", show, methods=["GET"]), Route("/_devstack/stats/reset", reset, methods=["POST"])]
+    return [
+        Route("/_devstack/stats", show, methods=["GET"]),
+        Route("/_devstack/stats/reset", reset, methods=["POST"]),
+    ]
 
 
 def json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:

@@ -67,7 +67,12 @@ class EntraContext:
 
     def known_resources(self) -> set[str]:
         extra = {r.rstrip("/") for r in self.world.extra_resources}
-        return {VAULT_RESOURCE, GRAPH_RESOURCE, ARM_RESOURCE, *extra, *(r.rstrip("/") for r in self.dataverse_resources)}
+        dataverse = {r.rstrip("/") for r in self.dataverse_resources}
+        return {VAULT_RESOURCE, ARM_RESOURCE, *self.graph_resources(), *extra, *dataverse}
+
+    def graph_resources(self) -> set[str]:
+        # GRAPH_URL points at this server locally; its own URL is then the Graph resource too.
+        return {GRAPH_RESOURCE, self.base_url}
 
 
 def aadsts_error(ctx: EntraContext, code: int, description: str, **extra: Any) -> JSONResponse:
@@ -110,7 +115,11 @@ def entra_app(ctx: EntraContext) -> Starlette:
                 "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
                 "subject_types_supported": ["pairwise"],
                 "id_token_signing_alg_values_supported": ["RS256"],
-                "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
                 "scopes_supported": ["openid", "profile", "email", "offline_access"],
                 "tenant_region_scope": "EU",
                 "cloud_instance_name": "microsoftonline.com",
@@ -305,7 +314,9 @@ def _authenticate_client(
         token_endpoint = f"{ctx.base_url}/{tenant}/oauth2/v2.0/token"
         return _verify_assertion(ctx, app, fields["client_assertion"], token_endpoint, now)
     return aadsts_error(
-        ctx, 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."
+        ctx,
+        7000218,
+        "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
     )
 
 
@@ -412,20 +423,33 @@ def _graph_authorize(ctx: EntraContext, request: Request) -> Response | None:
     if token is None:
         return json_error(401, _graph_error("InvalidAuthenticationToken", "Access token is empty."))
     try:
-        claims = ctx.issuer.verify(token, GRAPH_RESOURCE)
+        claims = _verify_any(ctx, token, [*sorted(ctx.graph_resources()), GRAPH_APP_ID])
     except jwt.ExpiredSignatureError:
-        return json_error(401, _graph_error("InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."))
+        return json_error(
+            401,
+            _graph_error("InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."),
+        )
     except jwt.InvalidTokenError:
-        try:
-            ctx.issuer.verify(token, GRAPH_APP_ID)
-        except jwt.InvalidTokenError:
-            return json_error(
-                401, _graph_error("InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
-            )
-        claims = {}
+        return json_error(
+            401,
+            _graph_error("InvalidAuthenticationToken", "Access token validation failure. Invalid audience."),
+        )
     if not GRAPH_READ_ROLES & set(claims.get("roles", [])):
-        return json_error(403, _graph_error("Authorization_RequestDenied", "Insufficient privileges to complete the operation."))
+        return json_error(
+            403,
+            _graph_error("Authorization_RequestDenied", "Insufficient privileges to complete the operation."),
+        )
     return None
+
+
+def _verify_any(ctx: EntraContext, token: str, audiences: list[str]) -> dict[str, Any]:
+    last: jwt.InvalidTokenError = jwt.InvalidAudienceError("no audience")
+    for audience in audiences:
+        try:
+            return ctx.issuer.verify(token, audience)
+        except jwt.InvalidAudienceError as exc:
+            last = exc
+    raise last
 
 
 def _graph_filter(apps: list[Application], flt: str) -> list[Application] | None:
@@ -492,22 +516,30 @@ def managed_identity_app(ctx: EntraContext, identity_header: str) -> Starlette:
     async def msi_token(request: Request) -> Response:
         supplied = request.headers.get("x-identity-header", "")
         if not hmac.compare_digest(supplied.encode(), identity_header.encode()):
-            return json_error(401, {"statusCode": 401, "message": "Unauthorized: the X-IDENTITY-HEADER is missing or wrong."})
+            return json_error(
+                401,
+                {"statusCode": 401, "message": "Unauthorized: the X-IDENTITY-HEADER is missing or wrong."},
+            )
         params = request.query_params
         if not params.get("api-version"):
-            return json_error(400, {"statusCode": 400, "message": "api-version is required.", "correlationId": correlation_id()})
+            return json_error(
+                400,
+                {"statusCode": 400, "message": "api-version is required.", "correlationId": correlation_id()},
+            )
         resource = (params.get("resource") or "").rstrip("/")
         if resource.endswith("/.default"):
             resource = resource[: -len("/.default")]
         client_id = params.get("client_id")
         object_id = params.get("object_id")
-        identity = (
-            ctx.world.identity_by_object_id(object_id) if object_id else ctx.world.identity(client_id or None)
-        )
+        identity = ctx.world.identity_by_object_id(object_id) if object_id else ctx.world.identity(client_id or None)
         if identity is None:
             return json_error(
                 400,
-                {"statusCode": 400, "message": "Unable to load the proper Managed Identity.", "correlationId": correlation_id()},
+                {
+                    "statusCode": 400,
+                    "message": "Unable to load the proper Managed Identity.",
+                    "correlationId": correlation_id(),
+                },
             )
         if resource not in ctx.known_resources():
             # The proxy relays Entra's refusal; the exact envelope is UNCONFIRMED.
@@ -520,10 +552,14 @@ def managed_identity_app(ctx: EntraContext, identity_header: str) -> Starlette:
                     "correlationId": correlation_id(),
                 },
             )
-        roles = identity.graph_app_roles if resource == GRAPH_RESOURCE else []
+        roles = identity.graph_app_roles if resource in ctx.graph_resources() else []
         lifetime = ctx.world.mi_token_lifetime_s
         access_token, expires_at = ctx.issuer.issue(
-            audience=resource, app_id=identity.client_id, object_id=identity.object_id, roles=roles, lifetime_s=lifetime
+            audience=resource,
+            app_id=identity.client_id,
+            object_id=identity.object_id,
+            roles=roles,
+            lifetime_s=lifetime,
         )
         ctx.stats.record_token(identity.client_id, resource)
         return JSONResponse(

@@ -90,19 +90,25 @@ def keyvault_app(ctx: VaultContext) -> Starlette:
         token = bearer_token(request)
         if token is None:
             return None, json_error(
-                401, _kv_error("Unauthorized", "AKV10000: Request is missing a Bearer or PoP token."), ctx.challenge_headers()
+                401,
+                _kv_error("Unauthorized", "AKV10000: Request is missing a Bearer or PoP token."),
+                ctx.challenge_headers(),
             )
         try:
             claims = ctx.issuer.verify(token, VAULT_RESOURCE)
         except jwt.ExpiredSignatureError:
-            return None, json_error(401, _kv_error("Unauthorized", "AKV10022: Token is expired."), ctx.challenge_headers())
+            return None, json_error(
+                401, _kv_error("Unauthorized", "AKV10022: Token is expired."), ctx.challenge_headers()
+            )
         except jwt.InvalidAudienceError:
             return None, json_error(
                 401, _kv_error("Unauthorized", "AKV10022: Invalid audience."), ctx.challenge_headers()
             )
         except jwt.InvalidTokenError as exc:
             return None, json_error(
-                401, _kv_error("Unauthorized", f"AKV10032: Invalid token: {type(exc).__name__}."), ctx.challenge_headers()
+                401,
+                _kv_error("Unauthorized", f"AKV10032: Invalid token: {type(exc).__name__}."),
+                ctx.challenge_headers(),
             )
         identity = ctx.world.identity_by_object_id(str(claims.get("oid", "")))
         allowed: set[str] = set()
@@ -166,7 +172,8 @@ def keyvault_app(ctx: VaultContext) -> Starlette:
                 return not_found("secret", f"{name}/{version}")
             if not chosen.enabled:
                 return json_error(
-                    403, _kv_error("Forbidden", "Operation get is not allowed on a disabled secret.", "SecretDisabled")
+                    403,
+                    _kv_error("Forbidden", "Operation get is not allowed on a disabled secret.", "SecretDisabled"),
                 )
             return JSONResponse(secret_bundle(name, chosen))
 

@@ -79,4 +79,4 @@ def _route_template(scope: Scope) -> str:
         match, _ = route.matches(scope)
         if match == Match.FULL:
             return str(getattr(route, "path", scope["path"]))
-    return scope["path"]
+    return str(scope["path"])

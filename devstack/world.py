@@ -7,7 +7,6 @@ Certificates named in the scenario are generated here, so no key material lives 
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 import threading
 import uuid
@@ -275,9 +274,9 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
     for entry in vault.get("secrets") or []:
         world.secrets[entry["name"]] = [_secret_version(entry, world, when, now)]
     for entry in vault.get("certificates") or []:
-        key = _find_key(world, entry["from"], where=f"vault.certificates[{entry['name']}]")
+        credential = _find_key(world, entry["from"], where=f"vault.certificates[{entry['name']}]")
         content_type = entry.get("content_type", "application/x-pem-file")
-        value = key.pfx_base64() if content_type == "application/x-pkcs12" else key.pem_bundle()
+        value = credential.pfx_base64() if content_type == "application/x-pkcs12" else credential.pem_bundle()
         world.certificates[entry["name"]] = [
             SecretVersion(
                 version=new_version_id(),
@@ -285,12 +284,12 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
                 content_type=content_type,
                 tags=dict(entry.get("tags") or {}),
                 enabled=bool(entry.get("enabled", True)),
-                not_before=key.start,
-                expires=key.end,
+                not_before=credential.start,
+                expires=credential.end,
                 created=now,
                 updated=now,
                 managed=True,
-                certificate=key,
+                certificate=credential,
             )
         ]
 
@@ -305,7 +304,9 @@ def _secret_version(entry: dict[str, Any], world: World, when: Any, now: datetim
         app = _find_app(world, source["app"], where=f"vault.secrets[{entry['name']}]")
         password = next((p for p in app.passwords if p.display_name == source["password"]), None)
         if password is None:
-            raise ScenarioError(f"vault.secrets[{entry['name']}]: app {app.name} has no password {source['password']!r}")
+            raise ScenarioError(
+                f"vault.secrets[{entry['name']}]: app {app.name} has no password {source['password']!r}"
+            )
         value = password.value
         if source.get("format") == "connection_string":
             value = (

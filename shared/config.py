@@ -32,7 +32,7 @@ class EnvVars:
     DATAVERSE_URL = "DATAVERSE_URL"
     DATAVERSE_TENANT_ID = "DATAVERSE_TENANT_ID"
     DATAVERSE_CLIENT_ID = "DATAVERSE_CLIENT_ID"
-    DATAVERSE_CLIENT_SECRET_NAME = "DATAVERSE_CLIENT_SECRET_NAME"
+    DATAVERSE_CLIENT_SECRET_NAME = "DATAVERSE_CLIENT_SECRET_NAME"  # noqa: S105 - a setting's name
     DATAVERSE_CERTIFICATE_NAME = "DATAVERSE_CERTIFICATE_NAME"
     KEY_VAULT_URL = "KEY_VAULT_URL"
     AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
@@ -41,9 +41,9 @@ class EnvVars:
     KEY_VAULT_VERIFY_CHALLENGE_RESOURCE = "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"
     GRAPH_URL = "GRAPH_URL"
     STORAGE = "AzureWebJobsStorage"
-    SECRET_CACHE_TTL_S = "SECRET_CACHE_TTL_S"
-    SECRET_MAX_STALE_S = "SECRET_MAX_STALE_S"
-    TOKEN_REFRESH_MARGIN_S = "TOKEN_REFRESH_MARGIN_S"
+    SECRET_CACHE_TTL_S = "SECRET_CACHE_TTL_S"  # noqa: S105 - a setting's name
+    SECRET_MAX_STALE_S = "SECRET_MAX_STALE_S"  # noqa: S105 - a setting's name
+    TOKEN_REFRESH_MARGIN_S = "TOKEN_REFRESH_MARGIN_S"  # noqa: S105 - a setting's name
     HTTP_TIMEOUT_S = "HTTP_TIMEOUT_S"
 
 
@@ -107,8 +107,10 @@ class Settings:
                 f"{EnvVars.DATAVERSE_CLIENT_SECRET_NAME} and {EnvVars.DATAVERSE_CERTIFICATE_NAME} are both set:"
                 " set exactly one (the Key Vault secret or certificate that holds the Dataverse credential)"
             )
-        elif not secret_name and not cert_name and not reader.has_problem_for(
-            EnvVars.DATAVERSE_CLIENT_SECRET_NAME, EnvVars.DATAVERSE_CERTIFICATE_NAME
+        elif (
+            not secret_name
+            and not cert_name
+            and not reader.has_problem_for(EnvVars.DATAVERSE_CLIENT_SECRET_NAME, EnvVars.DATAVERSE_CERTIFICATE_NAME)
         ):
             reader.problem(
                 f"{EnvVars.DATAVERSE_CLIENT_SECRET_NAME} or {EnvVars.DATAVERSE_CERTIFICATE_NAME} is required:"

@@ -1,0 +1,15 @@
+"""dvbridge's entry point: build the FunctionApp and register one blueprint per capability.
+
+Nothing else belongs here; indexing imports this module, so it must import only azure.functions
+and the blueprints (which import their heavy dependencies lazily).
+"""
+
+import azure.functions as func
+
+from shared.health.functions import bp as health_bp
+from shared.logging import install_redaction
+
+install_redaction()
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(health_bp)

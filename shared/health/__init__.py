@@ -1,0 +1,1 @@
+"""Health: liveness and the identity doctor over HTTP."""

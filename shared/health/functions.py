@@ -1,0 +1,29 @@
+"""The health blueprint: its door to the Functions host. Parse, call, shape; nothing more.
+
+Only ``azure.functions`` is imported here at module level: indexing must stay light.
+"""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+JSON = "application/json"
+
+
+@bp.route(route="health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health_live(req: func.HttpRequest) -> func.HttpResponse:
+    """Liveness probe: the worker is up. The only anonymous route; it reveals nothing."""
+    return func.HttpResponse(json.dumps({"status": "alive"}), mimetype=JSON)
+
+
+@bp.route(route="health/doctor", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def health_doctor(req: func.HttpRequest) -> func.HttpResponse:
+    """Walk the identity chain and return the doctor's report; 503 when a step failed."""
+    from shared.identity.doctor import run_doctor
+
+    report = run_doctor()
+    return func.HttpResponse(json.dumps(report.to_dict()), status_code=200 if report.ok else 503, mimetype=JSON)

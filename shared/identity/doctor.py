@@ -1,0 +1,360 @@
+"""The doctor: walk the identity chain step by step and say, for each step, what is wrong and how
+to fix it.
+
+    settings -> managed identity -> Key Vault read -> credential -> credential expiry
+             -> Entra token -> token claims
+
+``python -m shared.identity.doctor [--json] [--env-file .devstack/env]`` prints the report and
+exits non-zero when a step failed; ``GET /api/health/doctor`` returns the same report as JSON.
+Tokens are never printed: only their claims (aud, appid, tid, exp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.config import Settings
+from shared.errors import AuthError, ConfigError
+
+EXPIRY_WARNING_DAYS = 30
+EXPIRY_DRIFT_TOLERANCE_S = 86400  # Key Vault's exp and Entra's endDateTime may differ by a day
+VAULT_SCOPE = "https://vault.azure.net/.default"
+GRAPH_TIMEOUT_S = 15
+ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag linking a secret to its Entra passwordCredential
+ICONS = {"ok": "✅", "warn": "⚠️ ", "fail": "❌", "skip": "⏭️ "}
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # ok | warn | fail | skip
+    summary: str
+    code: str | None = None
+    cause: str | None = None
+    fix: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DoctorReport:
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(s.status == "fail" for s in self.steps)
+
+    @property
+    def failed_step(self) -> StepResult | None:
+        return next((s for s in self.steps if s.status == "fail"), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "steps": [asdict(s) for s in self.steps]}
+
+    def render(self) -> str:
+        lines = ["dvbridge doctor: the identity chain", ""]
+        for step in self.steps:
+            lines.append(f"{ICONS[step.status]} {step.name:<18} {step.summary}")
+            if step.cause:
+                lines.append(f"     cause: {step.cause}")
+            if step.fix:
+                lines.append(f"     fix:   {step.fix}")
+        lines += [
+            "",
+            "all steps passed" if self.ok else f"failed at: {self.failed_step.name if self.failed_step else '?'}",
+        ]
+        return "\n".join(lines)
+
+
+def _failure(name: str, exc: AuthError | ConfigError) -> StepResult:
+    if isinstance(exc, AuthError):
+        return StepResult(name, "fail", f"{exc.code}: {exc.detail or exc.cause}", exc.code, exc.cause, exc.fix)
+    return StepResult(
+        name,
+        "fail",
+        f"{len(exc.problems)} problem(s)",
+        "ConfigError",
+        "; ".join(exc.problems),
+        "Correct the settings listed (app settings in Azure; .devstack/env or local.settings.json locally).",
+    )
+
+
+def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float] = time.time) -> DoctorReport:
+    """Run every step; a failed step makes the steps that depend on it ``skip``."""
+    from shared.identity.credential import load_credential
+    from shared.identity.managed_identity import managed_identity_credential
+    from shared.identity.secret_store import SecretStore, key_vault_error
+    from shared.identity.token_provider import DataverseTokenProvider
+    from shared.identity.worker import identity_label
+
+    report = DoctorReport()
+    remaining = [
+        "managed identity",
+        "key vault",
+        "credential",
+        "credential expiry",
+        "entra token",
+        "token claims",
+    ]
+
+    def skip_rest(reason: str) -> DoctorReport:
+        report.steps += [StepResult(n, "skip", f"skipped: {reason}") for n in remaining]
+        return report
+
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        report.steps.append(_failure("settings", exc))
+        return skip_rest("settings are invalid")
+    kind = "certificate" if settings.uses_certificate else "secret"
+    report.steps.append(
+        StepResult(
+            "settings",
+            "ok",
+            f"Dataverse {settings.dataverse_url}, app {settings.client_id}, credential: Key Vault {kind}"
+            f" {settings.credential_name}",
+        )
+    )
+
+    remaining.pop(0)
+    label = identity_label(settings)
+    credential = managed_identity_credential(settings.managed_identity_client_id)
+    try:
+        mi_token = credential.get_token(VAULT_SCOPE)
+    except Exception as exc:  # mapped to the catalogue
+        error = key_vault_error(exc, identity=label, vault=settings.key_vault_url, name=settings.credential_name)
+        report.steps.append(_failure("managed identity", error))
+        return skip_rest("no managed-identity token")
+    hours = (mi_token.expires_on - now()) / 3600
+    report.steps.append(StepResult("managed identity", "ok", f"{label} identity: Key Vault token valid {hours:.1f} h"))
+
+    remaining.pop(0)
+    store = SecretStore(
+        settings.key_vault_url,
+        credential,
+        ttl_s=0,  # the doctor always reads Key Vault itself
+        max_stale_s=0,
+        verify_challenge_resource=settings.verify_challenge_resource,
+        identity_label=label,
+    )
+    try:
+        secret = store.get(settings.credential_name)
+    except AuthError as exc:
+        report.steps.append(_failure("key vault", exc))
+        return skip_rest("the credential could not be read")
+    report.steps.append(
+        StepResult(
+            "key vault",
+            "ok",
+            f"read {settings.credential_name} (version {secret.version}, {secret.content_type or 'no content type'})",
+        )
+    )
+
+    remaining.pop(0)
+    try:
+        dv_credential = load_credential(settings, store)
+    except (AuthError, ConfigError) as exc:
+        report.steps.append(_failure("credential", exc))
+        return skip_rest("the credential is unusable")
+    described = (
+        f"certificate, thumbprint {dv_credential.thumbprint}"
+        if dv_credential.kind == "certificate"
+        else f"client secret ({len(dv_credential.secret or '')} characters)"
+    )
+    report.steps.append(StepResult("credential", "ok", described))
+
+    remaining.pop(0)
+    report.steps.append(_expiry_step(settings, credential, secret, dv_credential, now()))
+
+    remaining.pop(0)
+    provider = DataverseTokenProvider(settings, store)
+    try:
+        token = provider.token_for_invocation()
+    except (AuthError, ConfigError) as exc:
+        report.steps.append(_failure("entra token", exc))
+        return skip_rest("no Dataverse token")
+    report.steps.append(
+        StepResult(
+            "entra token",
+            "ok",
+            f"token for {settings.dataverse_scope}, valid {token.expires_in(now()) / 60:.0f} min",
+        )
+    )
+
+    remaining.pop(0)
+    report.steps.append(_claims_step(settings, token.value, now()))
+    return report
+
+
+def _expiry_step(settings: Settings, credential: Any, secret: Any, dv_credential: Any, now: float) -> StepResult:
+    ends: list[tuple[str, datetime]] = []
+    if secret.expires_on is not None:
+        ends.append(("Key Vault exp", secret.expires_on))
+    if dv_credential.not_after is not None:
+        ends.append(("certificate notAfter", dv_credential.not_after))
+    entra_end, graph_note = _entra_end_date(settings, credential, secret, dv_credential)
+    if entra_end is not None:
+        ends.append(("Entra endDateTime", entra_end))
+    if not ends:
+        return StepResult(
+            "credential expiry",
+            "warn",
+            "no expiry date known",
+            cause="The Key Vault object has no expiry date and Entra could not be read."
+            + (f" {graph_note}" if graph_note else ""),
+            fix="Set the secret's expiry date in Key Vault to the Entra secret's end date.",
+        )
+    label, soonest = min(ends, key=lambda item: item[1])
+    days = (soonest.timestamp() - now) / 86400
+    details = {name: value.isoformat() for name, value in ends}
+    drift = None
+    kv_exp = secret.expires_on
+    if (
+        entra_end is not None
+        and kv_exp is not None
+        and abs(kv_exp.timestamp() - entra_end.timestamp()) > EXPIRY_DRIFT_TOLERANCE_S
+    ):
+        drift = (
+            f"Key Vault says {kv_exp:%Y-%m-%d} but Entra ends the credential {entra_end:%Y-%m-%d}: Entra's date is the"
+            " one that stops authentication."
+        )
+    if days <= 0:
+        return StepResult(
+            "credential expiry",
+            "fail",
+            f"expired {-days:.0f} day(s) ago ({label} {soonest:%Y-%m-%d})",
+            "CredentialExpired",
+            "The Dataverse credential is past its end date.",
+            "Rotate it: new secret or certificate in Entra, new version in Key Vault with the new expiry date.",
+            details,
+        )
+    note = f"{label} {soonest:%Y-%m-%d}, in {days:.0f} day(s)"
+    if graph_note:
+        note += f"; {graph_note}"
+    if days <= EXPIRY_WARNING_DAYS or drift:
+        return StepResult(
+            "credential expiry",
+            "warn",
+            note,
+            "CredentialExpiringSoon" if days <= EXPIRY_WARNING_DAYS else "ExpiryDrift",
+            drift or f"The credential expires within {EXPIRY_WARNING_DAYS} days.",
+            "Rotate the credential before it expires and store the new end date in Key Vault.",
+            details,
+        )
+    return StepResult("credential expiry", "ok", note, details=details)
+
+
+def _entra_end_date(
+    settings: Settings, credential: Any, secret: Any, dv_credential: Any
+) -> tuple[datetime | None, str]:
+    """The Entra end date of the credential in use, via Graph; ``(None, why)`` when unavailable."""
+    import requests
+
+    from shared.identity.diagnosis import diagnose
+
+    try:
+        graph_token = credential.get_token(f"{settings.graph_url}/.default")
+        url = f"{settings.graph_url}/v1.0/applications(appId='{settings.client_id}')"
+        response = requests.get(
+            url,
+            params={"$select": "appId,passwordCredentials,keyCredentials"},
+            headers={"Authorization": f"Bearer {graph_token.token}"},
+            timeout=GRAPH_TIMEOUT_S,
+        )
+    except Exception as exc:  # Graph is optional for the doctor: report and move on
+        return None, f"Entra credentials not checked ({type(exc).__name__})"
+    if response.status_code != 200:
+        try:
+            code = response.json()["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = f"HTTP {response.status_code}"
+        found = diagnose(code, identity="the function app's managed identity")
+        return None, f"Entra credentials not checked ({code}: {found.fix})"
+    app = response.json()
+    if dv_credential.kind == "certificate":
+        wanted = bytes.fromhex(dv_credential.thumbprint or "")
+        for key in app.get("keyCredentials", []):
+            try:
+                if base64.b64decode(key.get("customKeyIdentifier") or "") == wanted:
+                    return _parse_graph_time(key["endDateTime"]), ""
+            except ValueError:
+                continue
+        return None, "certificate not found among the app's keyCredentials"
+    passwords = app.get("passwordCredentials", [])
+    key_id = (secret.tags or {}).get(ENTRA_KEY_ID_TAG)
+    match = next((p for p in passwords if key_id and p.get("keyId") == key_id), None)
+    if match is None:
+        hint = (dv_credential.secret or "")[:3]
+        hinted = [p for p in passwords if p.get("hint") == hint]
+        match = hinted[0] if len(hinted) == 1 else None
+    if match is None:
+        return None, "no Entra secret matched (tag the Key Vault secret with entraKeyId=<keyId>)"
+    return _parse_graph_time(match["endDateTime"]), ""
+
+
+def _parse_graph_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _claims_step(settings: Settings, token: str, now: float) -> StepResult:
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    aud = str(claims.get("aud", "")).rstrip("/")
+    shown = {k: claims.get(k) for k in ("aud", "appid", "tid", "exp")}
+    problems = []
+    if aud.lower() != settings.dataverse_url.lower():
+        problems.append(f"aud is {aud}, expected {settings.dataverse_url}")
+    if str(claims.get("appid", claims.get("azp", ""))).lower() != settings.client_id.lower():
+        problems.append(f"appid is {claims.get('appid')}, expected {settings.client_id}")
+    if str(claims.get("tid", "")).lower() != settings.tenant_id.lower() and "." not in settings.tenant_id:
+        problems.append(f"tid is {claims.get('tid')}, expected {settings.tenant_id}")
+    if float(claims.get("exp", 0)) <= now:
+        problems.append("the token is already expired")
+    summary = ", ".join(f"{k}={v}" for k, v in shown.items())
+    if problems:
+        return StepResult(
+            "token claims",
+            "fail",
+            summary,
+            "TokenClaimsMismatch",
+            "; ".join(problems),
+            "Dataverse accepts only tokens whose aud is the environment URL: check DATAVERSE_URL and the tenant.",
+            shown,
+        )
+    return StepResult("token claims", "ok", summary, details=shown)
+
+
+def _load_env_file(path: str) -> None:
+    for line in open(path, encoding="utf-8").read().splitlines():  # noqa: SIM115 - small file, read once
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value)  # the real environment wins
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m shared.identity.doctor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--env-file", help="KEY=VALUE file to load first (e.g. .devstack/env)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.env_file:
+        _load_env_file(args.env_file)
+    report = run_doctor()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
