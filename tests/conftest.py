@@ -1,0 +1,79 @@
+"""Shared fixtures. Integration tests talk to devstack subprocesses over real sockets.
+
+Every log record of the run also goes to tests/.artifacts/test-logs.txt at DEBUG level (SDK
+request logging included), which the secret-hygiene test scans at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.logging import install_redaction
+from tests.devstack_process import ARTIFACTS, RECORDED_SECRETS, ROOT, DevstackProcess
+
+SCENARIOS = Path(__file__).parent / "integration" / "scenarios"
+TEST_LOG = ARTIFACTS / "test-logs.txt"
+SETTING_PREFIXES = ("DATAVERSE_", "KEY_VAULT_", "IDENTITY_", "ENTRA_", "GRAPH_", "AZURE_CLIENT_ID", "SECRET_", "TOKEN_")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # A fresh record per run, unless a worker of this run already started one.
+    if not os.environ.get("DVBRIDGE_TEST_RUN"):
+        os.environ["DVBRIDGE_TEST_RUN"] = "1"
+        RECORDED_SECRETS.write_text("")
+        TEST_LOG.write_text("")
+    install_redaction()
+    handler = logging.FileHandler(TEST_LOG, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    # The SDKs' HTTP logging is what would leak headers and bodies: keep it on for the scan.
+    for name in ("azure", "msal", "urllib3", "shared", "devstack"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+@pytest.fixture(scope="session")
+def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
+    """devstack with the default scenario, as `make run` starts it."""
+    process = DevstackProcess(ROOT / "devstack" / "scenarios" / "default.yaml", tmp_path_factory.mktemp("ds"), "default")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def faults_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
+    """devstack with a world in which every catalogue failure can be produced."""
+    process = DevstackProcess(SCENARIOS / "faults.yaml", tmp_path_factory.mktemp("faults"), "faults")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """Apply a devstack's app settings (plus overrides) to os.environ, as a fresh worker would see them."""
+    from shared.identity.worker import reset_worker
+
+    for key in list(os.environ):
+        if key.startswith(SETTING_PREFIXES):
+            monkeypatch.delenv(key)
+
+    def apply(stack: DevstackProcess, **overrides: str) -> dict[str, str]:
+        settings = {**stack.app_settings(), **overrides}
+        for key, value in settings.items():
+            if value == "":
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        reset_worker()
+        return settings
+
+    yield apply
+    reset_worker()

@@ -1,0 +1,108 @@
+"""Run devstack as a real subprocess for tests (ephemeral ports, its own state directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / ".artifacts"
+RECORDED_SECRETS = ARTIFACTS / "devstack-secrets.txt"
+START_TIMEOUT_S = 60
+
+
+class DevstackProcess:
+    def __init__(self, scenario: Path, directory: Path, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.log_path = ARTIFACTS / f"devstack-{name}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "devstack",
+                "up",
+                "--scenario",
+                str(scenario),
+                "--dir",
+                str(directory),
+                "--record-secrets",
+                str(RECORDED_SECRETS),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        first = self.proc.stdout.readline()
+        if first.strip() != "devstack ready" or time.monotonic() > deadline:
+            self.stop()
+            raise RuntimeError(f"devstack did not start: {first!r}; see {self.log_path}")
+        self.env = _read_env(directory / "env")
+        self._ssl = ssl.create_default_context(cafile=self.env["DEVSTACK_CA_CERT"])
+
+    def url(self, server: str) -> str:
+        return {
+            "entra": self.env["DEVSTACK_ENTRA_URL"],
+            "mi": self.env["DEVSTACK_MANAGED_IDENTITY_URL"],
+            "keyvault": self.env["DEVSTACK_KEY_VAULT_URL"],
+        }[server]
+
+    def _call(self, server: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(  # noqa: S310 - loopback devstack URL
+            self.url(server) + path,
+            data=data,
+            method="POST" if data is not None or path.endswith("/reset") else "GET",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10, context=self._ssl) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def stats(self, server: str) -> dict[str, Any]:
+        return dict(self._call(server, "/_devstack/stats"))
+
+    def reset_stats(self) -> None:
+        for server in ("entra", "mi", "keyvault"):
+            self._call(server, "/_devstack/stats/reset", {})
+
+    def control(self, server: str, payload: dict[str, Any]) -> Any:
+        return self._call(server, "/_devstack/control", payload)
+
+    def app_settings(self) -> dict[str, str]:
+        """The settings a function app would see (devstack's own DEVSTACK_* entries left out)."""
+        return {k: v for k, v in self.env.items() if not k.startswith("DEVSTACK_")}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        values[key] = value
+    return values
+
+
+def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAVERSE_", "KEY_VAULT", "IDENTITY_"))}
+    env.update(extra)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
