@@ -35,6 +35,8 @@ from devstack.world import SCENARIO_DIR, build_world, load_scenario
 
 READY_LINE = "devstack ready"
 READY_TIMEOUT_S = 30
+# Idle TLS keep-alive connections never answer close_notify; don't wait for them on shutdown.
+GRACEFUL_SHUTDOWN_S = 2
 LOOPBACK = "127.0.0.1"
 
 
@@ -128,6 +130,7 @@ async def _serve(args: argparse.Namespace) -> int:
             ssl_keyfile=str(tls.server_key) if listener.tls else None,
             lifespan="off",
             timeout_keep_alive=30,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         servers.append(_QuietServer(config))
 

@@ -1,0 +1,71 @@
+"""After a rotation in Key Vault, the token provider uses the new secret: at once on AADSTS7000215,
+and at the next TTL refresh otherwise."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from shared.identity.worker import dataverse_token, token_provider
+
+pytestmark = pytest.mark.integration
+
+ROTATION_ADMIN = "7c0de000-0000-4000-8000-000000000003"
+
+
+def _rotate(stack, app: str, secret_name: str, vault_url: str) -> None:
+    """What an operator does: add a secret in Entra, store it as a new Key Vault version."""
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    new = stack.control("entra", {"add_password": {"app": app, "display_name": "v2"}})
+    client = SecretClient(vault_url, ManagedIdentityCredential(client_id=ROTATION_ADMIN), verify_challenge_resource=False)
+    client.set_secret(secret_name, new["value"])
+
+
+def _token_posts(stack) -> dict[str, int]:
+    return stack.stats("entra")["requests"].get("POST /{tenant}/oauth2/v2.0/token", {})
+
+
+def test_invalid_secret_triggers_an_immediate_reread(faults_devstack, app_env, caplog) -> None:
+    settings = app_env(
+        faults_devstack,
+        DATAVERSE_CLIENT_ID="1a2b3c4d-0000-4000-8000-000000000006",
+        DATAVERSE_CLIENT_SECRET_NAME="rotating-secret",
+    )
+    first = dataverse_token()
+    _rotate(faults_devstack, "rotating-app", "rotating-secret", settings["KEY_VAULT_URL"])
+    faults_devstack.control("entra", {"remove_password": {"app": "rotating-app", "display_name": "v1"}})
+    faults_devstack.reset_stats()
+
+    with caplog.at_level(logging.INFO):
+        second = token_provider().token_for_invocation(force_refresh=True)
+
+    assert second.value != first.value
+    assert _token_posts(faults_devstack) == {"401": 1, "200": 1}  # old secret refused, new one accepted
+    assert faults_devstack.stats("keyvault")["paths"]["GET /secrets/rotating-secret/"] == {"200": 1}
+    assert any("dataverse_credential_reloaded" in r.getMessage() and "AADSTS7000215" in r.getMessage() for r in caplog.records)
+
+
+def test_rotation_is_picked_up_at_the_next_ttl_refresh(faults_devstack, app_env, caplog) -> None:
+    settings = app_env(
+        faults_devstack,
+        DATAVERSE_CLIENT_ID="1a2b3c4d-0000-4000-8000-000000000007",
+        DATAVERSE_CLIENT_SECRET_NAME="ttl-secret",
+        SECRET_CACHE_TTL_S="1",
+    )
+    first = dataverse_token()
+    _rotate(faults_devstack, "ttl-app", "ttl-secret", settings["KEY_VAULT_URL"])
+    time.sleep(1.2)
+    with caplog.at_level(logging.INFO):
+        warm = dataverse_token()  # re-reads Key Vault (TTL passed), rebuilds MSAL, keeps the cached token
+    assert warm.value == first.value and warm.source == "cache"
+    assert any("msal_app_rebuilt" in r.getMessage() for r in caplog.records)
+
+    faults_devstack.control("entra", {"remove_password": {"app": "ttl-app", "display_name": "v1"}})
+    faults_devstack.reset_stats()
+    fresh = token_provider().token_for_invocation(force_refresh=True)
+    assert fresh.value != first.value
+    assert _token_posts(faults_devstack) == {"200": 1}  # the new secret was already in use: no refusal
