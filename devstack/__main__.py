@@ -115,10 +115,8 @@ async def _serve(args: argparse.Namespace) -> int:
         _Listener("managed-identity", managed_identity_app(mi_ctx, identity_header), mi_sock, tls=False),
         _Listener("keyvault", keyvault_app(vault_ctx), vault_sock, tls=True),
     ]
-    if record_path is not None:
-        with record_path.open("a") as out:
-            for value in [*world.every_secret_value(), identity_header]:
-                out.write(value.replace("\n", "\\n") + "\n")
+    for value in [*world.every_secret_value(), identity_header]:
+        issuer.record(value)
 
     servers: list[_QuietServer] = []
     for listener in listeners:

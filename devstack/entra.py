@@ -256,6 +256,7 @@ def entra_app(ctx: EntraContext) -> Starlette:
                     end=datetime.fromtimestamp(time.time() + float(spec.get("lifetime_s", 86400 * 180)), UTC),
                 )
                 app.passwords.append(password)
+                ctx.issuer.record(password.value)
                 return JSONResponse({"key_id": password.key_id, "value": password.value})
             if "remove_password" in action:
                 spec = action["remove_password"]

@@ -249,6 +249,7 @@ def keyvault_app(ctx: VaultContext) -> Starlette:
             created=now,
             updated=now,
         )
+        ctx.issuer.record(version.value)
         with ctx.world.lock:
             ctx.world.secrets.setdefault(name, []).append(version)
         return JSONResponse(secret_bundle(name, version))

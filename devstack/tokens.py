@@ -68,10 +68,14 @@ class TokenIssuer:
         if roles:
             claims["roles"] = roles
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": "JWT"})
+        self.record(token)
+        return token, expires_at
+
+    def record(self, value: str) -> None:
+        """Append a token or secret value to the hygiene record (when recording)."""
         if self._record_path is not None:
             with self._record_lock, self._record_path.open("a") as out:
-                out.write(token + "\n")
-        return token, expires_at
+                out.write(value.replace("\n", "\\n") + "\n")
 
     def verify(self, token: str, audience: str) -> dict[str, Any]:
         """Verify signature, issuer, audience and expiry; raise ``jwt.InvalidTokenError`` otherwise."""

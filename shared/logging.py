@@ -92,7 +92,7 @@ class JsonLineFormatter(logging.Formatter):
             line.update({k: v for k, v in fields.items() if k not in line})
         if record.exc_text:
             line["exception"] = record.exc_text
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:

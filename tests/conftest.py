@@ -43,7 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
     """devstack with the default scenario, as `make run` starts it."""
-    process = DevstackProcess(ROOT / "devstack" / "scenarios" / "default.yaml", tmp_path_factory.mktemp("ds"), "default")
+    process = DevstackProcess(
+        ROOT / "devstack" / "scenarios" / "default.yaml", tmp_path_factory.mktemp("ds"), "default"
+    )
     yield process
     process.stop()
 

@@ -70,6 +70,7 @@ class SecretStore:
         verify_challenge_resource: bool = True,
         identity_label: str = "system-assigned",
         clock: Callable[[], float] = time.monotonic,
+        secret_client: SecretClient | None = None,
     ) -> None:
         self.vault_url = vault_url
         self._credential = credential
@@ -80,7 +81,7 @@ class SecretStore:
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._client: SecretClient | None = None
+        self._client: SecretClient | None = secret_client  # injectable, like a transport
         self._cert_client: CertificateClient | None = None
 
     def __repr__(self) -> str:

@@ -36,24 +36,37 @@ CASES = [
         "0badc0de-0000-4000-8000-000000000000",
         "DATAVERSE_CLIENT_ID",
     ),
-    Case("AADSTS7000215", {"DATAVERSE_CLIENT_SECRET_NAME": "wrong-secret"}, "entra token", "wrong-secret", "new version"),
+    Case(
+        "AADSTS7000215", {"DATAVERSE_CLIENT_SECRET_NAME": "wrong-secret"}, "entra token", "wrong-secret", "new version"
+    ),
     Case(
         "AADSTS7000222",
-        {"DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000002", "DATAVERSE_CLIENT_SECRET_NAME": "expired-secret"},
+        {
+            "DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000002",
+            "DATAVERSE_CLIENT_SECRET_NAME": "expired-secret",
+        },
         "credential expiry",  # the doctor already sees the Entra end date has passed
         "expired-secret",
         "new client secret",
     ),
     Case(
         "AADSTS700027",
-        {**CERT, "DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000004", "DATAVERSE_CERTIFICATE_NAME": "mismatch-cert"},
+        {
+            **CERT,
+            "DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000004",
+            "DATAVERSE_CERTIFICATE_NAME": "mismatch-cert",
+        },
         "entra token",
         "mismatch-cert",
         "upload",
     ),
     Case(
         "AADSTS700027",
-        {**CERT, "DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000005", "DATAVERSE_CERTIFICATE_NAME": "lapsed-cert"},
+        {
+            **CERT,
+            "DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000005",
+            "DATAVERSE_CERTIFICATE_NAME": "lapsed-cert",
+        },
         "credential expiry",
         "lapsed-cert",
         "validity",
@@ -82,15 +95,38 @@ CASES = [
     ),
     Case(
         "AADSTS65001",
-        {"DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000003", "DATAVERSE_CLIENT_SECRET_NAME": "consent-secret"},
+        {
+            "DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000003",
+            "DATAVERSE_CLIENT_SECRET_NAME": "consent-secret",
+        },
         "entra token",
         "1a2b3c4d-0000-4000-8000-000000000003",
         "admin consent",
     ),
-    Case("ForbiddenByRbac", {"AZURE_CLIENT_ID": "7c0de000-0000-4000-8000-000000000001"}, "key vault", "7c0de000", "Key Vault Secrets User"),
-    Case("SecretNotFound", {"DATAVERSE_CLIENT_SECRET_NAME": "no-such-secret"}, "key vault", "no-such-secret", "DATAVERSE_CLIENT_SECRET_NAME"),
-    Case("SecretDisabled", {"DATAVERSE_CLIENT_SECRET_NAME": "disabled-secret"}, "key vault", "disabled-secret", "Enable"),
-    Case("ManagedIdentityUnavailable", {"IDENTITY_HEADER": "not-the-header"}, "managed identity", "IDENTITY_HEADER", "Enable the system-assigned"),
+    Case(
+        "ForbiddenByRbac",
+        {"AZURE_CLIENT_ID": "7c0de000-0000-4000-8000-000000000001"},
+        "key vault",
+        "7c0de000",
+        "Key Vault Secrets User",
+    ),
+    Case(
+        "SecretNotFound",
+        {"DATAVERSE_CLIENT_SECRET_NAME": "no-such-secret"},
+        "key vault",
+        "no-such-secret",
+        "DATAVERSE_CLIENT_SECRET_NAME",
+    ),
+    Case(
+        "SecretDisabled", {"DATAVERSE_CLIENT_SECRET_NAME": "disabled-secret"}, "key vault", "disabled-secret", "Enable"
+    ),
+    Case(
+        "ManagedIdentityUnavailable",
+        {"IDENTITY_HEADER": "not-the-header"},
+        "managed identity",
+        "IDENTITY_HEADER",
+        "Enable the system-assigned",
+    ),
     Case(
         "ManagedIdentityNotFound",
         {"AZURE_CLIENT_ID": str(uuid.UUID(int=7))},
@@ -98,7 +134,13 @@ CASES = [
         str(uuid.UUID(int=7)),
         "Attach the identity",
     ),
-    Case("ChallengeResourceMismatch", {"KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "true"}, "key vault", "vault.azure.net", "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"),
+    Case(
+        "ChallengeResourceMismatch",
+        {"KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "true"},
+        "key vault",
+        "vault.azure.net",
+        "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
+    ),
     Case("KeyVaultUnreachable", {"KEY_VAULT_URL": "https://127.0.0.1:9"}, "key vault", "127.0.0.1:9", "KEY_VAULT_URL"),
 ]
 
@@ -119,7 +161,8 @@ def test_catalogue_failure_is_explained(case: Case, faults_devstack, app_env) ->
     error = caught.value
     assert error.code == case.code
     entry = CATALOGUE[case.code]
-    assert error.cause and error.fix
+    assert error.cause
+    assert error.fix
     assert case.cause_mentions in error.cause + error.detail
     assert case.fix_mentions in error.fix
     assert entry.fix.split("{")[0][:30] in error.fix  # the catalogue's fix, filled in
@@ -168,8 +211,10 @@ def test_password_connection_string_is_refused_with_the_way_out(faults_devstack,
         dataverse_token()
     message = str(caught.value)
     assert password not in message
-    assert "AuthType=OAuth" in message and "MFA" in message
+    assert "AuthType=OAuth" in message
+    assert "MFA" in message
     assert "application user" in message
     report = run_doctor()
-    assert report.failed_step is not None and report.failed_step.name == "credential"
+    assert report.failed_step is not None
+    assert report.failed_step.name == "credential"
     assert password not in str(report.to_dict())

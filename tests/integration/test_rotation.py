@@ -21,7 +21,9 @@ def _rotate(stack, app: str, secret_name: str, vault_url: str) -> None:
     from azure.keyvault.secrets import SecretClient
 
     new = stack.control("entra", {"add_password": {"app": app, "display_name": "v2"}})
-    client = SecretClient(vault_url, ManagedIdentityCredential(client_id=ROTATION_ADMIN), verify_challenge_resource=False)
+    client = SecretClient(
+        vault_url, ManagedIdentityCredential(client_id=ROTATION_ADMIN), verify_challenge_resource=False
+    )
     client.set_secret(secret_name, new["value"])
 
 
@@ -46,7 +48,9 @@ def test_invalid_secret_triggers_an_immediate_reread(faults_devstack, app_env, c
     assert second.value != first.value
     assert _token_posts(faults_devstack) == {"401": 1, "200": 1}  # old secret refused, new one accepted
     assert faults_devstack.stats("keyvault")["paths"]["GET /secrets/rotating-secret/"] == {"200": 1}
-    assert any("dataverse_credential_reloaded" in r.getMessage() and "AADSTS7000215" in r.getMessage() for r in caplog.records)
+    assert any(
+        "dataverse_credential_reloaded" in r.getMessage() and "AADSTS7000215" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_rotation_is_picked_up_at_the_next_ttl_refresh(faults_devstack, app_env, caplog) -> None:
@@ -61,7 +65,8 @@ def test_rotation_is_picked_up_at_the_next_ttl_refresh(faults_devstack, app_env,
     time.sleep(1.2)
     with caplog.at_level(logging.INFO):
         warm = dataverse_token()  # re-reads Key Vault (TTL passed), rebuilds MSAL, keeps the cached token
-    assert warm.value == first.value and warm.source == "cache"
+    assert warm.value == first.value
+    assert warm.source == "cache"
     assert any("msal_app_rebuilt" in r.getMessage() for r in caplog.records)
 
     faults_devstack.control("entra", {"remove_password": {"app": "ttl-app", "display_name": "v1"}})
