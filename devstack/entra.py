@@ -62,6 +62,9 @@ class EntraContext:
     base_url: str
     dataverse_resources: list[str]
 
+    fail_token_requests: int = 0  # fault: answer the next N token requests with 503
+    retry_after_s: int = 5
+
     def now(self) -> float:
         return time.time() + self.world.clock_offset_s
 
@@ -131,6 +134,16 @@ def entra_app(ctx: EntraContext) -> Starlette:
 
     async def token(request: Request) -> Response:
         tenant = request.path_params["tenant"]
+        if ctx.fail_token_requests > 0:
+            ctx.fail_token_requests -= 1
+            return JSONResponse(
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "AADSTS90033: A transient error has occurred.",
+                },
+                status_code=503,
+                headers={"Retry-After": str(ctx.retry_after_s)},
+            )
         fields = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
         if not _tenant_matches(ctx, tenant):
             return aadsts_error(ctx, 90002, _tenant_not_found(tenant))
@@ -243,6 +256,8 @@ def entra_app(ctx: EntraContext) -> Starlette:
         """Test-only faults and changes: clock offset, add or remove an app password."""
         action = await request.json()
         with ctx.world.lock:
+            if "fail_token_requests" in action:
+                ctx.fail_token_requests = int(action["fail_token_requests"])
             if "clock_offset_s" in action:
                 ctx.world.clock_offset_s = float(action["clock_offset_s"])
             if "add_password" in action:

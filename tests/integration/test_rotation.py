@@ -74,3 +74,35 @@ def test_rotation_is_picked_up_at_the_next_ttl_refresh(faults_devstack, app_env,
     fresh = token_provider().token_for_invocation(force_refresh=True)
     assert fresh.value != first.value
     assert _token_posts(faults_devstack) == {"200": 1}  # the new secret was already in use: no refusal
+
+
+def test_entra_outage_raises_the_same_typed_error(faults_devstack, app_env) -> None:
+    """MSAL raises MsalServiceError on 5xx (instead of returning an error dict): still one AuthError."""
+    from shared.errors import AuthError
+
+    app_env(faults_devstack)
+    faults_devstack.control("entra", {"fail_token_requests": 1})
+    with pytest.raises(AuthError) as caught:
+        dataverse_token()
+    assert caught.value.code == "EntraUnavailable"
+    assert "503" in caught.value.detail
+    assert "retries" in caught.value.fix
+
+
+def test_refresh_margin_wider_than_msal_forces_a_new_token(faults_devstack, app_env) -> None:
+    """Tokens live 3599 s; with a 3597 s margin a 3-second-old token is too old for an invocation,
+    although MSAL's own 300 s rule would still serve it from the cache."""
+    import dataclasses
+
+    from shared.identity.token_provider import DataverseTokenProvider
+    from shared.identity.worker import secret_store, settings
+
+    app_env(faults_devstack)
+    provider = DataverseTokenProvider(dataclasses.replace(settings(), token_refresh_margin_s=3597), secret_store())
+    first = provider.token_for_invocation()
+    assert provider.token_for_invocation().source == "cache"
+    time.sleep(3)
+    second = provider.token_for_invocation()
+    assert second.source == "identity_provider"
+    assert second.value != first.value
+    assert second.expires_in() > 3590
