@@ -106,3 +106,21 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     env.update(extra)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+def run_python(script: str, stack: DevstackProcess, timeout_s: int = 120) -> Any:
+    """Run ``script`` in a fresh interpreter with ``stack``'s app settings; return its last line as JSON."""
+    import logging
+
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        env=subprocess_env(stack.app_settings()),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    logging.getLogger("tests.subprocess").info("stderr of a worker subprocess:\n%s", completed.stderr)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])

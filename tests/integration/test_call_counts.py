@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.devstack_process import ROOT, subprocess_env
+from tests.devstack_process import run_python
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +27,7 @@ WORKER = textwrap.dedent(
 
 def test_warm_invocations_reuse_every_token(devstack) -> None:
     devstack.reset_stats()
-    completed = subprocess.run(
-        [sys.executable, "-c", WORKER],
-        env=subprocess_env(devstack.app_settings()),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    out = run_python(WORKER, devstack)
     assert out["distinct"] == 1
     assert out["sources"][0] == "identity_provider"
     assert set(out["sources"][1:]) == {"cache"}

@@ -3,14 +3,11 @@ secrets/-certificates, msal) read the Dataverse secret and certificate and get D
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.devstack_process import ROOT, subprocess_env
+from tests.devstack_process import run_python
 
 pytestmark = pytest.mark.integration
 
@@ -59,17 +56,7 @@ SCRIPT = textwrap.dedent(
 
 def test_unmodified_sdks_complete_the_chain(devstack) -> None:
     devstack.reset_stats()
-    completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=subprocess_env(devstack.app_settings()),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    out = run_python(SCRIPT, devstack)
     dataverse = devstack.env["DATAVERSE_URL"]
     assert out["secret_token_aud"] == dataverse
     assert out["cert_token_aud"] == dataverse
