@@ -26,6 +26,8 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
+from devstack.dataverse.build import build_dataverse
+from devstack.dataverse.server import dataverse_app
 from devstack.entra import EntraContext, entra_app, managed_identity_app
 from devstack.keyvault import VaultContext, keyvault_app
 from devstack.stats import Stats
@@ -70,12 +72,6 @@ def _bind(port: int = 0) -> socket.socket:
     return sock
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
 def _write_env(path: Path, values: dict[str, str]) -> None:
     lines = [f"{key}={value}" for key, value in values.items()]
     tmp = path.with_suffix(".tmp")
@@ -97,12 +93,11 @@ async def _serve(args: argparse.Namespace) -> int:
     scenario = load_scenario(Path(args.scenario))
     world = build_world(scenario)
 
-    entra_sock, mi_sock, vault_sock = _bind(), _bind(), _bind()
+    entra_sock, mi_sock, vault_sock, dataverse_sock = _bind(), _bind(), _bind(), _bind()
     entra_url = f"https://{LOOPBACK}:{entra_sock.getsockname()[1]}"
     vault_url = f"https://{LOOPBACK}:{vault_sock.getsockname()[1]}"
     mi_url = f"http://{LOOPBACK}:{mi_sock.getsockname()[1]}"
-    # The Dataverse Web API emulator will listen here; Entra already knows it as a resource principal.
-    dataverse_url = f"https://{LOOPBACK}:{_free_port()}"
+    dataverse_url = f"https://{LOOPBACK}:{dataverse_sock.getsockname()[1]}"
 
     record_path = Path(args.record_secrets).resolve() if args.record_secrets else None
     issuer = TokenIssuer(entra_url, world.tenant_id, record_path=record_path)
@@ -110,10 +105,19 @@ async def _serve(args: argparse.Namespace) -> int:
     entra_ctx = EntraContext(world, issuer, Stats(), entra_url, [dataverse_url])
     mi_ctx = EntraContext(world, issuer, Stats(), entra_url, [dataverse_url])
     vault_ctx = VaultContext(world, issuer, Stats(), vault_url, entra_url)
+    dataverse_ctx = build_dataverse(
+        scenario,
+        world,
+        issuer,
+        org_url=dataverse_url,
+        authority=f"{entra_url}/{world.tenant_id}",
+        db_path=None if args.memory else directory / "dataverse.sqlite",
+    )
     listeners = [
         _Listener("entra", entra_app(entra_ctx), entra_sock, tls=True),
         _Listener("managed-identity", managed_identity_app(mi_ctx, identity_header), mi_sock, tls=False),
         _Listener("keyvault", keyvault_app(vault_ctx), vault_sock, tls=True),
+        _Listener("dataverse", dataverse_app(dataverse_ctx), dataverse_sock, tls=True),
     ]
     for value in [*world.every_secret_value(), identity_header]:
         issuer.record(value)
@@ -168,6 +172,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "DEVSTACK_ENTRA_URL": entra_url,
         "DEVSTACK_MANAGED_IDENTITY_URL": mi_url,
         "DEVSTACK_KEY_VAULT_URL": vault_url,
+        "DEVSTACK_DATAVERSE_URL": dataverse_url,
         "DEVSTACK_CA_CERT": str(tls.ca_cert),
     }
     env_path = directory / "env"
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=".devstack", help="state directory (env file, TLS material)")
     parser.add_argument("--record-secrets", help="append every secret value and issued token to this file")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--memory", action="store_true", help="keep the Dataverse store in memory")
     parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
     args = parser.parse_args(argv)
     return asyncio.run(_serve(args))

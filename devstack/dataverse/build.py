@@ -1,0 +1,45 @@
+"""Build the emulator's context from the scenario's ``dataverse:`` section."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from devstack.dataverse.metadata import load_tables
+from devstack.dataverse.server import ApplicationUser, DataverseContext
+from devstack.dataverse.store import Store
+from devstack.tokens import TokenIssuer
+from devstack.world import World
+
+ALL_OPERATIONS = {"create", "read", "write", "delete"}
+
+
+def build_dataverse(
+    scenario: dict[str, Any], world: World, issuer: TokenIssuer, *, org_url: str, authority: str, db_path: Path | None
+) -> DataverseContext:
+    section = scenario.get("dataverse") or {}
+    tables = load_tables(section.get("tables") or [])
+    roles: dict[str, dict[str, set[str]]] = {}
+    for role, grants in (section.get("roles") or {}).items():
+        roles[role] = {table: (ALL_OPERATIONS if ops == "all" else set(ops)) for table, ops in (grants or {}).items()}
+    users: dict[str, ApplicationUser] = {}
+    for entry in section.get("application_users") or []:
+        app = world.applications.get(entry["app"])
+        app_id = app.app_id if app else str(entry["app"])
+        users[app_id.lower()] = ApplicationUser(
+            app_id=app_id, user_id=str(entry.get("user_id") or uuid.uuid4()), roles=list(entry.get("roles") or [])
+        )
+    if db_path is not None and db_path.exists():
+        db_path.unlink()  # each start begins from the scenario's state
+    return DataverseContext(
+        tables=tables,
+        store=Store(db_path),
+        issuer=issuer,
+        org_url=org_url,
+        authority=authority,
+        users=users,
+        roles=roles,
+        organization_id=str(section.get("organization_id") or uuid.uuid4()),
+        business_unit_id=str(section.get("business_unit_id") or uuid.uuid4()),
+    )

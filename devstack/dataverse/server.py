@@ -1,0 +1,668 @@
+"""The Dataverse Web API v9.2 emulator's HTTP surface (reference/dataverse-web-api.md §0-§2, §4, §6, §9).
+
+Implemented so far: auth and privileges, WhoAmI, EntityDefinitions, single-record create/read/
+update/upsert/delete with the conditional-header table of §1.3, and collection queries with
+$select/$filter/$orderby/$top/$count and paging. ($batch, bulk messages, change tracking, service
+protection limits and outgoing webhooks are not built yet.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from devstack.common import bearer_token, stats_routes
+from devstack.dataverse.metadata import Attribute, Table, entity_definition, picklist_definition
+from devstack.dataverse.odata import ODataSyntaxError, compile_filter, normalize_datetime, parse_key_segment
+from devstack.dataverse.store import Record, Store
+from devstack.stats import Stats, StatsMiddleware
+from devstack.tokens import TokenIssuer
+
+API_PREFIX = "/api/data/v9.2"
+MAX_PAGE_SIZE = 5000  # default and maximum (reference §2.3)
+COUNT_CAP = 5000
+JSON_TYPE = "application/json; odata.metadata=minimal"
+OPERATIONS = {"create": "Create", "read": "Read", "write": "Write", "delete": "Delete"}
+DOP_HINT = 4  # x-ms-dop-hint: 4 x web servers (DESIGN §5); one web server until the cost model lands
+
+
+class DataverseFault(Exception):
+    """An error answered in the reference's shape: ``{"error": {"code", "message"}}``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+@dataclass
+class ApplicationUser:
+    app_id: str
+    user_id: str
+    roles: list[str]
+
+
+@dataclass
+class DataverseContext:
+    tables: dict[str, Table]
+    store: Store
+    issuer: TokenIssuer
+    org_url: str
+    authority: str  # <authority host>/<tenant>
+    users: dict[str, ApplicationUser]  # by app id
+    roles: dict[str, dict[str, set[str]]]  # role -> table -> operations
+    organization_id: str
+    business_unit_id: str
+    stats: Stats = field(default_factory=Stats)
+
+    @property
+    def root(self) -> str:
+        return f"{self.org_url}{API_PREFIX}"
+
+    def table_by_set(self, entity_set: str) -> Table | None:
+        return next((t for t in self.tables.values() if t.entity_set == entity_set), None)
+
+
+def error_response(fault: DataverseFault) -> Response:
+    return JSONResponse(
+        {"error": {"code": fault.code, "message": fault.message}},
+        status_code=fault.status,
+        headers={"OData-Version": "4.0", **fault.headers},
+        media_type=JSON_TYPE,
+    )
+
+
+def dataverse_app(ctx: DataverseContext) -> Starlette:
+    async def dispatch(request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        try:
+            user = authenticate(ctx, request)
+            response = await route(ctx, request, user)
+        except DataverseFault as fault:
+            response = (
+                error_response(fault) if fault.status != 401 else Response(status_code=401, headers=fault.headers)
+            )
+        response.headers["OData-Version"] = "4.0"
+        response.headers["REQ_ID"] = request_id
+        response.headers["x-ms-service-request-id"] = request_id
+        response.headers["x-ms-dop-hint"] = str(DOP_HINT)
+        return response
+
+    routes = [
+        Route(API_PREFIX + "/{path:path}", dispatch, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
+        Route(API_PREFIX, dispatch, methods=["GET"]),
+        *stats_routes(ctx.stats),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(StatsMiddleware, stats=ctx.stats)])
+
+
+# -- auth -------------------------------------------------------------------------------------------
+def authenticate(ctx: DataverseContext, request: Request) -> ApplicationUser:
+    challenge = {
+        "WWW-Authenticate": (f"Bearer authorization_uri={ctx.authority}/oauth2/authorize, resource_id={ctx.org_url}/")
+    }
+    token = bearer_token(request)
+    if token is None:
+        raise DataverseFault(401, "", "", challenge)
+    try:
+        claims = ctx.issuer.verify(token, ctx.org_url)
+    except jwt.InvalidTokenError as exc:
+        # Wrong audience, bad signature and expiry all answer 401 with the challenge and no body.
+        raise DataverseFault(401, "0x8005F101", str(exc), challenge) from exc
+    user = ctx.users.get(str(claims.get("appid", "")).lower())
+    if user is None:
+        raise DataverseFault(403, "0x80072560", "The user is not a member of the organization.")
+    return user
+
+
+def require(ctx: DataverseContext, user: ApplicationUser, table: Table, operation: str) -> None:
+    if not user.roles:
+        raise DataverseFault(
+            403, "0x80042f09", f"Principal user (Id={user.user_id}, type=8) has no security roles assigned."
+        )
+    for role in user.roles:
+        if operation in ctx.roles.get(role, {}).get(table.logical_name, set()):
+            return
+    privilege = f"prv{OPERATIONS[operation]}{table.schema_name}"
+    raise DataverseFault(
+        403,
+        "0x80040220",
+        f"Principal user (Id={user.user_id}, type=8, roleCount={len(user.roles)}, privilegeCount=0, accessMode=0),"
+        f" is missing {privilege} privilege (Id={uuid.uuid5(uuid.NAMESPACE_URL, privilege)}) on"
+        f" OTC={table.object_type_code} for entity '{table.logical_name}'. context.Caller={user.user_id}",
+    )
+
+
+# -- routing ----------------------------------------------------------------------------------------
+_SEGMENT = re.compile(r"^(?P<name>[^()/]+)(?:\((?P<key>.*)\))?$", re.S)
+
+
+async def route(ctx: DataverseContext, request: Request, user: ApplicationUser) -> Response:
+    path = request.path_params.get("path", "")
+    method = request.method
+    if path in ("", "/"):
+        return JSONResponse({"@odata.context": f"{ctx.root}/$metadata", "value": []}, media_type=JSON_TYPE)
+    segments = path.split("/")
+    match = _SEGMENT.match(segments[0])
+    if match is None:
+        raise not_found_segment(segments[0])
+    name, key_text = match.group("name"), match.group("key")
+    if name == "WhoAmI":
+        if method != "GET" or (key_text not in (None, "")) or len(segments) > 1:
+            raise DataverseFault(
+                404, "0x8006088a", f"No HTTP resource was found that matches the request URI '{request.url}'."
+            )
+        return JSONResponse(
+            {
+                "@odata.context": f"{ctx.root}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                "BusinessUnitId": ctx.business_unit_id,
+                "UserId": user.user_id,
+                "OrganizationId": ctx.organization_id,
+            },
+            media_type=JSON_TYPE,
+        )
+    if name == "EntityDefinitions":
+        return entity_definitions(ctx, request, key_text, segments[1:])
+    table = ctx.table_by_set(name)
+    if table is None:
+        raise not_found_segment(name)
+    if len(segments) > 1:
+        raise not_found_segment(segments[1])
+    if key_text is None:
+        if method == "GET":
+            require(ctx, user, table, "read")
+            return query(ctx, request, table)
+        if method == "POST":
+            require(ctx, user, table, "create")
+            return create(ctx, table, await json_body(request, table), request)
+        raise DataverseFault(405, "0x80040227", f"The requested operation is not supported on '{name}'.")
+    try:
+        key = parse_key_segment(key_text)
+    except ODataSyntaxError as exc:
+        raise DataverseFault(400, "0x0", str(exc)) from exc
+    if method == "GET":
+        require(ctx, user, table, "read")
+        return read_one(ctx, request, table, key, key_text)
+    if method == "PATCH":
+        require(ctx, user, table, "write")
+        return upsert(ctx, request, table, key, key_text, await json_body(request, table), user)
+    if method == "DELETE":
+        require(ctx, user, table, "delete")
+        with ctx.store.transaction():
+            record = find(ctx, table, key, must_exist=True)
+            assert record is not None
+            check_if_match(request, record)
+            ctx.store.delete(record)
+        return Response(status_code=204)
+    raise DataverseFault(405, "0x80040227", f"The requested operation is not supported on '{name}'.")
+
+
+def not_found_segment(segment: str) -> DataverseFault:
+    return DataverseFault(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
+
+
+async def json_body(request: Request, table: Table) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise DataverseFault(400, "0x80048d19", payload_error(table, f"Invalid JSON. {exc}")) from exc
+    if not isinstance(body, dict):
+        raise DataverseFault(400, "0x80048d19", payload_error(table, "The payload must be a JSON object."))
+    return body
+
+
+def payload_error(table: Table, inner: str) -> str:
+    return (
+        f"Error identified in Payload provided by the user for Entity :'{table.entity_set}', For more information on"
+        " this error please follow this help link https://go.microsoft.com/fwlink/?linkid=2195293  ---->  "
+        f"InnerException : Microsoft.OData.ODataException: {inner}"
+    )
+
+
+# -- metadata -----------------------------------------------------------------------------------------
+def entity_definitions(ctx: DataverseContext, request: Request, key_text: str | None, rest: list[str]) -> Response:
+    expand = {e.strip().split("(")[0] for e in request.query_params.get("$expand", "").split(",") if e.strip()}
+    if key_text is None:
+        tables = list(ctx.tables.values())
+        flt = request.query_params.get("$filter")
+        if flt:
+            m = re.fullmatch(r"\s*LogicalName\s+eq\s+'([^']*)'\s*", flt)
+            if m is None:
+                raise DataverseFault(400, "0x0", f"The $filter '{flt}' is not supported on EntityDefinitions.")
+            tables = [t for t in tables if t.logical_name == m.group(1)]
+        return JSONResponse(
+            {
+                "@odata.context": f"{ctx.root}/$metadata#EntityDefinitions",
+                "value": [entity_definition(t, expand=expand) for t in tables],
+            },
+            media_type=JSON_TYPE,
+        )
+    m = re.fullmatch(r"LogicalName='([^']*)'", key_text)
+    table = ctx.tables.get(m.group(1)) if m else None
+    if table is None:
+        raise DataverseFault(404, "0x80040217", f"Could not find an entity with the specified key: {key_text}")
+    if not rest:
+        body = entity_definition(table, expand=expand)
+        body["@odata.context"] = f"{ctx.root}/$metadata#EntityDefinitions/$entity"
+        return JSONResponse(body, media_type=JSON_TYPE)
+    am = re.fullmatch(r"Attributes\(LogicalName='([^']*)'\)", rest[0])
+    attr = table.attributes.get(am.group(1)) if am else None
+    if attr is None:
+        raise not_found_segment(rest[0])
+    if len(rest) > 1 and rest[1] == "Microsoft.Dynamics.CRM.PicklistAttributeMetadata" and attr.type == "picklist":
+        return JSONResponse(picklist_definition(table, attr), media_type=JSON_TYPE)
+    from devstack.dataverse.metadata import attribute_definition
+
+    return JSONResponse(attribute_definition(table, attr), media_type=JSON_TYPE)
+
+
+# -- records ------------------------------------------------------------------------------------------
+def find(ctx: DataverseContext, table: Table, key: str | dict[str, Any], *, must_exist: bool) -> Record | None:
+    if isinstance(key, str):
+        record = ctx.store.get(table.logical_name, key)
+        if record is None and must_exist:
+            raise DataverseFault(404, "0x80040217", f"{table.logical_name} With Id = {key} Does Not Exist")
+        return record
+    if table.find_key(set(key)) is None:
+        # Code and message for an undefined key: UNCONFIRMED (0x80060890 is in the 400 list of §4.4).
+        raise DataverseFault(
+            400,
+            "0x80060890",
+            f"The specified key attributes are not a defined key for the {table.logical_name} entity",
+        )
+    record = ctx.store.find_by_key(table.logical_name, {k: _stored_key_value(table, k, v) for k, v in key.items()})
+    if record is None and must_exist:
+        raise DataverseFault(
+            404, "0x80060891", f"A record with the specified key values does not exist in {table.logical_name} entity"
+        )
+    return record
+
+
+def _stored_key_value(table: Table, name: str, value: Any) -> Any:
+    attr = table.attributes.get(name) or table.by_value_name(name)
+    if attr is not None and attr.type == "datetime" and isinstance(value, str):
+        return normalize_datetime(value)
+    return value
+
+
+def convert_body(ctx: DataverseContext, table: Table, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a write body against the table's metadata and turn it into stored columns."""
+    data: dict[str, Any] = {}
+    for name, value in body.items():
+        if name.endswith("@odata.bind"):
+            nav = name[: -len("@odata.bind")]
+            attr = table.by_navigation(nav)
+            if attr is None:
+                raise DataverseFault(
+                    400,
+                    "0x80048d19",
+                    payload_error(
+                        table,
+                        f"An undeclared property '{nav}' which only has property annotations in the payload but no"
+                        " property value was found in the payload.",
+                    ),
+                )
+            data[attr.logical_name] = resolve_bind(ctx, attr, value) if value is not None else None
+            continue
+        if name.startswith("@") or "@" in name:
+            continue
+        attr = table.attributes.get(name)
+        if attr is None or attr.logical_name in ("createdon", "modifiedon", "versionnumber") or attr.type == "lookup":
+            raise DataverseFault(
+                400,
+                "0x80048d19",
+                payload_error(
+                    table,
+                    f"The property '{name}' does not exist on type 'Microsoft.Dynamics.CRM.{table.logical_name}'."
+                    " Make sure to only use property names that are defined by the type or mark the type as open type.",
+                ),
+            )
+        data[name] = coerce(table, attr, value)
+    return data
+
+
+def coerce(table: Table, attr: Attribute, value: Any) -> Any:
+    if value is None:
+        return None
+    kind = attr.type
+
+    def wrong(edm: str) -> DataverseFault:
+        return DataverseFault(
+            400,
+            "0x80048d19",
+            payload_error(table, f"Cannot convert the literal '{value}' to the expected type '{edm}'."),
+        )
+
+    if kind in ("string", "memo"):
+        if not isinstance(value, str):
+            raise wrong("Edm.String")
+        if attr.max_length is not None and len(value) > attr.max_length:
+            raise DataverseFault(
+                400,
+                "0x80044331",
+                f"A validation error occurred.  The length of the '{attr.logical_name}' attribute of the"
+                f" '{table.logical_name}' entity exceeded the maximum allowed length of '{attr.max_length}'.",
+            )
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("Edm.Int32")
+        return value
+    if kind in ("decimal", "money"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong("Edm.Decimal")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise wrong("Edm.Boolean")
+        return value
+    if kind == "datetime":
+        try:
+            return normalize_datetime(str(value))
+        except ValueError as exc:
+            raise wrong("Edm.DateTimeOffset") from exc
+    if kind == "picklist":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("Edm.Int32")
+        if attr.options and value not in attr.options:
+            # Code for an out-of-range choice is UNCONFIRMED (3P name PicklistValueOutOfRange).
+            raise DataverseFault(
+                400,
+                "0x8004431a",
+                f"A validation error occurred. The value {value} of '{attr.logical_name}' on record of type"
+                f" '{table.logical_name}' is outside the valid range. Accepted Values: "
+                + ",".join(str(v) for v in sorted(attr.options)),
+            )
+        return value
+    if kind == "uniqueidentifier":
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError as exc:
+            raise wrong("Edm.Guid") from exc
+    return value
+
+
+def resolve_bind(ctx: DataverseContext, attr: Attribute, value: Any) -> str:
+    """``/accounts(<guid>)``, ``accounts(<guid>)`` or ``/accounts(accountnumber='A1')`` -> the target id."""
+    text = str(value)
+    if text.startswith(ctx.root):
+        text = text[len(ctx.root) :]
+    m = _SEGMENT.match(text.lstrip("/"))
+    target = ctx.tables[attr.target or ""]
+    if m is None or m.group("key") is None or m.group("name") != target.entity_set:
+        raise DataverseFault(400, "0x80048d19", payload_error(target, f"Invalid @odata.bind value '{text}'."))
+    try:
+        key = parse_key_segment(m.group("key"))
+    except ODataSyntaxError as exc:
+        raise DataverseFault(400, "0x0", str(exc)) from exc
+    record = find(ctx, target, key, must_exist=True)
+    assert record is not None
+    return record.id
+
+
+def represent(ctx: DataverseContext, table: Table, record: Record, select: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"@odata.etag": record.etag}
+    columns = select if select else [a.value_name for a in table.attributes.values()]
+    for column in columns:
+        attr = table.by_value_name(column)
+        if attr is None:
+            continue
+        out[column] = column_value(table, record, attr)
+    out[table.primary_id] = record.id
+    return out
+
+
+def column_value(table: Table, record: Record, attr: Attribute) -> Any:
+    if attr.logical_name == table.primary_id:
+        return record.id
+    if attr.logical_name == "createdon":
+        return record.createdon
+    if attr.logical_name == "modifiedon":
+        return record.modifiedon
+    if attr.logical_name == "versionnumber":
+        return record.version
+    return record.data.get(attr.logical_name)
+
+
+def parse_select(table: Table, request: Request) -> list[str] | None:
+    raw = request.query_params.get("$select")
+    if not raw:
+        return None
+    columns = [c.strip() for c in raw.split(",") if c.strip()]
+    for column in columns:
+        if table.by_value_name(column) is None:
+            raise DataverseFault(
+                400,
+                "0x0",
+                f"Could not find a property named '{column}' on type 'Microsoft.Dynamics.CRM.{table.logical_name}'.",
+            )
+    return columns
+
+
+def context_url(ctx: DataverseContext, table: Table, select: list[str] | None, *, entity: bool) -> str:
+    suffix = f"({','.join(select)})" if select else ""
+    return f"{ctx.root}/$metadata#{table.entity_set}{suffix}" + ("/$entity" if entity else "")
+
+
+def prefers(request: Request) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for header in request.headers.getlist("prefer"):
+        for part in header.split(","):
+            name, _, value = part.strip().partition("=")
+            found[name.strip().lower()] = value.strip().strip('"')
+    return found
+
+
+def entity_url(ctx: DataverseContext, table: Table, record: Record, key_text: str | None = None) -> str:
+    return f"{ctx.root}/{table.entity_set}({key_text if key_text is not None else record.id})"
+
+
+def created_response(
+    ctx: DataverseContext, table: Table, record: Record, request: Request, *, key_text: str | None, created: bool
+) -> Response:
+    if prefers(request).get("return") == "representation":
+        select = parse_select(table, request)
+        body = {"@odata.context": context_url(ctx, table, select, entity=True), **represent(ctx, table, record, select)}
+        return JSONResponse(
+            body,
+            status_code=201 if created else 200,
+            headers={"ETag": record.etag, "Preference-Applied": "return=representation"},
+            media_type=JSON_TYPE,
+        )
+    url = entity_url(ctx, table, record, key_text)
+    # The docs show only OData-EntityId; $batch parts carry Location too. We send both (reference §1.6).
+    return Response(status_code=204, headers={"OData-EntityId": url, "Location": url})
+
+
+def check_unique_keys(ctx: DataverseContext, table: Table, data: dict[str, Any], own_id: str | None) -> None:
+    for key in table.keys:
+        values = {a: data.get(a) for a in key.attributes}
+        if any(v is None for v in values.values()):
+            continue
+        other = ctx.store.find_by_key(table.logical_name, values)
+        if other is not None and other.id != own_id:
+            attrs = ",".join(key.attributes)
+            raise DataverseFault(
+                412,
+                "0x80060892",
+                f"Entity Key {key.name} violated. A record with the same value for {attrs} already exists.",
+            )
+
+
+def create(ctx: DataverseContext, table: Table, body: dict[str, Any], request: Request) -> Response:
+    with ctx.store.transaction():
+        data = convert_body(ctx, table, body)
+        record_id = str(data.pop(table.primary_id, None) or uuid.uuid4())
+        if ctx.store.get(table.logical_name, record_id) is not None:
+            raise DataverseFault(412, "0x80040237", "A record with matching key values already exists.")
+        check_required(table, data)
+        check_unique_keys(ctx, table, data, None)
+        record = ctx.store.insert(table.logical_name, record_id, data)
+    return created_response(ctx, table, record, request, key_text=None, created=True)
+
+
+def check_required(table: Table, data: dict[str, Any]) -> None:
+    for attr in table.attributes.values():
+        if attr.required and data.get(attr.logical_name) is None:
+            raise DataverseFault(400, "0x80040203", f"Attribute '{attr.logical_name}' cannot be NULL")
+
+
+def check_if_match(request: Request, record: Record) -> None:
+    if_match = request.headers.get("if-match")
+    if if_match and if_match.strip() != "*" and if_match.strip() != record.etag:
+        raise DataverseFault(
+            412, "0x80060882", "The version of the existing record doesn't match the RowVersion property provided."
+        )
+
+
+def upsert(
+    ctx: DataverseContext,
+    request: Request,
+    table: Table,
+    key: str | dict[str, Any],
+    key_text: str,
+    body: dict[str, Any],
+    user: ApplicationUser,
+) -> Response:
+    if_match = (request.headers.get("if-match") or "").strip()
+    if_none_match = (request.headers.get("if-none-match") or "").strip()
+    with ctx.store.transaction():
+        existing = find(ctx, table, key, must_exist=bool(if_match))
+        if existing is not None:
+            if if_none_match == "*":
+                raise DataverseFault(412, "0x80040237", "A record with matching key values already exists.")
+            check_if_match(request, existing)
+            data = convert_body(ctx, table, body)
+            data.pop(table.primary_id, None)
+            if isinstance(key, dict):
+                for name in key:  # keys addressed in the URL cannot change through that URL
+                    data.pop(name, None)
+            check_unique_keys(ctx, table, {**existing.data, **data}, existing.id)
+            record = ctx.store.update(existing, data)
+            created = False
+        else:
+            require(ctx, user, table, "create")
+            data = convert_body(ctx, table, body)
+            if isinstance(key, str):
+                record_id = key
+            else:
+                for name, value in key.items():  # body key values win over URL key values
+                    data.setdefault(name, _stored_key_value(table, name, value))
+                record_id = str(data.pop(table.primary_id, None) or uuid.uuid4())
+            check_required(table, data)
+            check_unique_keys(ctx, table, data, None)
+            record = ctx.store.insert(table.logical_name, record_id, data)
+            created = True
+    return created_response(
+        ctx, table, record, request, key_text=key_text if isinstance(key, dict) else None, created=created
+    )
+
+
+def read_one(
+    ctx: DataverseContext, request: Request, table: Table, key: str | dict[str, Any], key_text: str
+) -> Response:
+    select = parse_select(table, request)
+    record = find(ctx, table, key, must_exist=True)
+    assert record is not None
+    if_none_match = (request.headers.get("if-none-match") or "").strip()
+    if if_none_match and if_none_match != "null" and if_none_match == record.etag:
+        return Response(status_code=304, headers={"ETag": record.etag})
+    body = {"@odata.context": context_url(ctx, table, select, entity=True), **represent(ctx, table, record, select)}
+    return JSONResponse(body, headers={"ETag": record.etag}, media_type=JSON_TYPE)
+
+
+# -- queries ------------------------------------------------------------------------------------------
+def query(ctx: DataverseContext, request: Request, table: Table) -> Response:
+    params = request.query_params
+    if "$skip" in params:
+        raise DataverseFault(400, "0x0", "The query parameter $skip is not supported")  # text UNCONFIRMED
+    select = parse_select(table, request)
+
+    def resolve(name: str) -> Any:
+        attr = table.by_value_name(name)
+        if attr is None:
+            raise DataverseFault(
+                400,
+                "0x0",
+                f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{table.logical_name}'.",
+            )
+        return lambda row: row.get(name)
+
+    rows = [represent(ctx, table, r, None) for r in ctx.store.all(table.logical_name)]
+    if params.get("$filter"):
+        try:
+            predicate = compile_filter(params["$filter"], resolve)
+        except ODataSyntaxError as exc:
+            raise DataverseFault(400, "0x0", str(exc)) from exc
+        rows = [r for r in rows if predicate(r)]
+    for clause in reversed([c.strip() for c in params.get("$orderby", "").split(",") if c.strip()]):
+        column, _, direction = clause.partition(" ")
+        resolve(column)
+        rows.sort(key=_order_key(column), reverse=direction.strip() == "desc")
+    total = len(rows)
+    prefer = prefers(request)
+    headers: dict[str, str] = {}
+    page_size = MAX_PAGE_SIZE
+    if "odata.maxpagesize" in prefer:
+        try:
+            page_size = max(1, min(MAX_PAGE_SIZE, int(prefer["odata.maxpagesize"])))
+        except ValueError as exc:
+            raise DataverseFault(400, "0x0", "Invalid odata.maxpagesize preference") from exc
+        headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
+    elif params.get("$top"):
+        try:
+            rows = rows[: int(params["$top"])]
+        except ValueError as exc:
+            raise DataverseFault(400, "0x0", f"Invalid value '{params['$top']}' for $top query option") from exc
+    page = 1
+    if params.get("$skiptoken"):
+        m = re.search(r'pagenumber="(\d+)"', urllib.parse.unquote(params["$skiptoken"]))
+        if m is None:
+            raise DataverseFault(400, "0x80040203", "Invalid paging cookie")
+        page = int(m.group(1))
+    start = (page - 1) * page_size
+    chunk = rows[start : start + page_size]
+    body: dict[str, Any] = {"@odata.context": context_url(ctx, table, select, entity=False)}
+    if params.get("$count") == "true":
+        body["@odata.count"] = min(total, COUNT_CAP)
+    body["value"] = [_project(r, table, select) for r in chunk]
+    if start + page_size < len(rows):
+        last = chunk[-1][table.primary_id] if chunk else ""
+        cookie = urllib.parse.quote(f'<cookie page="{page}"><{table.primary_id} last="{{{last.upper()}}}" /></cookie>')
+        token = f'<cookie pagenumber="{page + 1}" pagingcookie="{cookie}" istracking="False" />'
+        query_items = [(k, v) for k, v in params.multi_items() if k != "$skiptoken"] + [("$skiptoken", token)]
+        body["@odata.nextLink"] = (
+            f"{ctx.root}/{table.entity_set}?{urllib.parse.urlencode(query_items, quote_via=urllib.parse.quote)}"
+        )
+    return JSONResponse(body, headers=headers, media_type=JSON_TYPE)
+
+
+def _order_key(column: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: (row.get(column) is not None, _sort_key(row.get(column)))
+
+
+def _sort_key(value: Any) -> Any:
+    if isinstance(value, str):
+        return (1, value.lower())
+    if value is None:
+        return (0, 0)
+    return (0, value)
+
+
+def _project(row: dict[str, Any], table: Table, select: list[str] | None) -> dict[str, Any]:
+    if not select:
+        return row
+    keep = {"@odata.etag", table.primary_id, *select}
+    return {k: v for k, v in row.items() if k in keep}
