@@ -232,6 +232,12 @@ _ENTRIES = [
         " tokens before expiry.",
     ),
     Diagnosis(
+        "DataverseUnreachable",
+        "cannot reach Dataverse",
+        "{url} did not answer: wrong DATAVERSE_URL, DNS, or outbound network rules.",
+        "Check DATAVERSE_URL against the environment URL in Power Platform admin center, and outbound HTTPS.",
+    ),
+    Diagnosis(
         "0x8005F101",
         "authentication required",
         "Dataverse found no valid authentication on the request (expired or missing token).",

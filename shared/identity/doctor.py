@@ -2,7 +2,7 @@
 to fix it.
 
     settings -> managed identity -> Key Vault read -> credential -> credential expiry
-             -> Entra token -> token claims
+             -> Entra token -> token claims -> WhoAmI
 
 ``python -m shared.identity.doctor [--json] [--env-file .devstack/env]`` prints the report and
 exits non-zero when a step failed; ``GET /api/health/doctor`` returns the same report as JSON.
@@ -103,6 +103,7 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
         "credential expiry",
         "entra token",
         "token claims",
+        "whoami",
     ]
 
     def skip_rest(reason: str) -> DoctorReport:
@@ -190,8 +191,53 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
     )
 
     remaining.pop(0)
-    report.steps.append(_claims_step(settings, token.value, now()))
+    claims = _claims_step(settings, token.value, now())
+    report.steps.append(claims)
+    if claims.status == "fail":
+        return skip_rest("the token would be refused")
+
+    remaining.pop(0)
+    report.steps.append(_whoami_step(settings, token.value))
     return report
+
+
+def _whoami_step(settings: Settings, token: str) -> StepResult:
+    """Call WhoAmI: proves the application user exists in the environment."""
+    import requests
+
+    from shared.identity.diagnosis import diagnose
+
+    url = f"{settings.dataverse_url}/api/data/v9.2/WhoAmI"
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/json",
+        "OData-MaxVersion": "4.0",
+        "OData-Version": "4.0",
+    }
+    try:
+        response = requests.get(url, headers=headers, timeout=settings.http_timeout_s)
+    except requests.RequestException as exc:
+        found = diagnose("DataverseUnreachable", url=settings.dataverse_url)
+        return StepResult(
+            "whoami", "fail", f"DataverseUnreachable: {type(exc).__name__}", found.code, found.cause, found.fix
+        )
+    if response.status_code == 200:
+        body = response.json()
+        return StepResult(
+            "whoami",
+            "ok",
+            f"UserId={body.get('UserId')}, OrganizationId={body.get('OrganizationId')}",
+            details={k: body.get(k) for k in ("UserId", "BusinessUnitId", "OrganizationId")},
+        )
+    code, message = "DataverseUnauthorized", ""
+    if response.status_code != 401:
+        try:
+            error = response.json()["error"]
+            code, message = str(error.get("code") or f"HTTP {response.status_code}"), str(error.get("message", ""))
+        except (ValueError, KeyError, TypeError):
+            code = f"HTTP {response.status_code}"
+    found = diagnose(code, client_id=settings.client_id, url=settings.dataverse_url, detail=message)
+    return StepResult("whoami", "fail", f"{code}: {message or found.title}", found.code, found.cause, found.fix)
 
 
 def _expiry_step(settings: Settings, credential: Any, secret: Any, dv_credential: Any, now: float) -> StepResult:

@@ -141,6 +141,16 @@ CASES = [
         "vault.azure.net",
         "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
     ),
+    Case(
+        "0x80072560",
+        {
+            "DATAVERSE_CLIENT_ID": "1a2b3c4d-0000-4000-8000-000000000008",
+            "DATAVERSE_CLIENT_SECRET_NAME": "orphan-secret",
+        },
+        "whoami",
+        "1a2b3c4d-0000-4000-8000-000000000008",
+        "New app user",
+    ),
     Case("KeyVaultUnreachable", {"KEY_VAULT_URL": "https://127.0.0.1:9"}, "key vault", "127.0.0.1:9", "KEY_VAULT_URL"),
 ]
 
@@ -151,14 +161,21 @@ def test_catalogue_failure_is_explained(case: Case, faults_devstack, app_env) ->
     if case.control:
         faults_devstack.control("entra", case.control)
     try:
-        with pytest.raises(AuthError) as caught:
-            dataverse_token()
         report = run_doctor()
+        if case.doctor_step == "whoami":  # the token is fine; Dataverse refuses the caller
+            step = report.failed_step
+            assert step is not None
+            error = AuthError(
+                step.code or "", cause=step.cause or "", fix=step.fix or "", step="whoami", detail=step.summary
+            )
+        else:
+            with pytest.raises(AuthError) as caught:
+                dataverse_token()
+            error = caught.value
     finally:
         if case.control:
             faults_devstack.control("entra", {"clock_offset_s": 0})
 
-    error = caught.value
     assert error.code == case.code
     entry = CATALOGUE[case.code]
     assert error.cause

@@ -42,8 +42,10 @@ def test_http_doctor_reports_a_healthy_chain(devstack, app_env) -> None:
         "credential expiry",
         "entra token",
         "token claims",
+        "whoami",
     ]
-    claims = body["steps"][-1]["details"]
+    assert body["steps"][-1]["details"]["UserId"] == "9b1d3f5a-2c4e-4a6b-8d0f-3e5a7c9b1d01"
+    claims = body["steps"][-2]["details"]
     assert claims["aud"] == devstack.env["DATAVERSE_URL"]
     assert claims["appid"] == devstack.env["DATAVERSE_CLIENT_ID"]
 
