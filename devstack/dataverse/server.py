@@ -65,6 +65,9 @@ class DataverseContext:
     organization_id: str
     business_unit_id: str
     stats: Stats = field(default_factory=Stats)
+    # How a failed change set is answered (reference §3.5): "multipart" (the captured Dataverse shape,
+    # a changesetresponse holding the failing part) or "single" (strict OData 4.0, one application/http part).
+    changeset_failure_shape: str = "multipart"
 
     @property
     def root(self) -> str:
@@ -172,6 +175,12 @@ async def route(ctx: DataverseContext, request: Request, user: ApplicationUser) 
             },
             media_type=JSON_TYPE,
         )
+    if name == "$batch":
+        if method != "POST":
+            raise DataverseFault(405, "0x80040227", "The $batch resource accepts only POST.")
+        from devstack.dataverse.batch import execute_batch
+
+        return await execute_batch(ctx, request, user)
     if name == "EntityDefinitions":
         return entity_definitions(ctx, request, key_text, segments[1:])
     table = ctx.table_by_set(name)
