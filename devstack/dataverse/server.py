@@ -186,6 +186,12 @@ async def route(ctx: DataverseContext, request: Request, user: ApplicationUser) 
     table = ctx.table_by_set(name)
     if table is None:
         raise not_found_segment(name)
+    if len(segments) == 2 and key_text is None and segments[1].startswith("Microsoft.Dynamics.CRM."):
+        action = segments[1].removeprefix("Microsoft.Dynamics.CRM.")
+        from devstack.dataverse.bulk import ACTIONS, execute_bulk
+
+        if action in ACTIONS:
+            return await execute_bulk(ctx, request, user, table, action)
     if len(segments) > 1:
         raise not_found_segment(segments[1])
     if key_text is None:
