@@ -43,4 +43,5 @@ def build_dataverse(
         organization_id=str(section.get("organization_id") or uuid.uuid4()),
         business_unit_id=str(section.get("business_unit_id") or uuid.uuid4()),
         changeset_failure_shape=str(section.get("changeset_failure_shape", "multipart")),
+        untracked_table_behaviour=str(section.get("untracked_table_behaviour", "ignore")),
     )

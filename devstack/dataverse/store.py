@@ -143,3 +143,19 @@ class Store:
     def count(self, entity: str) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM records WHERE entity=?", (entity,)).fetchone()[0])
+
+    def changed_since(self, entity: str, version: int) -> list[Record]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT entity, id, version, data, createdon, modifiedon FROM records"
+                " WHERE entity=? AND version>? ORDER BY version",
+                (entity, version),
+            ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def deleted_since(self, entity: str, version: int) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM deletions WHERE entity=? AND version>? ORDER BY version", (entity, version)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
