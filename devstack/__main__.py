@@ -112,6 +112,7 @@ async def _serve(args: argparse.Namespace) -> int:
         org_url=dataverse_url,
         authority=f"{entra_url}/{world.tenant_id}",
         db_path=None if args.memory else directory / "dataverse.sqlite",
+        time_scale=args.time_scale,
     )
     listeners = [
         _Listener("entra", entra_app(entra_ctx), entra_sock, tls=True),
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=".devstack", help="state directory (env file, TLS material)")
     parser.add_argument("--record-secrets", help="append every secret value and issued token to this file")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--time-scale", type=float, help="override the scenario's Dataverse time_scale")
     parser.add_argument("--memory", action="store_true", help="keep the Dataverse store in memory")
     parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
     args = parser.parse_args(argv)

@@ -43,8 +43,13 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
     """devstack with the default scenario, as `make run` starts it."""
+    # The cost model runs 100x faster than real time: same ratios, a quick suite.
     process = DevstackProcess(
-        ROOT / "devstack" / "scenarios" / "default.yaml", tmp_path_factory.mktemp("ds"), "default"
+        ROOT / "devstack" / "scenarios" / "default.yaml",
+        tmp_path_factory.mktemp("ds"),
+        "default",
+        "--time-scale",
+        "0.01",
     )
     yield process
     process.stop()
@@ -53,7 +58,17 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProce
 @pytest.fixture(scope="session")
 def faults_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
     """devstack with a world in which every catalogue failure can be produced."""
-    process = DevstackProcess(SCENARIOS / "faults.yaml", tmp_path_factory.mktemp("faults"), "faults")
+    process = DevstackProcess(
+        SCENARIOS / "faults.yaml", tmp_path_factory.mktemp("faults"), "faults", "--time-scale", "0.01"
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def limits_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
+    """devstack with small service-protection limits and slow bulk requests."""
+    process = DevstackProcess(SCENARIOS / "limits.yaml", tmp_path_factory.mktemp("limits"), "limits")
     yield process
     process.stop()
 

@@ -19,7 +19,7 @@ START_TIMEOUT_S = 60
 
 
 class DevstackProcess:
-    def __init__(self, scenario: Path, directory: Path, name: str) -> None:
+    def __init__(self, scenario: Path, directory: Path, name: str, *extra_args: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.log_path = ARTIFACTS / f"devstack-{name}.log"
@@ -36,6 +36,7 @@ class DevstackProcess:
                 str(directory),
                 "--record-secrets",
                 str(RECORDED_SECRETS),
+                *extra_args,
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import load_tables
 from devstack.dataverse.server import ApplicationUser, DataverseContext
 from devstack.dataverse.store import Store
@@ -16,7 +17,14 @@ ALL_OPERATIONS = {"create", "read", "write", "delete"}
 
 
 def build_dataverse(
-    scenario: dict[str, Any], world: World, issuer: TokenIssuer, *, org_url: str, authority: str, db_path: Path | None
+    scenario: dict[str, Any],
+    world: World,
+    issuer: TokenIssuer,
+    *,
+    org_url: str,
+    authority: str,
+    db_path: Path | None,
+    time_scale: float | None = None,
 ) -> DataverseContext:
     section = scenario.get("dataverse") or {}
     tables = load_tables(section.get("tables") or [])
@@ -44,4 +52,5 @@ def build_dataverse(
         business_unit_id=str(section.get("business_unit_id") or uuid.uuid4()),
         changeset_failure_shape=str(section.get("changeset_failure_shape", "multipart")),
         untracked_table_behaviour=str(section.get("untracked_table_behaviour", "ignore")),
+        governor=Governor(Limits.from_scenario(section.get("limits") or {}, time_scale)),
     )

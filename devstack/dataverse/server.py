@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devstack.common import bearer_token, stats_routes
+from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import Attribute, Table, entity_definition, picklist_definition
 from devstack.dataverse.odata import ODataSyntaxError, compile_filter, normalize_datetime, parse_key_segment
 from devstack.dataverse.store import Record, Store
@@ -36,7 +37,6 @@ MAX_PAGE_SIZE = 5000  # default and maximum (reference §2.3)
 COUNT_CAP = 5000
 JSON_TYPE = "application/json; odata.metadata=minimal"
 OPERATIONS = {"create": "Create", "read": "Read", "write": "Write", "delete": "Delete"}
-DOP_HINT = 4  # x-ms-dop-hint: 4 x web servers (DESIGN §5); one web server until the cost model lands
 
 
 class DataverseFault(Exception):
@@ -72,6 +72,7 @@ class DataverseContext:
     # What `Prefer: odata.track-changes` does on a table without change tracking (UNCONFIRMED, §7):
     # "ignore" (answer a normal query, no delta link) or "error" (400).
     untracked_table_behaviour: str = "ignore"
+    governor: Governor = field(default_factory=lambda: Governor(Limits()))
 
     @property
     def root(self) -> str:
@@ -93,17 +94,39 @@ def error_response(fault: DataverseFault) -> Response:
 def dataverse_app(ctx: DataverseContext) -> Starlette:
     async def dispatch(request: Request) -> Response:
         request_id = str(uuid.uuid4())
+        governor = ctx.governor
+        server = governor.pick_server(request.cookies.get("ARRAffinity"))
+        user: ApplicationUser | None = None
         try:
             user = authenticate(ctx, request)
-            response = await route(ctx, request, user)
+            operations, bulk_records = await request_size(request)  # before admit: nothing can leak a slot
+            throttle = governor.admit(user.user_id, server)
+            if throttle is not None:
+                ctx.stats.bump(f"throttled {throttle.code}")
+                raise DataverseFault(429, throttle.code, throttle.message, {"Retry-After": str(throttle.retry_after_s)})
+            server_ms = governor.server_cost_ms(operations=operations, bulk_records=bulk_records)
+            try:
+                await governor.spend(server_ms)
+                response = await route(ctx, request, user)
+            finally:
+                governor.finish(user.user_id, server, server_ms)
+            if response.status_code < 400:
+                ctx.stats.bump("operations executed", operations if bulk_records is None else 1)
+                ctx.stats.bump("entitlement records", bulk_records if bulk_records is not None else operations)
         except DataverseFault as fault:
-            response = (
-                error_response(fault) if fault.status != 401 else Response(status_code=401, headers=fault.headers)
-            )
+            if fault.status == 401:
+                response = Response(status_code=401, headers=fault.headers)
+            else:
+                response = error_response(fault)
         response.headers["OData-Version"] = "4.0"
         response.headers["REQ_ID"] = request_id
         response.headers["x-ms-service-request-id"] = request_id
-        response.headers["x-ms-dop-hint"] = str(DOP_HINT)
+        response.headers["x-ms-dop-hint"] = str(governor.limits.hint)
+        if user is not None:
+            left_requests, left_s = governor.remaining(user.user_id, server)
+            response.headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = str(left_requests)
+            response.headers["x-ms-ratelimit-time-remaining-xrm-requests"] = f"{left_s:,.2f}"
+        response.set_cookie("ARRAffinity", governor.server_ids[server], path="/", secure=True, httponly=True)
         return response
 
     routes = [
@@ -112,6 +135,23 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
         *stats_routes(ctx.stats),
     ]
     return Starlette(routes=routes, middleware=[Middleware(StatsMiddleware, stats=ctx.stats)])
+
+
+async def request_size(request: Request) -> tuple[int, int | None]:
+    """(operations, bulk records): a $batch costs one operation per part; a bulk message per record."""
+    path = request.path_params.get("path", "")
+    if request.method != "POST":
+        return 1, None
+    if path.startswith("$batch"):
+        body = await request.body()
+        return max(1, len(re.findall(rb"^[A-Z]+ \S+ HTTP/1\.1\r?$", body, re.M))), None
+    if "/Microsoft.Dynamics.CRM." in path and path.rsplit(".", 1)[-1].endswith("Multiple"):
+        try:
+            targets = json.loads(await request.body()).get("Targets")
+        except (ValueError, AttributeError):
+            return 1, None
+        return 1, len(targets) if isinstance(targets, list) else 0
+    return 1, None
 
 
 # -- auth -------------------------------------------------------------------------------------------
