@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from devstack.dataverse.faults import Fault, FaultInjector
 from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import load_tables
 from devstack.dataverse.server import ApplicationUser, DataverseContext
@@ -53,4 +54,5 @@ def build_dataverse(
         changeset_failure_shape=str(section.get("changeset_failure_shape", "multipart")),
         untracked_table_behaviour=str(section.get("untracked_table_behaviour", "ignore")),
         governor=Governor(Limits.from_scenario(section.get("limits") or {}, time_scale)),
+        faults=FaultInjector([Fault.from_dict(f) for f in section.get("faults") or []]),
     )

@@ -8,8 +8,10 @@ protection limits and outgoing webhooks are not built yet.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -25,6 +27,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devstack.common import bearer_token, stats_routes
+from devstack.dataverse.faults import (
+    SERVER_ERRORS,
+    SQL_TIMEOUT,
+    THROTTLE_MESSAGES,
+    ConnectionReset,
+    Fault,
+    FaultInjector,
+)
 from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import Attribute, Table, entity_definition, picklist_definition
 from devstack.dataverse.odata import ODataSyntaxError, compile_filter, normalize_datetime, parse_key_segment
@@ -73,6 +83,7 @@ class DataverseContext:
     # "ignore" (answer a normal query, no delta link) or "error" (400).
     untracked_table_behaviour: str = "ignore"
     governor: Governor = field(default_factory=lambda: Governor(Limits()))
+    faults: FaultInjector = field(default_factory=FaultInjector)
 
     @property
     def root(self) -> str:
@@ -100,6 +111,15 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
         try:
             user = authenticate(ctx, request)
             operations, bulk_records = await request_size(request)  # before admit: nothing can leak a slot
+            fault = ctx.faults.pick(request.method, request.path_params.get("path", ""), bulk_records or operations)
+            if fault is not None:
+                ctx.stats.bump(f"fault {fault.kind}")
+                if fault.kind == "reset":
+                    return ConnectionReset()  # type: ignore[return-value]
+                if fault.kind == "slow":
+                    await asyncio.sleep(fault.delay_ms / 1000)
+                else:
+                    raise injected(fault)
             throttle = governor.admit(user.user_id, server)
             if throttle is not None:
                 ctx.stats.bump(f"throttled {throttle.code}")
@@ -129,7 +149,22 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
         response.set_cookie("ARRAffinity", governor.server_ids[server], path="/", secure=True, httponly=True)
         return response
 
+    async def control(request: Request) -> Response:
+        """Test-only: replace the fault schedule and token-age limit; change limits."""
+        action = await request.json()
+        if "faults" in action or "max_token_age_s" in action:
+            try:
+                faults = [Fault.from_dict(f) for f in action.get("faults") or []]
+            except (TypeError, ValueError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            ctx.faults.replace(faults, action.get("max_token_age_s"))
+        for name, value in (action.get("limits") or {}).items():
+            if name in Limits.__dataclass_fields__:
+                setattr(ctx.governor.limits, name, value)
+        return JSONResponse({"ok": True})
+
     routes = [
+        Route("/_devstack/control", control, methods=["POST"]),
         Route(API_PREFIX + "/{path:path}", dispatch, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         Route(API_PREFIX, dispatch, methods=["GET"]),
         *stats_routes(ctx.stats),
@@ -154,6 +189,16 @@ async def request_size(request: Request) -> tuple[int, int | None]:
     return 1, None
 
 
+def injected(fault: Fault) -> DataverseFault:
+    if fault.kind == "429":
+        return DataverseFault(429, fault.code, THROTTLE_MESSAGES[fault.code], {"Retry-After": str(fault.retry_after_s)})
+    if fault.kind == "sql_timeout":
+        return DataverseFault(500, *SQL_TIMEOUT)
+    status = int(fault.kind)
+    code, message = SERVER_ERRORS[status]
+    return DataverseFault(status, code, message)
+
+
 # -- auth -------------------------------------------------------------------------------------------
 def authenticate(ctx: DataverseContext, request: Request) -> ApplicationUser:
     challenge = {
@@ -167,6 +212,9 @@ def authenticate(ctx: DataverseContext, request: Request) -> ApplicationUser:
     except jwt.InvalidTokenError as exc:
         # Wrong audience, bad signature and expiry all answer 401 with the challenge and no body.
         raise DataverseFault(401, "0x8005F101", str(exc), challenge) from exc
+    max_age = ctx.faults.max_token_age_s
+    if max_age is not None and time.time() - float(claims.get("iat", 0)) > max_age:
+        raise DataverseFault(401, "0x8005F101", "token older than the injected maximum age", challenge)
     user = ctx.users.get(str(claims.get("appid", "")).lower())
     if user is None:
         raise DataverseFault(403, "0x80072560", "The user is not a member of the organization.")
