@@ -364,6 +364,22 @@ def entity_definitions(ctx: DataverseContext, request: Request, key_text: str | 
         body = entity_definition(table, expand=expand)
         body["@odata.context"] = f"{ctx.root}/$metadata#EntityDefinitions/$entity"
         return JSONResponse(body, media_type=JSON_TYPE)
+    if rest[0] == "Attributes":
+        from devstack.dataverse.metadata import attribute_definition
+
+        # The collection, optionally cast to one attribute type (how clients read every picklist at once).
+        cast = rest[1] if len(rest) > 1 else None
+        if cast not in (None, "Microsoft.Dynamics.CRM.PicklistAttributeMetadata"):
+            raise not_found_segment(cast or "")
+        attributes = [a for a in table.attributes.values() if cast is None or a.type == "picklist"]
+        render = picklist_definition if cast else attribute_definition
+        return JSONResponse(
+            {
+                "@odata.context": f"{ctx.root}/$metadata#EntityDefinitions('{table.logical_name}')/Attributes",
+                "value": [render(table, a) for a in attributes],
+            },
+            media_type=JSON_TYPE,
+        )
     am = re.fullmatch(r"Attributes\(LogicalName='([^']*)'\)", rest[0])
     attr = table.attributes.get(am.group(1)) if am else None
     if attr is None:
