@@ -130,6 +130,8 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 response = await route(ctx, request, user)
             finally:
                 governor.finish(user.user_id, server, server_ms)
+            ctx.stats.bump(f"requests by user {user.user_id}")
+            ctx.stats.bump(f"requests by server {server}")
             if response.status_code < 400:
                 ctx.stats.bump("operations executed", operations if bulk_records is None else 1)
                 ctx.stats.bump("entitlement records", bulk_records if bulk_records is not None else operations)
@@ -163,7 +165,16 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 setattr(ctx.governor.limits, name, value)
         return JSONResponse({"ok": True})
 
+    async def stats(_: Request) -> Response:
+        """The generic counters plus what only the emulator knows: records per table."""
+        snapshot = ctx.stats.snapshot()
+        snapshot["records_per_table"] = {
+            name: count for name, count in ctx.store.counts_by_table().items() if name in ctx.tables
+        }
+        return JSONResponse(snapshot)
+
     routes = [
+        Route("/_devstack/stats", stats, methods=["GET"]),
         Route("/_devstack/control", control, methods=["POST"]),
         Route(API_PREFIX + "/{path:path}", dispatch, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         Route(API_PREFIX, dispatch, methods=["GET"]),

@@ -159,3 +159,8 @@ class Store:
                 "SELECT id FROM deletions WHERE entity=? AND version>? ORDER BY version", (entity, version)
             ).fetchall()
         return [str(r[0]) for r in rows]
+
+    def counts_by_table(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT entity, COUNT(*) FROM records GROUP BY entity").fetchall()
+        return {str(entity): int(n) for entity, n in rows}

@@ -207,3 +207,25 @@ def test_auth_outcomes(devstack, faults_devstack, app_env) -> None:
     denied = faults("GET", "contacts")
     assert error_of(denied) == (403, "0x80040220")
     assert "is missing prvReadContact privilege" in denied.json()["error"]["message"]
+
+
+def test_stats_agree_with_the_store(devstack, api: Api) -> None:
+    tag = unique("S")
+    api(
+        "POST",
+        "accounts/Microsoft.Dynamics.CRM.CreateMultiple",
+        json={"Targets": [{"@odata.type": "Microsoft.Dynamics.CRM.account", "name": f"{tag}-{i}"} for i in range(4)]},
+    )
+    stats = requests.get(
+        f"{devstack.env['DATAVERSE_URL']}/_devstack/stats", verify=devstack.env["REQUESTS_CA_BUNDLE"], timeout=10
+    ).json()
+    listed = 0
+    link: str | None = f"{api.root}/accounts?$select=accountid"
+    while link:
+        page = api.session.get(link, verify=api.verify, timeout=30).json()
+        listed += len(page["value"])
+        link = page.get("@odata.nextLink")
+    assert stats["records_per_table"]["account"] == listed
+    assert stats["counters"]["requests by user 9b1d3f5a-2c4e-4a6b-8d0f-3e5a7c9b1d01"] >= 1
+    assert stats["counters"]["entitlement records"] >= 4
+    assert stats["requests"]["POST /api/data/v9.2/{path:path}"]["200"] >= 1
