@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from devstack.dataverse.faults import Fault, FaultInjector
 from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import load_tables
 from devstack.dataverse.server import ApplicationUser, DataverseContext
 from devstack.dataverse.store import Store
+from devstack.dataverse.webhooks import OrgInfo, Registration, WebhookDispatcher
 from devstack.tokens import TokenIssuer
 from devstack.world import World
 
@@ -41,7 +43,9 @@ def build_dataverse(
         )
     if db_path is not None and db_path.exists():
         db_path.unlink()  # each start begins from the scenario's state
-    return DataverseContext(
+    organization_id = str(section.get("organization_id") or uuid.uuid4())
+    business_unit_id = str(section.get("business_unit_id") or uuid.uuid4())
+    context = DataverseContext(
         tables=tables,
         store=Store(db_path),
         issuer=issuer,
@@ -49,10 +53,17 @@ def build_dataverse(
         authority=authority,
         users=users,
         roles=roles,
-        organization_id=str(section.get("organization_id") or uuid.uuid4()),
-        business_unit_id=str(section.get("business_unit_id") or uuid.uuid4()),
+        organization_id=organization_id,
+        business_unit_id=business_unit_id,
         changeset_failure_shape=str(section.get("changeset_failure_shape", "multipart")),
         untracked_table_behaviour=str(section.get("untracked_table_behaviour", "ignore")),
         governor=Governor(Limits.from_scenario(section.get("limits") or {}, time_scale)),
         faults=FaultInjector([Fault.from_dict(f) for f in section.get("faults") or []]),
     )
+    context.webhooks = WebhookDispatcher(
+        [Registration.from_dict(w) for w in section.get("webhooks") or []],
+        OrgInfo(urlsplit(org_url).netloc, organization_id, business_unit_id),
+        context.stats,
+        timeout_s=float(section.get("webhook_timeout_s", 60)),
+    )
+    return context

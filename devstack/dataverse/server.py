@@ -39,6 +39,7 @@ from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import Attribute, Table, entity_definition, picklist_definition
 from devstack.dataverse.odata import ODataSyntaxError, compile_filter, normalize_datetime, parse_key_segment
 from devstack.dataverse.store import Record, Store
+from devstack.dataverse.webhooks import Registration, WebhookDispatcher
 from devstack.stats import Stats, StatsMiddleware
 from devstack.tokens import TokenIssuer
 
@@ -84,6 +85,7 @@ class DataverseContext:
     untracked_table_behaviour: str = "ignore"
     governor: Governor = field(default_factory=lambda: Governor(Limits()))
     faults: FaultInjector = field(default_factory=FaultInjector)
+    webhooks: WebhookDispatcher | None = None
 
     @property
     def root(self) -> str:
@@ -130,6 +132,9 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 response = await route(ctx, request, user)
             finally:
                 governor.finish(user.user_id, server, server_ms)
+            events = ctx.store.drain_events()
+            if ctx.webhooks is not None and events:
+                ctx.webhooks.schedule(events, ctx.tables, user.user_id)
             ctx.stats.bump(f"requests by user {user.user_id}")
             ctx.stats.bump(f"requests by server {server}")
             if response.status_code < 400:
@@ -160,6 +165,11 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
             except (TypeError, ValueError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
             ctx.faults.replace(faults, action.get("max_token_age_s"))
+        if "webhooks" in action and ctx.webhooks is not None:
+            try:
+                ctx.webhooks.registrations = [Registration.from_dict(w) for w in action["webhooks"]]
+            except (KeyError, TypeError, ValueError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
         for name, value in (action.get("limits") or {}).items():
             if name in Limits.__dataclass_fields__:
                 setattr(ctx.governor.limits, name, value)

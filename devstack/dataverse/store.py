@@ -41,6 +41,14 @@ class Record:
         return f'W/"{self.version}"'
 
 
+@dataclass(frozen=True)
+class ChangeEvent:
+    message: str  # Create, Update, Delete
+    record: Record  # after the change (for Delete: the deleted record)
+    before: Record | None
+    changes: dict[str, Any]
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -54,6 +62,10 @@ class Store:
         self._conn.executescript(SCHEMA)
         self._lock = threading.RLock()
         self._depth = 0
+        # Change events (for outgoing webhooks) are released only when the outermost transaction
+        # commits; a rolled-back savepoint drops its own events.
+        self._events: list[ChangeEvent] = []
+        self._committed: list[ChangeEvent] = []
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Store]:
@@ -62,16 +74,27 @@ class Store:
             savepoint = f"sp{self._depth}"
             self._conn.execute(f"SAVEPOINT {savepoint}")
             self._depth += 1
+            mark = len(self._events)
             try:
                 yield self
             except BaseException:
                 self._conn.execute(f"ROLLBACK TO {savepoint}")
                 self._conn.execute(f"RELEASE {savepoint}")
+                del self._events[mark:]
                 raise
             else:
                 self._conn.execute(f"RELEASE {savepoint}")
+                if self._depth == 1:
+                    self._committed.extend(self._events)
+                    self._events.clear()
             finally:
                 self._depth -= 1
+
+    def drain_events(self) -> list[ChangeEvent]:
+        """Committed change events not yet handed out."""
+        with self._lock:
+            events, self._committed = self._committed, []
+        return events
 
     def _next_version(self) -> int:
         self._conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'version'")
@@ -113,7 +136,9 @@ class Store:
                 "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
                 (entity, record_id.lower(), version, json.dumps(data), now, now),
             )
-        return Record(entity, record_id.lower(), version, data, now, now)
+        record = Record(entity, record_id.lower(), version, data, now, now)
+        self._events.append(ChangeEvent("Create", record, None, data))
+        return record
 
     def update(self, record: Record, changes: dict[str, Any]) -> Record:
         with self._lock:
@@ -123,7 +148,9 @@ class Store:
                 "UPDATE records SET version=?, data=?, modifiedon=? WHERE entity=? AND id=?",
                 (version, json.dumps(data), now, record.entity, record.id),
             )
-        return Record(record.entity, record.id, version, data, record.createdon, now)
+        updated = Record(record.entity, record.id, version, data, record.createdon, now)
+        self._events.append(ChangeEvent("Update", updated, record, changes))
+        return updated
 
     def delete(self, record: Record) -> None:
         with self._lock:

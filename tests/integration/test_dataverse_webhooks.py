@@ -1,0 +1,157 @@
+"""Outgoing webhooks: the RemoteExecutionContext POSTed after commit, auth, retry rules, size stripping."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from shared.identity.worker import dataverse_token
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver:
+    """A local endpoint that records deliveries and answers a scripted sequence of statuses."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[dict[str, Any]] = []
+        self.statuses: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.deliveries.append({"path": self.path, "headers": dict(self.headers), "raw": raw})
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/webhooks/dataverse"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout_s: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.deliveries) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.deliveries
+
+
+@pytest.fixture
+def hooked(devstack, app_env) -> Iterator[tuple[Any, Receiver]]:
+    app_env(devstack)
+    receiver = Receiver()
+    root, verify = devstack.env["DATAVERSE_URL"], devstack.env["REQUESTS_CA_BUNDLE"]
+    headers = {"Authorization": f"Bearer {dataverse_token().value}", "OData-Version": "4.0"}
+
+    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(
+            method, f"{root}/api/data/v9.2/{path}", headers=headers, verify=verify, timeout=30, **kwargs
+        )
+
+    def register(auth: dict[str, Any], messages: list[str] | None = None) -> None:
+        spec = {
+            "url": receiver.url,
+            "table": "account",
+            "auth": auth,
+            "messages": messages or ["Create", "Update", "Delete"],
+        }
+        requests.post(
+            f"{root}/_devstack/control", json={"webhooks": [spec]}, verify=verify, timeout=10
+        ).raise_for_status()
+
+    call.register = register  # type: ignore[attr-defined]
+    yield call, receiver
+    requests.post(f"{root}/_devstack/control", json={"webhooks": []}, verify=verify, timeout=10)
+    receiver.server.shutdown()
+
+
+def test_create_is_delivered_with_the_remote_execution_context(hooked) -> None:
+    call, receiver = hooked
+    call.register({"type": "WebhookKey", "value": "fn-key-123"})
+    tag = uuid.uuid4().hex[:6]
+    created = call(
+        "POST",
+        "accounts",
+        json={"name": f"wh-{tag}", "accountcategorycode": 1, "revenue": 10.5, "lastonholdtime": "2026-01-02T03:04:05Z"},
+    )
+    record_id = created.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
+    (delivery,) = receiver.wait(1)
+    assert delivery["path"].endswith("?code=fn-key-123")
+    headers = {k.lower(): v for k, v in delivery["headers"].items()}
+    assert headers["x-ms-dynamics-entity-name"] == "account"
+    assert headers["x-ms-dynamics-request-name"] == "create"
+    assert headers["x-ms-dynamics-organization"].startswith("127.0.0.1:")
+    assert "x-ms-dynamics-msg-size-exceeded" not in headers
+    assert b"\\/Date(" in delivery["raw"]
+    assert b"http:\\/\\/schemas.microsoft.com" in delivery["raw"]
+    context = json.loads(delivery["raw"])
+    assert (context["MessageName"], context["PrimaryEntityName"], context["PrimaryEntityId"]) == (
+        "Create",
+        "account",
+        record_id,
+    )
+    assert (context["Mode"], context["Stage"], context["Depth"]) == (1, 40, 1)
+    target = context["InputParameters"][0]["value"]
+    assert target["__type"] == "Entity:http://schemas.microsoft.com/xrm/2011/Contracts"
+    attributes = {a["key"]: a["value"] for a in target["Attributes"]}
+    assert attributes["name"] == f"wh-{tag}"
+    assert attributes["accountcategorycode"] == {
+        "__type": "OptionSetValue:http://schemas.microsoft.com/xrm/2011/Contracts",
+        "Value": 1,
+    }
+    assert attributes["revenue"]["__type"].startswith("Money:")
+    assert attributes["lastonholdtime"] == "/Date(1767323045000)/"
+
+
+def test_rolled_back_changeset_sends_nothing_and_retries_follow_the_rules(hooked) -> None:
+    call, receiver = hooked
+    call.register({"type": "HttpHeader", "values": {"x-dvbridge-key": "header-secret"}})
+    tag = uuid.uuid4().hex[:6]
+    # A failed bulk request rolls back: no event may leave the emulator.
+    bad = [
+        {"@odata.type": "Microsoft.Dynamics.CRM.account", "name": f"rb-{tag}"},
+        {"@odata.type": "Microsoft.Dynamics.CRM.account", "name": "x" * 161},
+    ]
+    assert call("POST", "accounts/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": bad}).status_code == 400
+    receiver.statuses = [503, 200, 500]
+    call("POST", "accounts", json={"name": f"retry-{tag}"})
+    assert len(receiver.wait(2)) == 2  # 503 -> exactly one more attempt
+    call("POST", "accounts", json={"name": f"noretry-{tag}"})
+    time.sleep(0.5)
+    deliveries = receiver.wait(3)
+    assert len(deliveries) == 3  # 500 is not retried
+    names = [
+        {a["key"]: a["value"] for a in json.loads(d["raw"])["InputParameters"][0]["value"]["Attributes"]}["name"]
+        for d in deliveries
+    ]
+    assert names == [f"retry-{tag}", f"retry-{tag}", f"noretry-{tag}"]
+    assert all({k.lower(): v for k, v in d["headers"].items()}["x-dvbridge-key"] == "header-secret" for d in deliveries)
+
+
+def test_large_payload_is_stripped_and_flagged(hooked) -> None:
+    call, receiver = hooked
+    call.register({"type": "HttpQueryString", "values": {"k": "v"}}, messages=["Update"])
+    created = call("POST", "accounts", json={"name": "big"})
+    record_id = created.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
+    call("PATCH", f"accounts({record_id})", json={"description": "x" * 300_000})
+    (delivery,) = receiver.wait(1)
+    assert delivery["path"].endswith("?k=v")
+    assert {k.lower(): v for k, v in delivery["headers"].items()}["x-ms-dynamics-msg-size-exceeded"] == "true"
+    context = json.loads(delivery["raw"])
+    assert "InputParameters" not in context
+    assert "PostEntityImages" not in context
+    assert context["PrimaryEntityId"] == record_id
+    assert context["MessageName"] == "Update"
