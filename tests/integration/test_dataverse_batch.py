@@ -6,9 +6,8 @@ import re
 import uuid
 
 import pytest
-import requests
 
-from shared.identity.worker import dataverse_token
+from tests.dataverse_api import DataverseApi, api_for
 
 pytestmark = pytest.mark.integration
 
@@ -16,20 +15,9 @@ CRLF = "\r\n"
 
 
 @pytest.fixture
-def dv(devstack, app_env):
+def dv(devstack, app_env) -> DataverseApi:
     app_env(devstack)
-    root = devstack.env["DATAVERSE_URL"] + "/api/data/v9.2"
-    session = requests.Session()
-    session.headers.update(
-        {"Authorization": f"Bearer {dataverse_token().value}", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
-    )
-    verify = devstack.env["REQUESTS_CA_BUNDLE"]
-
-    def call(method: str, path: str, **kwargs):
-        return session.request(method, f"{root}/{path}", verify=verify, timeout=30, **kwargs)
-
-    call.root = root  # type: ignore[attr-defined]
-    return call
+    return api_for(devstack)
 
 
 def part(method: str, url: str, body: str | None = None, content_id: int | None = None) -> str:

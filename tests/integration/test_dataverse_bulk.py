@@ -7,7 +7,7 @@ import uuid
 import pytest
 import requests
 
-from shared.identity.worker import dataverse_token
+from tests.dataverse_api import DataverseApi, api_for
 
 pytestmark = pytest.mark.integration
 
@@ -15,20 +15,9 @@ ACCOUNT = "Microsoft.Dynamics.CRM.account"
 
 
 @pytest.fixture
-def dv(devstack, app_env):
+def dv(devstack, app_env) -> DataverseApi:
     app_env(devstack)
-    root = devstack.env["DATAVERSE_URL"] + "/api/data/v9.2"
-    headers = {
-        "Authorization": f"Bearer {dataverse_token().value}",
-        "OData-Version": "4.0",
-        "Accept": "application/json",
-    }
-    verify = devstack.env["REQUESTS_CA_BUNDLE"]
-
-    def call(method: str, path: str, **kwargs):
-        return requests.request(method, f"{root}/{path}", headers=headers, verify=verify, timeout=30, **kwargs)
-
-    return call
+    return api_for(devstack)
 
 
 def names(dv, prefix: str) -> list[str]:

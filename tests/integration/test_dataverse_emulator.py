@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import pytest
 import requests
 
 from shared.identity.worker import dataverse_token
+from tests.dataverse_api import DataverseApi, api_for
 
 pytestmark = pytest.mark.integration
 
-STANDARD = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0", "If-None-Match": "null"}
-
-
-class Api:
-    def __init__(self, stack, token: str) -> None:
-        self.root = stack.env["DATAVERSE_URL"] + "/api/data/v9.2"
-        # Passed per request: requests lets REQUESTS_CA_BUNDLE override Session.verify.
-        self.verify = stack.env["REQUESTS_CA_BUNDLE"]
-        self.session = requests.Session()
-        self.session.headers.update({**STANDARD, "Authorization": f"Bearer {token}"})
-
-    def __call__(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return self.session.request(method, f"{self.root}/{path}", timeout=30, verify=self.verify, **kwargs)
+Api = DataverseApi
 
 
 @pytest.fixture
 def api(devstack, app_env) -> Api:
     app_env(devstack)
-    return Api(devstack, dataverse_token().value)
+    return api_for(devstack)
 
 
 def error_of(response: requests.Response) -> tuple[int, str]:
@@ -216,9 +204,7 @@ def test_stats_agree_with_the_store(devstack, api: Api) -> None:
         "accounts/Microsoft.Dynamics.CRM.CreateMultiple",
         json={"Targets": [{"@odata.type": "Microsoft.Dynamics.CRM.account", "name": f"{tag}-{i}"} for i in range(4)]},
     )
-    stats = requests.get(
-        f"{devstack.env['DATAVERSE_URL']}/_devstack/stats", verify=devstack.env["REQUESTS_CA_BUNDLE"], timeout=10
-    ).json()
+    stats = api.stats()
     listed = 0
     link: str | None = f"{api.root}/accounts?$select=accountid"
     while link:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from shared.identity.worker import dataverse_token
+from tests.dataverse_api import DataverseApi, api_for
 
 pytestmark = pytest.mark.integration
 
@@ -16,23 +16,11 @@ ACCOUNT = "Microsoft.Dynamics.CRM.account"
 
 
 @pytest.fixture
-def dv(devstack, app_env) -> Iterator:
+def dv(devstack, app_env) -> Iterator[DataverseApi]:
     app_env(devstack)
-    root = devstack.env["DATAVERSE_URL"]
-    verify = devstack.env["REQUESTS_CA_BUNDLE"]
-    headers = {"Authorization": f"Bearer {dataverse_token().value}", "OData-Version": "4.0"}
-
-    def call(method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(
-            method, f"{root}/api/data/v9.2/{path}", headers=headers, verify=verify, timeout=30, **kwargs
-        )
-
-    def control(payload: dict) -> None:
-        requests.post(f"{root}/_devstack/control", json=payload, verify=verify, timeout=10).raise_for_status()
-
-    call.control = control  # type: ignore[attr-defined]
-    yield call
-    control({"faults": [], "max_token_age_s": None})
+    api = api_for(devstack)
+    yield api
+    api.control({"faults": [], "max_token_age_s": None})
 
 
 def test_count_based_faults_fire_exactly_n_times(dv) -> None:

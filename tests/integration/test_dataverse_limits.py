@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from shared.identity.worker import dataverse_token
+from tests.dataverse_api import DataverseApi, api_for
 
 pytestmark = pytest.mark.integration
 
@@ -16,20 +16,9 @@ ACCOUNT = "Microsoft.Dynamics.CRM.account"
 TIME_REMAINING = re.compile(r"^\d{1,3}(,\d{3})*\.\d{2}$")
 
 
-def session_for(stack, app_env, client_id: str, secret: str):
+def session_for(stack, app_env, client_id: str, secret: str) -> DataverseApi:
     app_env(stack, DATAVERSE_CLIENT_ID=client_id, DATAVERSE_CLIENT_SECRET_NAME=secret)
-    root = stack.env["DATAVERSE_URL"] + "/api/data/v9.2"
-    headers = {
-        "Authorization": f"Bearer {dataverse_token().value}",
-        "OData-Version": "4.0",
-        "Accept": "application/json",
-    }
-    verify = stack.env["REQUESTS_CA_BUNDLE"]
-
-    def call(method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, f"{root}/{path}", headers=headers, verify=verify, timeout=60, **kwargs)
-
-    return call
+    return api_for(stack)
 
 
 def bulk(call) -> requests.Response:
@@ -64,11 +53,7 @@ def test_execution_time_limit(limits_devstack, app_env) -> None:
         "exceeded limit of 10,000  milliseconds over time window of 300 seconds" in throttled.json()["error"]["message"]
     )
     assert int(throttled.headers["Retry-After"]) >= 1
-    stats = requests.get(
-        limits_devstack.env["DATAVERSE_URL"] + "/_devstack/stats",
-        verify=limits_devstack.env["REQUESTS_CA_BUNDLE"],
-        timeout=10,
-    ).json()
+    stats = call.stats()
     assert stats["counters"]["throttled 0x80072321"] >= 1
 
 

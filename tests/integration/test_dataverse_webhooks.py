@@ -11,9 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import requests
 
-from shared.identity.worker import dataverse_token
+from tests.dataverse_api import api_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +52,7 @@ class Receiver:
 def hooked(devstack, app_env) -> Iterator[tuple[Any, Receiver]]:
     app_env(devstack)
     receiver = Receiver()
-    root, verify = devstack.env["DATAVERSE_URL"], devstack.env["REQUESTS_CA_BUNDLE"]
-    headers = {"Authorization": f"Bearer {dataverse_token().value}", "OData-Version": "4.0"}
-
-    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(
-            method, f"{root}/api/data/v9.2/{path}", headers=headers, verify=verify, timeout=30, **kwargs
-        )
+    api = api_for(devstack)
 
     def register(auth: dict[str, Any], messages: list[str] | None = None) -> None:
         spec = {
@@ -68,13 +61,11 @@ def hooked(devstack, app_env) -> Iterator[tuple[Any, Receiver]]:
             "auth": auth,
             "messages": messages or ["Create", "Update", "Delete"],
         }
-        requests.post(
-            f"{root}/_devstack/control", json={"webhooks": [spec]}, verify=verify, timeout=10
-        ).raise_for_status()
+        api.control({"webhooks": [spec]})
 
-    call.register = register  # type: ignore[attr-defined]
-    yield call, receiver
-    requests.post(f"{root}/_devstack/control", json={"webhooks": []}, verify=verify, timeout=10)
+    api.register = register  # type: ignore[attr-defined]
+    yield api, receiver
+    api.control({"webhooks": []})
     receiver.server.shutdown()
 
 
