@@ -43,11 +43,15 @@ def build_dataverse(
         )
     if db_path is not None and db_path.exists():
         db_path.unlink()  # each start begins from the scenario's state
+    store = Store(db_path)
+    for table in tables.values():
+        for key in table.keys:
+            store.index_key(table.logical_name, key.attributes)
     organization_id = str(section.get("organization_id") or uuid.uuid4())
     business_unit_id = str(section.get("business_unit_id") or uuid.uuid4())
     context = DataverseContext(
         tables=tables,
-        store=Store(db_path),
+        store=store,
         issuer=issuer,
         org_url=org_url,
         authority=authority,

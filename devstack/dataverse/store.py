@@ -49,6 +49,11 @@ class ChangeEvent:
     changes: dict[str, Any]
 
 
+def _check_identifier(name: str) -> None:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not a column name: {name!r}")
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -117,11 +122,28 @@ class Store:
             ).fetchone()
         return self._record(row) if row else None
 
+    def index_key(self, entity: str, attributes: tuple[str, ...]) -> None:
+        """An expression index per alternate key: upserts by key stay O(log n) as the table grows."""
+        for name in attributes:
+            _check_identifier(name)
+        _check_identifier(entity)
+        columns = ", ".join(f"json_extract(data, '$.\"{a}\"')" for a in attributes)
+        with self._lock:
+            self._conn.execute(
+                f"CREATE INDEX IF NOT EXISTS ix_{entity}_{'_'.join(attributes)} ON records(entity, {columns})"
+            )
+
     def find_by_key(self, entity: str, values: dict[str, Any]) -> Record | None:
-        clauses = " AND ".join("json_extract(data, ?) IS ?" for _ in values)
-        params: list[Any] = [entity]
-        for name, value in values.items():
-            params += [f'$."{name}"', value]
+        # Literal paths (validated identifiers) so SQLite can use the expression indexes.
+        for name in values:
+            _check_identifier(name)
+        clauses = " AND ".join(
+            f"json_extract(data, '$.\"{name}\"') IS NULL"
+            if value is None
+            else f"json_extract(data, '$.\"{name}\"') = ?"
+            for name, value in values.items()
+        )
+        params: list[Any] = [entity, *(v for v in values.values() if v is not None)]
         with self._lock:
             row = self._conn.execute(
                 f"SELECT entity, id, version, data, createdon, modifiedon FROM records WHERE entity=? AND {clauses}",  # noqa: S608 - placeholders only
