@@ -33,6 +33,10 @@ MAX_BATCH_OPERATIONS = 1000
 CRLF = "\r\n"
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
 _CONTENT_ID_REF = re.compile(r"^\$(\d+)")
+# The order Dataverse writes part headers in (reference §3.4, §3.5); others follow.
+HEADER_ORDER = {
+    name: i for i, name in enumerate(["req_id", "content-type", "odata-version", "location", "odata-entityid"])
+}
 # Starlette stores header names in lower case; parts are written with Dataverse's spelling.
 HEADER_SPELLING = {
     "odata-entityid": "OData-EntityId",
@@ -286,6 +290,7 @@ async def _run_operation(
         headers.append(("Content-Type", JSON_TYPE + "; odata.streaming=true"))
     if not any(k.lower() == "odata-version" for k, _ in headers):
         headers.append(("OData-Version", "4.0"))
+    headers.sort(key=lambda item: HEADER_ORDER.get(item[0].lower(), len(HEADER_ORDER)))
     entity_id = next((v for k, v in headers if k.lower() == "odata-entityid"), None)
     if entity_id is None and response.status_code == 201 and response.body:
         created = json.loads(bytes(response.body))

@@ -66,16 +66,21 @@ class Throttle:
 class Governor:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.server_ids = [uuid.uuid5(uuid.NAMESPACE_DNS, f"server{i}").hex for i in range(limits.web_servers)]
-        self._round_robin = itertools.cycle(range(limits.web_servers))
+        self._turn = itertools.count()
         self._windows: dict[tuple[str, int], _Window] = {}
         self._lock = threading.Lock()
 
+    @property
+    def server_ids(self) -> list[str]:
+        """Stable ARRAffinity values, one per web server (the count can change at run time)."""
+        return [uuid.uuid5(uuid.NAMESPACE_DNS, f"server{i}").hex for i in range(self.limits.web_servers)]
+
     def pick_server(self, affinity: str | None) -> int:
-        if affinity and affinity in self.server_ids:
-            return self.server_ids.index(affinity)
+        ids = self.server_ids
+        if affinity and affinity in ids:
+            return ids.index(affinity)
         with self._lock:
-            return next(self._round_robin)
+            return next(self._turn) % len(ids)
 
     def _window(self, user: str, server: int, now: float) -> _Window:
         window = self._windows.setdefault((user, server), _Window())

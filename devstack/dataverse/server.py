@@ -170,6 +170,18 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 ctx.webhooks.registrations = [Registration.from_dict(w) for w in action["webhooks"]]
             except (KeyError, TypeError, ValueError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
+        if "seed" in action:
+            try:
+                with ctx.store.transaction():
+                    for logical_name, rows in action["seed"].items():
+                        table = ctx.tables[logical_name]
+                        for row in rows:
+                            data = convert_body(ctx, table, row)
+                            record_id = str(data.pop(table.primary_id, None) or uuid.uuid4())
+                            ctx.store.insert(table.logical_name, record_id, data)
+            except (KeyError, DataverseFault) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            ctx.store.drain_events()  # seeding is set-up, not a change anyone subscribed to
         for name, value in (action.get("limits") or {}).items():
             if name in Limits.__dataclass_fields__:
                 setattr(ctx.governor.limits, name, value)
@@ -561,10 +573,10 @@ def represent(ctx: DataverseContext, table: Table, record: Record, select: list[
     columns = select if select else [a.value_name for a in table.attributes.values()]
     for column in columns:
         attr = table.by_value_name(column)
-        if attr is None:
+        if attr is None or column == table.primary_id:
             continue
         out[column] = column_value(table, record, attr)
-    out[table.primary_id] = record.id
+    out[table.primary_id] = record.id  # after the columns, as Dataverse writes it
     return out
 
 
