@@ -6,6 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := devstack/node_modules/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help run test lint typecheck unit integration doctor up clean
@@ -21,10 +22,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP)
 
-run: $(STAMP)
+$(NODE_STAMP): devstack/package.json devstack/package-lock.json
+	cd devstack && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+run: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack run
 
-up: $(STAMP)
+up: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack up
 
 doctor: $(STAMP)
@@ -40,11 +45,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 # Every step must pass; pytest's own exit status (including 5, "no tests collected") fails the target.
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

@@ -26,6 +26,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
+from devstack.azurite import Azurite, start_azurite
 from devstack.dataverse.build import build_dataverse
 from devstack.dataverse.server import dataverse_app
 from devstack.entra import EntraContext, entra_app, managed_identity_app
@@ -158,6 +159,18 @@ async def _serve(args: argparse.Namespace) -> int:
     for listener in listeners:
         await loop.run_in_executor(None, _probe, listener.url, tls)
 
+    azurite: Azurite | None = None
+    if not args.no_azurite:
+        try:
+            azurite = await loop.run_in_executor(
+                None, start_azurite, None if args.memory else directory / "azurite", directory / "azurite.log"
+            )
+        except Exception as exc:
+            stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            print(f"devstack failed to start: {exc}", file=sys.stderr)
+            return 1
+
     env = {
         "IDENTITY_ENDPOINT": f"{mi_url}/msi/token",
         "IDENTITY_HEADER": identity_header,
@@ -169,6 +182,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
         "GRAPH_URL": entra_url,
         "REQUESTS_CA_BUNDLE": str(tls.bundle),
+        **({"AzureWebJobsStorage": azurite.connection_string} if azurite else {}),
         **world.settings,
         "DEVSTACK_ENTRA_URL": entra_url,
         "DEVSTACK_MANAGED_IDENTITY_URL": mi_url,
@@ -182,6 +196,11 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"  environment: {env_path}  (source it: set -a; . {env_path}; set +a)", flush=True)
     for listener in listeners:
         print(f"  {listener.name:<17} {listener.url}", flush=True)
+    if azurite:
+        print(
+            f"  {'azurite':<17} blob {azurite.blob_port}, queue {azurite.queue_port}, table {azurite.table_port}",
+            flush=True,
+        )
 
     exit_code = 0
     if args.command == "run":
@@ -191,6 +210,8 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             print("devstack is serving; press Ctrl-C to stop.", flush=True)
     await asyncio.gather(*tasks)
+    if azurite:
+        azurite.stop()
     with contextlib.suppress(FileNotFoundError):
         env_path.unlink()
     print("devstack stopped", flush=True)
@@ -211,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-secrets", help="append every secret value and issued token to this file")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--time-scale", type=float, help="override the scenario's Dataverse time_scale")
+    parser.add_argument("--no-azurite", action="store_true", help="do not start Azurite (identity/Dataverse only)")
     parser.add_argument("--memory", action="store_true", help="keep the Dataverse store in memory")
     parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
     args = parser.parse_args(argv)

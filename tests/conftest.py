@@ -59,7 +59,7 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProce
 def faults_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
     """devstack with a world in which every catalogue failure can be produced."""
     process = DevstackProcess(
-        SCENARIOS / "faults.yaml", tmp_path_factory.mktemp("faults"), "faults", "--time-scale", "0.01"
+        SCENARIOS / "faults.yaml", tmp_path_factory.mktemp("faults"), "faults", "--no-azurite", "--time-scale", "0.01"
     )
     yield process
     process.stop()
@@ -68,7 +68,7 @@ def faults_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsta
 @pytest.fixture(scope="session")
 def limits_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
     """devstack with small service-protection limits and slow bulk requests."""
-    process = DevstackProcess(SCENARIOS / "limits.yaml", tmp_path_factory.mktemp("limits"), "limits")
+    process = DevstackProcess(SCENARIOS / "limits.yaml", tmp_path_factory.mktemp("limits"), "limits", "--no-azurite")
     yield process
     process.stop()
 

@@ -57,7 +57,7 @@ def sustain(call: Callable[[], object], clients: int, duration_s: float) -> list
 
 @pytest.fixture(scope="module")
 def ceiling_devstack(tmp_path_factory: pytest.TempPathFactory):
-    process = DevstackProcess(SCENARIOS / "ceiling.yaml", tmp_path_factory.mktemp("ceiling"), "ceiling")
+    process = DevstackProcess(SCENARIOS / "ceiling.yaml", tmp_path_factory.mktemp("ceiling"), "ceiling", "--no-azurite")
     yield process
     process.stop()
 

@@ -28,6 +28,7 @@ def soak_devstack(tmp_path_factory: pytest.TempPathFactory):
         ROOT / "devstack" / "scenarios" / "default.yaml",
         tmp_path_factory.mktemp("soak"),
         "soak",
+        "--no-azurite",
         "--time-scale",
         "0.05",
     )

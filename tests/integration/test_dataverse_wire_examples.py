@@ -50,6 +50,7 @@ def fresh_devstack(tmp_path_factory: pytest.TempPathFactory):
         ROOT / "devstack" / "scenarios" / "default.yaml",
         tmp_path_factory.mktemp("fresh"),
         "fresh",
+        "--no-azurite",
         "--memory",
         "--time-scale",
         "0.01",

@@ -1,0 +1,93 @@
+"""Azurite (Storage: blob, queue, table) as a child process of devstack (reference azure-offline.md §5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+AZURITE_BIN = Path(__file__).parent / "node_modules" / ".bin" / "azurite"
+START_TIMEOUT_S = 30
+EXTENT_MEMORY_LIMIT_MB = 256  # in-memory mode would otherwise reserve half of RAM
+ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (public, documented; not a secret).
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class AzuriteMissingError(RuntimeError):
+    pass
+
+
+@dataclass
+class Azurite:
+    process: subprocess.Popen[bytes]
+    blob_port: int
+    queue_port: int
+    table_port: int
+
+    @property
+    def connection_string(self) -> str:
+        base = "http://127.0.0.1"
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={base}:{self.blob_port}/{ACCOUNT};QueueEndpoint={base}:{self.queue_port}/{ACCOUNT};"
+            f"TableEndpoint={base}:{self.table_port}/{ACCOUNT};"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_azurite(location: Path | None, log_path: Path) -> Azurite:
+    """Start Azurite on three free ports; ``location=None`` keeps data in memory."""
+    if not AZURITE_BIN.exists():
+        raise AzuriteMissingError(
+            f"Azurite is not installed ({AZURITE_BIN} missing): run `make run` or `cd devstack && npm ci`"
+        )
+    ports = [_free_port() for _ in range(3)]
+    args = [
+        str(AZURITE_BIN),
+        "--silent",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",  # the SDKs send newer x-ms-version values than Azurite 3.35 knows
+        "--blobHost", "127.0.0.1", "--blobPort", str(ports[0]),
+        "--queueHost", "127.0.0.1", "--queuePort", str(ports[1]),
+        "--tableHost", "127.0.0.1", "--tablePort", str(ports[2]),
+    ]  # fmt: skip
+    if location is None:
+        args += ["--inMemoryPersistence", "--extentMemoryLimit", str(EXTENT_MEMORY_LIMIT_MB)]
+    else:
+        location.mkdir(parents=True, exist_ok=True)
+        args += ["--location", str(location)]
+    log = log_path.open("ab")
+    process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+    azurite = Azurite(process, *ports)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not all(_listening(p) for p in ports):
+        if process.poll() is not None or time.monotonic() > deadline:
+            azurite.stop()
+            raise RuntimeError(f"Azurite did not start; see {log_path}")
+        time.sleep(0.05)
+    return azurite
