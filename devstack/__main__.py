@@ -30,6 +30,7 @@ from devstack.azurite import Azurite, start_azurite
 from devstack.dataverse.build import build_dataverse
 from devstack.dataverse.server import dataverse_app
 from devstack.entra import EntraContext, entra_app, managed_identity_app
+from devstack.host import LocalHost, describe_banner
 from devstack.keyvault import VaultContext, keyvault_app
 from devstack.stats import Stats
 from devstack.tls import TlsFiles, create_tls
@@ -171,6 +172,7 @@ async def _serve(args: argparse.Namespace) -> int:
             print(f"devstack failed to start: {exc}", file=sys.stderr)
             return 1
 
+    host: LocalHost | None = None
     env = {
         "IDENTITY_ENDPOINT": f"{mi_url}/msi/token",
         "IDENTITY_HEADER": identity_header,
@@ -190,18 +192,55 @@ async def _serve(args: argparse.Namespace) -> int:
         "DEVSTACK_DATAVERSE_URL": dataverse_url,
         "DEVSTACK_CA_CERT": str(tls.ca_cert),
     }
+    if args.command == "run" or args.host:
+        # The app sees exactly the settings written to the env file, as a Functions worker would.
+        os.environ.update(env)
+        host_sock = _bind(args.host_port)
+        base_url = f"http://{LOOPBACK}:{host_sock.getsockname()[1]}"
+        try:
+            host = LocalHost(
+                Path(args.app_dir).resolve(), directory, storage=env.get("AzureWebJobsStorage"), base_url=base_url
+            )
+        except Exception as exc:
+            stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if azurite:
+                azurite.stop()
+            print(f"devstack failed to start: the app cannot be indexed: {exc}", file=sys.stderr)
+            return 1
+        host_server = _QuietServer(
+            uvicorn.Config(
+                host.asgi(),
+                log_level=args.log_level,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            )
+        )
+        servers.append(host_server)
+        tasks.append(asyncio.create_task(host_server.serve(sockets=[host_sock])))
+        while not host_server.started:
+            await asyncio.sleep(0.02)
+        await host.start()
+        env["FUNCTIONS_BASE_URL"] = base_url
+        env["FUNCTIONS_HOST_KEY"] = host.keys.host
+
     env_path = directory / "env"
     _write_env(env_path, env)
     print(READY_LINE, flush=True)
     print(f"  environment: {env_path}  (source it: set -a; . {env_path}; set +a)", flush=True)
     for listener in listeners:
         print(f"  {listener.name:<17} {listener.url}", flush=True)
+    if host is not None:
+        print(f"  {'functions host':<17} {env['FUNCTIONS_BASE_URL']}", flush=True)
     if azurite:
         print(
             f"  {'azurite':<17} blob {azurite.blob_port}, queue {azurite.queue_port}, table {azurite.table_port}",
             flush=True,
         )
 
+    if host is not None and args.command == "run":
+        print("\n".join(["", *describe_banner(host), ""]), flush=True)
     exit_code = 0
     if args.command == "run":
         exit_code = await loop.run_in_executor(None, _run_doctor, env)
@@ -210,6 +249,8 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             print("devstack is serving; press Ctrl-C to stop.", flush=True)
     await asyncio.gather(*tasks)
+    if host is not None:
+        await host.stop()
     if azurite:
         azurite.stop()
     with contextlib.suppress(FileNotFoundError):
@@ -232,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-secrets", help="append every secret value and issued token to this file")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--time-scale", type=float, help="override the scenario's Dataverse time_scale")
+    parser.add_argument("--host", action="store_true", help="with up: also run the local Functions host")
+    parser.add_argument("--app-dir", default=".", help="the Functions app directory (function_app.py, host.json)")
+    parser.add_argument("--host-port", type=int, default=7071, help="port of the local Functions host (0: any free)")
     parser.add_argument("--no-azurite", action="store_true", help="do not start Azurite (identity/Dataverse only)")
     parser.add_argument("--memory", action="store_true", help="keep the Dataverse store in memory")
     parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
