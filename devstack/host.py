@@ -205,6 +205,7 @@ class HostKeys:
 
 
 def _compile_route(template: str) -> tuple[re.Pattern[str], list[str]]:
+    """``items/{id:int}/{label?}`` -> a regex; an optional parameter takes its leading slash with it."""
     pattern, names = "", []
     for part in re.split(r"(\{[^}]+\})", template.strip("/")):
         if part.startswith("{") and part.endswith("}"):
@@ -212,8 +213,11 @@ def _compile_route(template: str) -> tuple[re.Pattern[str], list[str]]:
             optional = spec.endswith("?")
             name, _, constraint = spec.rstrip("?").partition(":")
             names.append(name)
-            body = ROUTE_CONSTRAINTS.get(constraint, r"[^/]+")
-            pattern += f"(?P<{name}>{body})" + ("?" if optional else "")
+            group = f"(?P<{name}>{ROUTE_CONSTRAINTS.get(constraint, r'[^/]+')})"
+            if optional and pattern.endswith("/"):
+                pattern = pattern[:-1] + f"(?:/{group})?"
+            else:
+                pattern += group + ("?" if optional else "")
         else:
             pattern += re.escape(part)
     return re.compile(f"^{pattern}/?$", re.I), names

@@ -7,6 +7,7 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -50,7 +51,19 @@ class DevstackProcess:
             self.stop()
             raise RuntimeError(f"devstack did not start: {first!r}; see {self.log_path}")
         self.env = _read_env(directory / "env")
+        # Keep reading stdout (invocation log lines) so the pipe never fills and blocks devstack.
+        self._stdout: list[str] = [first]
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         self._ssl = ssl.create_default_context(cafile=self.env["DEVSTACK_CA_CERT"])
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._stdout.append(line)
+
+    def stdout_text(self) -> str:
+        return "".join(self._stdout)
 
     def url(self, server: str) -> str:
         return {
