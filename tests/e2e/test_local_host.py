@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -32,6 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]
 
 def queue_messages(stack: DevstackProcess, queue: str, *, at_least: int = 1, timeout_s: float = 15) -> list[str]:
     """Read (and remove) messages from an Azurite queue until at least ``at_least`` arrived."""
+    from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
     client = QueueClient.from_connection_string(
@@ -40,12 +42,10 @@ def queue_messages(stack: DevstackProcess, queue: str, *, at_least: int = 1, tim
     found: list[str] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(ResourceNotFoundError):  # the function has not created the queue yet
             for message in client.receive_messages(max_messages=32, visibility_timeout=60):
                 found.append(str(message.content))
                 client.delete_message(message)
-        except Exception:  # the queue may not exist yet
-            pass
         if len(found) >= at_least:
             break
         time.sleep(0.2)
