@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := devstack/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help run test lint typecheck unit integration doctor up clean
+.PHONY: help run demo test lint typecheck unit integration doctor up clean
 
 help:
 	@echo "make run     start devstack (local Entra, managed identity, Key Vault, Graph) and run the doctor against it"
-	@echo "make test    ruff + mypy + the whole pytest suite"
+	@echo "make test    ruff + mypy + the whole pytest suite + make demo (smoke test)"
+	@echo "make demo    start everything, run each capability once, print a summary, exit non-zero on failure"
 	@echo "make doctor  run the identity doctor against a running devstack (.devstack/env)"
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -28,6 +29,9 @@ $(NODE_STAMP): devstack/package.json devstack/package-lock.json
 
 run: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack run
+
+demo: $(STAMP) $(NODE_STAMP)
+	$(PY) -m devstack demo --dir .devstack/demo --host-port 0
 
 up: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack up
@@ -54,6 +58,7 @@ test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m devstack demo --dir .devstack/demo --host-port 0 --time-scale 0.1
 
 clean:
 	rm -rf .devstack .mypy_cache .ruff_cache .pytest_cache tests/.artifacts

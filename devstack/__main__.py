@@ -2,8 +2,9 @@
 
 * ``up``  starts the servers, writes ``<dir>/env`` and prints ``devstack ready``; serves until
   SIGINT/SIGTERM.
-* ``run`` does the same, then runs the identity doctor against it (the main job grows here in
-  later issues); with ``--once`` it stops after the doctor and exits with the doctor's status.
+* ``run`` also starts the local Functions host, prints a banner, runs each capability's first run
+  (``devstack/demo.py``) and serves until Ctrl-C; with ``--once`` it stops after the first runs.
+* ``demo`` is ``run`` without the waiting: first runs, a summary table, exit 0 only if all passed.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Generator
@@ -29,6 +30,7 @@ from starlette.applications import Starlette
 from devstack.azurite import Azurite, start_azurite
 from devstack.dataverse.build import build_dataverse
 from devstack.dataverse.server import dataverse_app
+from devstack.demo import render, run_steps
 from devstack.entra import EntraContext, entra_app, managed_identity_app
 from devstack.host import LocalHost, describe_banner
 from devstack.keyvault import VaultContext, keyvault_app
@@ -42,6 +44,16 @@ READY_TIMEOUT_S = 30
 # Idle TLS keep-alive connections never answer close_notify; don't wait for them on shutdown.
 GRACEFUL_SHUTDOWN_S = 2
 LOOPBACK = "127.0.0.1"
+
+
+class _ExpectedShutdownFilter(logging.Filter):
+    """Idle keep-alive connections make uvicorn report the bounded shutdown we asked for; that is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "timeout graceful shutdown exceeded" not in record.getMessage()
+
+
+logging.getLogger("uvicorn.error").addFilter(_ExpectedShutdownFilter())
 
 
 class _QuietServer(uvicorn.Server):
@@ -192,7 +204,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "DEVSTACK_DATAVERSE_URL": dataverse_url,
         "DEVSTACK_CA_CERT": str(tls.ca_cert),
     }
-    if args.command == "run" or args.host:
+    if args.command in ("run", "demo") or args.host:
         # The app sees exactly the settings written to the env file, as a Functions worker would.
         os.environ.update(env)
         host_sock = _bind(args.host_port)
@@ -239,15 +251,17 @@ async def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    if host is not None and args.command == "run":
+    if host is not None and args.command in ("run", "demo"):
         print("\n".join(["", *describe_banner(host), ""]), flush=True)
     exit_code = 0
-    if args.command == "run":
-        exit_code = await loop.run_in_executor(None, _run_doctor, env)
-        if args.once:
+    if args.command in ("run", "demo"):
+        outcomes = await loop.run_in_executor(None, run_steps, env)
+        print(render(outcomes), flush=True)
+        exit_code = 0 if all(o.ok for o in outcomes) else 1
+        if args.once or args.command == "demo":
             stop()
         else:
-            print("devstack is serving; press Ctrl-C to stop.", flush=True)
+            print("\ndevstack is serving; press Ctrl-C to stop.", flush=True)
     await asyncio.gather(*tasks)
     if host is not None:
         await host.stop()
@@ -259,15 +273,9 @@ async def _serve(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _run_doctor(env: dict[str, str]) -> int:
-    """Run the doctor in a fresh interpreter, as a Functions worker would see the settings."""
-    child_env = {**os.environ, **env}
-    return subprocess.call([sys.executable, "-m", "shared.identity.doctor"], env=child_env)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "run"])
+    parser.add_argument("command", choices=["up", "run", "demo"])
     parser.add_argument("--scenario", default=str(SCENARIO_DIR / "default.yaml"), help="scenario YAML")
     parser.add_argument("--dir", default=".devstack", help="state directory (env file, TLS material)")
     parser.add_argument("--record-secrets", help="append every secret value and issued token to this file")
