@@ -5,7 +5,9 @@
     DvbridgeError                 anything dvbridge raises on purpose
     ├── ConfigError               settings missing or malformed; .problems lists every one
     │   └── CredentialFormatError the credential held in Key Vault cannot be used as it is
-    └── AuthError                 a step of the identity chain failed; .code, .cause, .fix, .step
+    ├── AuthError                 a step of the identity chain failed; .code, .cause, .fix, .step
+    └── DataverseError            the Web API refused a request; .status, .code, .message
+        └── ThrottledError        429 after every retry; .retry_after_s
 
 Every error message is safe to log: no secret value or token is ever put into one.
 Callers chain the original exception (``raise ... from exc``) so the SDK detail stays available.
@@ -71,3 +73,18 @@ class AuthError(DvbridgeError):
         if detail:
             text += f" (detail: {detail})"
         super().__init__(text)
+
+
+class DataverseError(DvbridgeError):
+    """The Dataverse Web API answered with an error (after retries, where retrying made sense)."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: float | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+        super().__init__(f"Dataverse {status} {code}: {message}")
+
+
+class ThrottledError(DataverseError):
+    """Still throttled (429) when the retry budget ran out."""

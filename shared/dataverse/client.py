@@ -1,0 +1,378 @@
+"""``DataverseClient``: one pooled session per worker, the standard headers, retries that honour
+``Retry-After``, one token refresh on 401, reads (by id, by key, queries, paging, WhoAmI, change
+tracking), single writes, ``$batch`` and bulk messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from shared import __version__
+from shared.dataverse.batch_codec import BatchItem, OperationResult, decode_batch, encode_batch, match_results
+from shared.dataverse.governor import ThrottleGovernor
+from shared.errors import DataverseError, ThrottledError
+from shared.logging import log_event
+
+logger = logging.getLogger(__name__)
+
+API_PATH = "/api/data/v9.2"
+USER_AGENT = f"dvbridge/{__version__}"
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+BULK_READ_TIMEOUT_S = 180.0  # bulk messages and large batches run for minutes on real environments
+RETRY_STATUSES = {429, 502, 503, 504}
+MAX_ATTEMPTS = 8
+RETRY_DEADLINE_S = 600.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+MAX_PAGE_SIZE = 5000
+
+
+class TokenSource(Protocol):
+    def token_for_invocation(self, *, force_refresh: bool = False) -> Any: ...
+
+
+@dataclass(frozen=True)
+class DeltaPage:
+    """One change-tracking read: changed rows, deleted ids, and the link for the next delta read."""
+
+    changed: list[dict[str, Any]]
+    deleted: list[str]
+    delta_link: str
+
+
+@dataclass
+class ClientOptions:
+    max_concurrency: int = 8
+    affinity_cookie: bool = False  # off: requests spread over web servers, each with its own limits
+    bypass_custom_plugins: bool = False
+    suppress_duplicate_detection: bool | None = None
+    caller_object_id: str | None = None
+    max_attempts: int = MAX_ATTEMPTS
+    retry_deadline_s: float = RETRY_DEADLINE_S
+    verify: str | bool | None = None  # None: requests' default (honours REQUESTS_CA_BUNDLE)
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+def format_key(key: Mapping[str, Any] | str) -> str:
+    """``{"accountnumber": "O'Brien"}`` -> ``accountnumber='O''Brien'``; a GUID stays bare."""
+    if isinstance(key, str):
+        return key
+    parts = []
+    for name, value in key.items():
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, int | float | uuid.UUID) or (name.startswith("_") and name.endswith("_value")):
+            rendered = str(value)
+        else:
+            rendered = "'" + str(value).replace("'", "''") + "'"
+        parts.append(f"{name}={rendered}")
+    return ",".join(parts)
+
+
+class DataverseClient:
+    def __init__(
+        self,
+        org_url: str,
+        tokens: TokenSource,
+        *,
+        session: requests.Session | None = None,
+        options: ClientOptions | None = None,
+        governor: ThrottleGovernor | None = None,
+    ) -> None:
+        self.org_url = org_url.rstrip("/")
+        self.root = f"{self.org_url}{API_PATH}"
+        self.options = options or ClientOptions()
+        self.tokens = tokens
+        self.governor = governor or ThrottleGovernor(self.options.max_concurrency)
+        self.session = session or self._new_session()
+        self.requests_sent = 0
+        self._token = tokens.token_for_invocation()
+
+    def __repr__(self) -> str:
+        return f"DataverseClient(org_url={self.org_url!r})"
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        size = max(self.options.max_concurrency, 1) + 2
+        adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        if not self.options.affinity_cookie:
+            session.cookies.set_policy(_NoCookies())
+        return session
+
+    # -- the one request path -----------------------------------------------------------------------
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {
+            "Accept": "application/json",
+            "OData-MaxVersion": "4.0",
+            "OData-Version": "4.0",
+            "If-None-Match": "null",
+            "User-Agent": USER_AGENT,
+            "Authorization": f"Bearer {self._token.value}",
+            **self.options.extra_headers,
+        }
+        if self.options.bypass_custom_plugins:
+            headers["MSCRM.BypassCustomPluginExecution"] = "true"
+        if self.options.suppress_duplicate_detection is not None:
+            headers["MSCRM.SuppressDuplicateDetection"] = str(self.options.suppress_duplicate_detection).lower()
+        if self.options.caller_object_id:
+            headers["CallerObjectId"] = self.options.caller_object_id
+        headers.update(extra or {})
+        return headers
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        long_running: bool = False,
+        raise_for_status: bool = True,
+        idempotent: bool | None = None,
+    ) -> requests.Response:
+        """Send with retries on 429/502/503/504 and connection errors (honouring Retry-After); refresh once on 401."""
+        url = path if path.startswith("https://") or path.startswith("http://") else f"{self.root}/{path.lstrip('/')}"
+        timeout = (CONNECT_TIMEOUT_S, BULK_READ_TIMEOUT_S if long_running else READ_TIMEOUT_S)
+        deadline = time.monotonic() + self.options.retry_deadline_s
+        # After a connection breaks mid-response a POST may have been applied: re-send only what is safe.
+        safe_to_resend = idempotent if idempotent is not None else method.upper() != "POST"
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            response: requests.Response | None = None
+            error: Exception | None = None
+            with self.governor.slot():
+                try:
+                    self.requests_sent += 1
+                    response = self.session.request(
+                        method,
+                        url,
+                        json=body if data is None else None,
+                        data=data,
+                        params=params,
+                        headers=self._headers(headers),
+                        timeout=timeout,
+                        verify=self.options.verify if self.options.verify is not None else True,
+                    )
+                except requests.ConnectTimeout as exc:
+                    error = exc  # nothing reached the server: always safe to retry
+                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                    if not safe_to_resend:
+                        raise DataverseError(
+                            0,
+                            "OutcomeUnknown",
+                            f"the connection broke during a non-idempotent {method}: {type(exc).__name__}",
+                        ) from exc
+                    error = exc
+            if response is not None:
+                hint = response.headers.get("x-ms-dop-hint")
+                if hint and hint.isdigit():
+                    self.governor.apply_dop_hint(int(hint))
+                if response.status_code == 401 and not refreshed:
+                    refreshed = True
+                    self._token = self.tokens.token_for_invocation(force_refresh=True)
+                    log_event(logger, "dataverse_token_refreshed", reason="401")
+                    continue
+                if response.status_code not in RETRY_STATUSES:
+                    self.governor.succeeded()
+                    if raise_for_status and response.status_code >= 400:
+                        raise _error(response)
+                    return response
+            retry_after = _retry_after(response)
+            if response is not None and response.status_code == 429:
+                self.governor.throttled(retry_after or 1.0)
+            wait = retry_after if retry_after is not None else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+            wait *= 1 + random.random() * 0.1  # noqa: S311 - jitter
+            if attempt >= self.options.max_attempts or time.monotonic() + wait > deadline:
+                if response is not None:
+                    raise _error(response) if response.status_code != 429 else _throttled(response)
+                raise DataverseError(0, "ConnectionError", f"{type(error).__name__}: {error}") from error
+            log_event(
+                logger,
+                "dataverse_retry",
+                logging.INFO,
+                attempt=attempt,
+                status=response.status_code if response is not None else type(error).__name__,
+                wait_s=round(wait, 2),
+            )
+            if response is None or response.status_code != 429:
+                time.sleep(wait)  # a 429 already paused every worker through the governor
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        return dict(self.request("GET", "WhoAmI").json())
+
+    def get(
+        self, entity_set: str, key: Mapping[str, Any] | str, *, select: Sequence[str] = ()
+    ) -> dict[str, Any] | None:
+        params = {"$select": ",".join(select)} if select else None
+        response = self.request(
+            "GET", f"{entity_set}({quote(format_key(key), safe=',=')})", params=params, raise_for_status=False
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise _error(response)
+        return dict(response.json())
+
+    def pages(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] = (),
+        filter: str | None = None,
+        orderby: str | None = None,
+        top: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield pages, following ``@odata.nextLink`` with the same ``odata.maxpagesize``."""
+        params: dict[str, str] = {}
+        if select:
+            params["$select"] = ",".join(select)
+        if filter:
+            params["$filter"] = filter
+        if orderby:
+            params["$orderby"] = orderby
+        if top is not None:
+            params["$top"] = str(top)
+        prefer = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}"} if top is None else None
+        link: str | None = entity_set
+        first = True
+        while link:
+            response = self.request("GET", link, params=params if first else None, headers=prefer)
+            first = False
+            payload = response.json()
+            yield list(payload.get("value", []))
+            link = payload.get("@odata.nextLink")
+
+    def query(self, entity_set: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for page in self.pages(entity_set, **kwargs):
+            yield from page
+
+    def track_changes(self, entity_set: str, *, select: Sequence[str] = (), delta_link: str | None = None) -> DeltaPage:
+        """Initial read (``delta_link=None``) or a delta read; returns rows, deleted ids and the new link."""
+        changed: list[dict[str, Any]] = []
+        deleted: list[str] = []
+        headers = {"Prefer": "odata.track-changes"}
+        link: str | None = delta_link or entity_set
+        params = {"$select": ",".join(select)} if select and delta_link is None else None
+        new_link = ""
+        while link:
+            payload = self.request("GET", link, params=params, headers=headers).json()
+            params = None
+            for row in payload.get("value", []):
+                if str(row.get("@odata.context", "")).endswith("/$deletedEntity"):
+                    deleted.append(str(row["id"]))
+                else:
+                    changed.append(row)
+            link = payload.get("@odata.nextLink")
+            new_link = payload.get("@odata.deltaLink", new_link)
+        if not new_link:
+            raise DataverseError(400, "NoDeltaLink", f"{entity_set}: change tracking is not enabled for this table")
+        return DeltaPage(changed, deleted, new_link)
+
+    # -- single writes -----------------------------------------------------------------------------------
+    def create(self, entity_set: str, body: Mapping[str, Any]) -> str:
+        response = self.request("POST", entity_set, body=dict(body))
+        entity = response.headers.get("OData-EntityId") or response.headers.get("Location") or ""
+        return entity.rsplit("(", 1)[-1].rstrip(")")
+
+    def update(
+        self, entity_set: str, key: Mapping[str, Any] | str, body: Mapping[str, Any], *, if_match: str = "*"
+    ) -> None:
+        self.request("PATCH", f"{entity_set}({format_key(key)})", body=dict(body), headers={"If-Match": if_match})
+
+    def upsert(self, entity_set: str, key: Mapping[str, Any] | str, body: Mapping[str, Any]) -> bool:
+        """Create or update by key; returns True when a record was created."""
+        response = self.request(  # PATCH by key: idempotent
+            "PATCH", f"{entity_set}({format_key(key)})", body=dict(body), headers={"Prefer": "return=representation"}
+        )
+        return response.status_code == 201
+
+    def delete(self, entity_set: str, key: Mapping[str, Any] | str) -> None:
+        self.request("DELETE", f"{entity_set}({format_key(key)})")
+
+    # -- batch and bulk ------------------------------------------------------------------------------------
+    def execute_batch(
+        self, items: Sequence[BatchItem], *, continue_on_error: bool = True, idempotent: bool = False
+    ) -> list[OperationResult]:
+        content_type, data = encode_batch(items)
+        headers = {"Content-Type": content_type}
+        if continue_on_error:
+            headers["Prefer"] = "odata.continue-on-error"
+        response = self.request(
+            "POST",
+            "$batch",
+            data=data,
+            headers=headers,
+            long_running=True,
+            raise_for_status=False,
+            idempotent=idempotent,
+        )
+        if not response.headers.get("Content-Type", "").lower().startswith("multipart/"):
+            raise _error(response)  # the batch itself was refused (malformed, too many operations)
+        return match_results(items, decode_batch(response.headers["Content-Type"], response.content))
+
+    def bulk(self, entity_set: str, action: str, targets: Sequence[Mapping[str, Any]]) -> requests.Response:
+        """``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple``; raises DataverseError for the whole request."""
+        return self.request(
+            "POST",
+            f"{entity_set}/Microsoft.Dynamics.CRM.{action}",
+            body={"Targets": list(targets)},
+            long_running=True,
+            idempotent=action in ("UpsertMultiple", "UpdateMultiple"),
+        )
+
+
+class _NoCookies(DefaultCookiePolicy):
+    """Refuse every cookie, so no ARRAffinity pins this client to one web server."""
+
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+
+def _retry_after(response: requests.Response | None) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _error_fields(response: requests.Response) -> tuple[str, str]:
+    try:
+        error = response.json().get("error") or {}
+        return str(error.get("code", "")), str(error.get("message", ""))
+    except (ValueError, AttributeError):
+        return "", (response.text or "")[:300]
+
+
+def _error(response: requests.Response) -> DataverseError:
+    code, message = _error_fields(response)
+    return DataverseError(
+        response.status_code, code or f"HTTP{response.status_code}", message, retry_after_s=_retry_after(response)
+    )
+
+
+def _throttled(response: requests.Response) -> ThrottledError:
+    code, message = _error_fields(response)
+    return ThrottledError(429, code, message, retry_after_s=_retry_after(response))

@@ -1,0 +1,88 @@
+"""One throttle governor per application user and worker.
+
+Service protection is per user (reference dataverse-web-api.md §5), so every request of the worker
+goes through one governor. On any 429 all workers pause for ``Retry-After`` (plus jitter so they do
+not return in lock-step) and the allowed concurrency halves; successes ramp it back up one step at
+a time. Concurrency never exceeds the server's ``x-ms-dop-hint`` or the hard limit of 52.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+MAX_CONCURRENCY = 52  # Dataverse's concurrent-request limit per user per server
+JITTER_FRACTION = 0.2  # up to 20 % extra pause, so paused workers do not all resume together
+SUCCESSES_PER_RAMP_STEP = 4  # after a throttle, add one slot of concurrency per this many successes
+
+
+class ThrottleGovernor:
+    def __init__(
+        self,
+        max_concurrency: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ceiling = max(1, min(max_concurrency, MAX_CONCURRENCY))
+        self.limit = self.ceiling
+        self.in_flight = 0
+        self.paused_until = 0.0
+        self.throttles = 0
+        self._successes = 0
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._cond = threading.Condition()
+
+    def apply_dop_hint(self, hint: int) -> None:
+        """Never exceed the server's recommended degree of parallelism."""
+        with self._cond:
+            self.ceiling = max(1, min(self.ceiling, hint, MAX_CONCURRENCY))
+            self.limit = min(self.limit, self.ceiling)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one concurrency slot; waits out any pause first."""
+        with self._cond:
+            while True:
+                wait = self.paused_until - self._clock()
+                if wait > 0:
+                    self._cond.release()
+                    try:
+                        self._sleep(wait)
+                    finally:
+                        self._cond.acquire()
+                    continue
+                if self.in_flight < self.limit:
+                    break
+                self._cond.wait(timeout=0.5)
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= 1
+                self._cond.notify()
+
+    def throttled(self, retry_after_s: float) -> None:
+        with self._cond:
+            self.throttles += 1
+            pause = retry_after_s * (1 + self._rng.random() * JITTER_FRACTION)
+            self.paused_until = max(self.paused_until, self._clock() + pause)
+            self.limit = max(1, self.limit // 2)
+            self._successes = 0
+
+    def succeeded(self) -> None:
+        with self._cond:
+            if self.limit >= self.ceiling:
+                return
+            self._successes += 1
+            if self._successes >= SUCCESSES_PER_RAMP_STEP:
+                self._successes = 0
+                self.limit += 1
+                self._cond.notify()
