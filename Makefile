@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := devstack/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help run demo test lint typecheck unit integration doctor up clean
+.PHONY: help run demo test bench lint typecheck unit integration doctor up clean
 
 help:
 	@echo "make run     start devstack (local Entra, managed identity, Key Vault, Graph) and run the doctor against it"
 	@echo "make test    ruff + mypy + the whole pytest suite + make demo (smoke test)"
 	@echo "make demo    start everything, run each capability once, print a summary, exit non-zero on failure"
 	@echo "make doctor  run the identity doctor against a running devstack (.devstack/env)"
+	@echo "make bench   throughput vs the emulator's ceiling, and memory vs input size"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,11 @@ run: $(STAMP) $(NODE_STAMP)
 
 demo: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack demo --dir .devstack/demo --host-port 0
+
+# Benchmarks report ratios measured side by side in one run; never part of `make test`.
+bench: $(STAMP) $(NODE_STAMP)
+	$(PY) -m bench.throughput
+	$(PY) -m bench.memory
 
 up: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack up

@@ -91,6 +91,11 @@ class Governor:
             window.execution_ms -= window.executions.popleft()[1]
         return window
 
+    def reset_windows(self) -> None:
+        """Forget every window (benchmarks start each configuration from a quiet server)."""
+        with self._lock:
+            self._windows.clear()
+
     def admit(self, user: str, server: int) -> Throttle | None:
         """Check the three limits; on success the request is counted and in flight."""
         lim = self.limits
@@ -123,9 +128,10 @@ class Governor:
             window.in_flight += 1
             return None
 
-    async def spend(self, server_ms: float) -> None:
-        """Wait out the request's latency and server time (scaled)."""
-        delay_s = (self.limits.latency_ms + server_ms) * self.limits.time_scale / 1000
+    async def spend(self, server_ms: float, *, already_s: float = 0.0) -> None:
+        """Wait out the request's latency and server time (scaled), minus the real time the emulator
+        already spent doing the work: its own CPU time is part of the modeled server time, not extra."""
+        delay_s = (self.limits.latency_ms + server_ms) * self.limits.time_scale / 1000 - already_s
         if delay_s > 0:
             await asyncio.sleep(delay_s)
 

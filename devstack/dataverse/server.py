@@ -128,8 +128,9 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 raise DataverseFault(429, throttle.code, throttle.message, {"Retry-After": str(throttle.retry_after_s)})
             server_ms = governor.server_cost_ms(operations=operations, bulk_records=bulk_records)
             try:
-                await governor.spend(server_ms)
+                started = time.monotonic()
                 response = await route(ctx, request, user)
+                await governor.spend(server_ms, already_s=time.monotonic() - started)
             finally:
                 governor.finish(user.user_id, server, server_ms)
             events = ctx.store.drain_events()
@@ -182,6 +183,8 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
             except (KeyError, DataverseFault) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
             ctx.store.drain_events()  # seeding is set-up, not a change anyone subscribed to
+        if action.get("reset_windows"):
+            ctx.governor.reset_windows()
         for name, value in (action.get("limits") or {}).items():
             if name in Limits.__dataclass_fields__:
                 setattr(ctx.governor.limits, name, value)
