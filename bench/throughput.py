@@ -124,21 +124,24 @@ def main() -> None:
             ceiling = config.ceiling()
             rows.append((config, rate, ceiling, throttles, failed))
             print(
-                f"{config.strategy:<6} x{config.batch:<4} C={config.concurrency}: {rate:8.1f} rec/s (model), ceiling {ceiling:8.1f}, {rate / ceiling:6.1%}, 429s {throttles}, failed {failed}",
+                f"{config.strategy:<6} x{config.batch:<4} C={config.concurrency}: {rate:8.1f} rec/s (model),"
+                f" ceiling {ceiling:8.1f}, {rate / ceiling:6.1%}, 429s {throttles}, failed {failed}",
                 flush=True,
             )
     finally:
         stack.stop()
     print()
     print(
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; emulator time_scale {args.time_scale}; window {WINDOW_S * args.time_scale:.0f} s real"
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; emulator time_scale {args.time_scale};"
+        f" window {WINDOW_S * args.time_scale:.0f} s real"
     )
     print()
     print("| strategy | records/request | concurrency | records/s (model) | ceiling | fraction | 429s | failed |")
     print("|---|---|---|---|---|---|---|---|")
     for config, rate, ceiling, throttles, failed in rows:
         print(
-            f"| {config.strategy} | {config.batch} | {config.concurrency} | {rate:.1f} | {ceiling:.1f} | {rate / ceiling:.0%} | {throttles} | {failed} |"
+            f"| {config.strategy} | {config.batch} | {config.concurrency} | {rate:.1f} | {ceiling:.1f}"
+            f" | {rate / ceiling:.0%} | {throttles} | {failed} |"
         )
 
 
