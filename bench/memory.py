@@ -37,7 +37,8 @@ run = WritePlanner(client).write(
     "account", "accounts", records, "upsert", key=("accountnumber",), strategy="bulk", batch_size=1000
 )
 ok = sum(1 for r in run if r.ok)
-print(json.dumps({"records": count, "ok": ok, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"records": count, "ok": ok, "peak_rss_mib": peak_mib}))
 """
 
 
