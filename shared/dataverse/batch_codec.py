@@ -178,8 +178,16 @@ def _parse_http(part: str) -> OperationResult:
     match = _STATUS.match(status_line.strip())
     if match is None:
         raise BatchDecodeError(f"no HTTP status line in a batch part: {status_line[:80]!r}")
-    headers, body = _headers("\n" + after) if after.strip() else ({}, "")
-    body = body.strip("\n")
+    # Headers run up to the first blank line (there may be none at all); the rest is the body.
+    lines = after.split("\n")
+    headers: dict[str, str] = {}
+    index = 0
+    while index < len(lines) and lines[index].strip():
+        name, sep, value = lines[index].partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+        index += 1
+    body = "\n".join(lines[index + 1 :]).strip("\n")
     result = OperationResult(int(match.group(1)), headers, body.encode("utf-8"), part_headers.get("content-id"))
     if result.status >= 400 and body:
         try:
