@@ -45,6 +45,7 @@ class EnvVars:
     SECRET_MAX_STALE_S = "SECRET_MAX_STALE_S"  # noqa: S105 - a setting's name
     TOKEN_REFRESH_MARGIN_S = "TOKEN_REFRESH_MARGIN_S"  # noqa: S105 - a setting's name
     HTTP_TIMEOUT_S = "HTTP_TIMEOUT_S"
+    DATAVERSE_TABLES = "DATAVERSE_TABLES"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Settings:
     secret_max_stale_s: int = DEFAULT_SECRET_MAX_STALE_S
     token_refresh_margin_s: int = DEFAULT_TOKEN_REFRESH_MARGIN_S
     http_timeout_s: int = DEFAULT_HTTP_TIMEOUT_S
+    tables: tuple[str, ...] = ()  # entity sets the app reads and writes (the doctor probes their privileges)
 
     @property
     def dataverse_scope(self) -> str:
@@ -149,6 +151,7 @@ class Settings:
                 EnvVars.TOKEN_REFRESH_MARGIN_S, DEFAULT_TOKEN_REFRESH_MARGIN_S, maximum=3000
             ),
             http_timeout_s=reader.seconds(EnvVars.HTTP_TIMEOUT_S, DEFAULT_HTTP_TIMEOUT_S, minimum=1),
+            tables=reader.entity_sets(EnvVars.DATAVERSE_TABLES),
         )
         if reader.problems:
             raise ConfigError(reader.problems)
@@ -254,6 +257,21 @@ class _Reader:
             )
             return None
         return value
+
+    def entity_sets(self, name: str) -> tuple[str, ...]:
+        value = self.optional(name)
+        if value is None:
+            return ()
+        sets = tuple(part.strip() for part in value.split(",") if part.strip())
+        bad = [s for s in sets if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s)]
+        if bad:
+            self.problem(
+                f"{name}={value!r} has invalid entity set names {bad}:"
+                f" list entity set names, e.g. {name}=accounts,contacts",
+                name,
+            )
+            return ()
+        return sets
 
     def boolean(self, name: str, *, default: bool) -> bool:
         value = self.optional(name)

@@ -104,6 +104,7 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
         "entra token",
         "token claims",
         "whoami",
+        "privileges",
     ]
 
     def skip_rest(reason: str) -> DoctorReport:
@@ -197,8 +198,77 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
         return skip_rest("the token would be refused")
 
     remaining.pop(0)
-    report.steps.append(_whoami_step(settings, token.value))
+    whoami = _whoami_step(settings, token.value)
+    report.steps.append(whoami)
+    if whoami.status == "fail":
+        return skip_rest("Dataverse refused the caller")
+
+    remaining.pop(0)
+    report.steps.append(_privileges_step(settings, token.value))
     return report
+
+
+def _privileges_step(settings: Settings, token: str) -> StepResult:
+    """Read and write privileges on each configured table, without changing any data.
+
+    Read: ``GET <set>?$top=1``. Write: ``PATCH <set>(<random id>)`` with ``If-Match: *``: with the
+    privilege the answer is 404 (no such record, nothing written); without it 403. That Dataverse checks
+    the privilege before the record's existence is UNCONFIRMED against a real environment.
+    """
+    import uuid
+
+    import requests
+
+    from shared.identity.diagnosis import diagnose
+
+    if not settings.tables:
+        return StepResult(
+            "privileges", "skip", "set DATAVERSE_TABLES (e.g. accounts,contacts) to probe read/write privileges"
+        )
+    base = f"{settings.dataverse_url}/api/data/v9.2"
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "OData-Version": "4.0"}
+    checked = []
+    for entity_set in settings.tables:
+        probes = [
+            (
+                "read",
+                requests.get(
+                    f"{base}/{entity_set}", params={"$top": "1"}, headers=headers, timeout=settings.http_timeout_s
+                ),
+                {200},
+            ),
+            (
+                "write",
+                requests.patch(
+                    f"{base}/{entity_set}({uuid.uuid4()})",
+                    json={},
+                    headers={**headers, "If-Match": "*"},
+                    timeout=settings.http_timeout_s,
+                ),
+                {404},
+            ),
+        ]
+        for kind, response, expected in probes:
+            if response.status_code in expected:
+                checked.append(f"{entity_set}:{kind}")
+                continue
+            try:
+                error = response.json()["error"]
+                code, message = str(error.get("code") or ""), str(error.get("message") or "")
+            except (ValueError, KeyError, TypeError):
+                code, message = f"HTTP {response.status_code}", ""
+            found = diagnose(code, client_id=settings.client_id, url=settings.dataverse_url, detail=message)
+            return StepResult(
+                "privileges",
+                "fail",
+                f"{kind} on {entity_set}: {code} {message[:160]}",
+                found.code,
+                found.cause,
+                found.fix,
+            )
+    return StepResult(
+        "privileges", "ok", "read and write allowed on " + ", ".join(settings.tables), details={"checked": checked}
+    )
 
 
 def _whoami_step(settings: Settings, token: str) -> StepResult:

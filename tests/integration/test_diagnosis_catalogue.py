@@ -151,6 +151,14 @@ CASES = [
         "1a2b3c4d-0000-4000-8000-000000000008",
         "New app user",
     ),
+    Case(
+        "0x80040220",
+        {"DATAVERSE_TABLES": "accounts,contacts"},  # the app's role grants accounts only
+        "privileges",
+        "contacts",
+        "security role",
+        {},
+    ),
     Case("KeyVaultUnreachable", {"KEY_VAULT_URL": "https://127.0.0.1:9"}, "key vault", "127.0.0.1:9", "KEY_VAULT_URL"),
 ]
 
@@ -162,11 +170,11 @@ def test_catalogue_failure_is_explained(case: Case, faults_devstack, app_env) ->
         faults_devstack.control("entra", case.control)
     try:
         report = run_doctor()
-        if case.doctor_step == "whoami":  # the token is fine; Dataverse refuses the caller
+        if case.doctor_step in ("whoami", "privileges"):  # the token is fine; Dataverse refuses the caller
             step = report.failed_step
             assert step is not None
             error = AuthError(
-                step.code or "", cause=step.cause or "", fix=step.fix or "", step="whoami", detail=step.summary
+                step.code or "", cause=step.cause or "", fix=step.fix or "", step=step.name, detail=step.summary
             )
         else:
             with pytest.raises(AuthError) as caught:

@@ -43,9 +43,13 @@ def test_http_doctor_reports_a_healthy_chain(devstack, app_env) -> None:
         "entra token",
         "token claims",
         "whoami",
+        "privileges",
     ]
-    assert body["steps"][-1]["details"]["UserId"] == "9b1d3f5a-2c4e-4a6b-8d0f-3e5a7c9b1d01"
-    claims = body["steps"][-2]["details"]
+    assert body["steps"][-2]["details"]["UserId"] == "9b1d3f5a-2c4e-4a6b-8d0f-3e5a7c9b1d01"
+    assert body["steps"][-1]["details"]["checked"] == [
+        f"{t}:{k}" for t in ("accounts", "contacts", "dvb_shipments") for k in ("read", "write")
+    ]
+    claims = body["steps"][-3]["details"]
     assert claims["aud"] == devstack.env["DATAVERSE_URL"]
     assert claims["appid"] == devstack.env["DATAVERSE_CLIENT_ID"]
 
