@@ -1,0 +1,1 @@
+"""Scheduled syncs: job definitions, sources, mapping, checkpoints, dead letters, engine, fan-out."""
