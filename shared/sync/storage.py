@@ -1,0 +1,286 @@
+"""Storage for syncs: streamed blob sources, processed-file records, watermarks, dead letters, leases.
+
+One :class:`SyncStorage` per worker wraps the blob, table and queue clients of ``AzureWebJobsStorage``
+(a connection string locally; in Azure, ``AzureWebJobsStorage__accountName`` with the managed identity).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.logging import log_event
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
+
+logger = logging.getLogger(__name__)
+
+STATE_TABLE = "syncstate"  # watermarks and delta links, one row per job
+FILES_TABLE = "syncfiles"  # processed source files (name + ETag), so reruns skip them
+RUNS_TABLE = "syncruns"  # run reports
+DEAD_LETTER_CONTAINER = "sync-deadletters"
+LEASE_CONTAINER = "sync-leases"
+LEASE_DURATION_S = 60  # renewed while the run lasts; a crashed run frees the job within a minute
+LEASE_RENEW_S = 20
+DEAD_LETTER_FLUSH_LINES = 500
+_KEY_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f]")
+
+
+def table_key(text: str) -> str:
+    """Table Storage forbids / \\ # ? and control characters in keys."""
+    return _KEY_UNSAFE.sub("_", text)
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    blob: str
+    etag: str
+    line: int  # 1-based data line (after the header)
+    values: dict[str, Any]
+
+
+class SyncStorage:
+    def __init__(
+        self,
+        connection_string: str | None = None,
+        *,
+        account_name: str | None = None,
+        credential: TokenCredential | None = None,
+    ) -> None:
+        if not connection_string and not account_name:
+            raise ValueError("AzureWebJobsStorage (connection string) or AzureWebJobsStorage__accountName is required")
+        self._connection_string = connection_string
+        self._account_name = account_name
+        self._credential = credential
+        self._blob: BlobServiceClient | None = None
+        self._tables: TableServiceClient | None = None
+        self._lock = threading.Lock()
+
+    def blob_service(self) -> BlobServiceClient:
+        from azure.storage.blob import BlobServiceClient
+
+        with self._lock:
+            if self._blob is None:
+                if self._connection_string:
+                    self._blob = BlobServiceClient.from_connection_string(self._connection_string)
+                else:
+                    self._blob = BlobServiceClient(
+                        f"https://{self._account_name}.blob.core.windows.net", self._credential
+                    )
+            return self._blob
+
+    def table_service(self) -> TableServiceClient:
+        from azure.data.tables import TableServiceClient
+
+        with self._lock:
+            if self._tables is None:
+                if self._connection_string:
+                    self._tables = TableServiceClient.from_connection_string(self._connection_string)
+                else:
+                    self._tables = TableServiceClient(
+                        f"https://{self._account_name}.table.core.windows.net", credential=self._credential
+                    )
+            return self._tables
+
+    def _table(self, name: str) -> Any:
+        service = self.table_service()
+        service.create_table_if_not_exists(name)
+        return service.get_table_client(name)
+
+    def _container(self, name: str) -> Any:
+        from azure.core.exceptions import ResourceExistsError
+
+        container = self.blob_service().get_container_client(name)
+        with contextlib.suppress(ResourceExistsError):
+            container.create_container()
+        return container
+
+    # -- sources ---------------------------------------------------------------------------------------
+    def list_source_blobs(self, container: str, prefix: str) -> list[tuple[str, str]]:
+        """(name, etag) of the source files, oldest first, so files replay in arrival order."""
+        blobs = list(self._container(container).list_blobs(name_starts_with=prefix or None))
+        blobs.sort(key=lambda b: (b.last_modified, b.name))
+        return [(b.name, b.etag) for b in blobs]
+
+    def _lines(self, container: str, blob: str, encoding: str) -> Iterator[str]:
+        """Decode a blob chunk by chunk (never the whole file in memory), yielding lines with their ends."""
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        pending = ""
+        for chunk in self._container(container).download_blob(blob).chunks():
+            pending += decoder.decode(chunk)
+            *complete, pending = pending.splitlines(keepends=True) or [""]
+            if pending.endswith(("\n", "\r")):
+                complete.append(pending)
+                pending = ""
+            yield from complete
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            yield pending
+
+    def read_csv(
+        self, container: str, blob: str, etag: str, *, encoding: str, delimiter: str, headers: dict[str, str]
+    ) -> Iterator[SourceRow]:
+        reader = csv.DictReader(self._lines(container, blob, encoding), delimiter=delimiter)
+        for line, row in enumerate(reader, start=1):
+            values = {headers.get(k, k): v for k, v in row.items() if k is not None}
+            yield SourceRow(blob, etag, line, values)
+
+    def read_jsonl(self, container: str, blob: str, etag: str, *, encoding: str) -> Iterator[SourceRow]:
+        for line, text in enumerate(self._lines(container, blob, encoding), start=1):
+            if text.strip():
+                try:
+                    values = json.loads(text)
+                except ValueError as exc:
+                    values = {"__invalid_json__": text.strip()[:500], "__error__": str(exc)}
+                yield SourceRow(blob, etag, line, values if isinstance(values, dict) else {"__value__": values})
+
+    # -- processed files, watermarks, delta links ------------------------------------------------------
+    def processed(self, job: str) -> dict[str, str]:
+        table = self._table(FILES_TABLE)
+        return {e["BlobName"]: e["ETag"] for e in table.query_entities(f"PartitionKey eq '{table_key(job)}'")}
+
+    def mark_processed(self, job: str, blob: str, etag: str) -> None:
+        self._table(FILES_TABLE).upsert_entity(
+            {
+                "PartitionKey": table_key(job),
+                "RowKey": table_key(blob),
+                "BlobName": blob,
+                "ETag": etag,
+                "ProcessedAt": _now(),
+            }
+        )
+
+    def get_state(self, job: str, name: str) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return str(self._table(STATE_TABLE).get_entity(table_key(job), name)["Value"])
+        except ResourceNotFoundError:
+            return None
+
+    def set_state(self, job: str, name: str, value: str) -> None:
+        self._table(STATE_TABLE).upsert_entity(
+            {"PartitionKey": table_key(job), "RowKey": name, "Value": value, "UpdatedAt": _now()}
+        )
+
+    # -- run reports --------------------------------------------------------------------------------------
+    def save_report(self, job: str, run_id: str, report: dict[str, Any]) -> None:
+        entity = {"PartitionKey": table_key(job), "RowKey": run_id, "Report": json.dumps(report)}
+        self._table(RUNS_TABLE).upsert_entity(entity)
+
+    def recent_reports(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = [json.loads(e["Report"]) for e in self._table(RUNS_TABLE).list_entities()]
+        rows.sort(key=lambda r: r.get("started_at", ""), reverse=True)
+        return rows[:limit]
+
+    # -- dead letters -----------------------------------------------------------------------------------------
+    def dead_letters(self, job: str, run_id: str) -> DeadLetterWriter:
+        return DeadLetterWriter(self._container(DEAD_LETTER_CONTAINER), f"{job}/{run_id}.jsonl")
+
+    def read_dead_letters(self, job: str, run_id: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        container = self._container(DEAD_LETTER_CONTAINER)
+        prefix = f"{job}/{run_id}.jsonl" if run_id else f"{job}/"
+        for blob in container.list_blobs(name_starts_with=prefix):
+            for text in container.download_blob(blob.name).readall().decode("utf-8").splitlines():
+                if text.strip():
+                    yield blob.name, json.loads(text)
+
+    # -- leases ---------------------------------------------------------------------------------------------------
+    def lease(self, job: str) -> JobLease | None:
+        """Hold the job's lease for the run, or None when another run holds it."""
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+        blob = self._container(LEASE_CONTAINER).get_blob_client(f"{table_key(job)}.lock")
+        with contextlib.suppress(ResourceExistsError):
+            blob.upload_blob(b"", overwrite=False)
+        try:
+            lease = blob.acquire_lease(lease_duration=LEASE_DURATION_S)
+        except HttpResponseError as exc:
+            if getattr(exc, "status_code", None) == 409:  # LeaseAlreadyPresent
+                return None
+            raise
+        return JobLease(lease)
+
+
+class DeadLetterWriter:
+    """Appends dead letters to ``<job>/<run>.jsonl`` (an append blob), buffered, flushed on close."""
+
+    def __init__(self, container: Any, name: str) -> None:
+        self.blob = container.get_blob_client(name)
+        self.name = name
+        self.count = 0
+        self._buffer: list[str] = []
+        self._created = False
+        self._lock = threading.Lock()
+
+    def add(
+        self,
+        record: dict[str, Any],
+        *,
+        code: str,
+        reason: str,
+        field: str | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        line = json.dumps(
+            {"record": record, "code": code, "reason": reason, "field": field, "source": source, "at": _now()},
+            default=str,
+        )
+        with self._lock:
+            self._buffer.append(line)
+            self.count += 1
+            if len(self._buffer) >= DEAD_LETTER_FLUSH_LINES:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if not self._created:
+            self.blob.create_append_blob()
+            self._created = True
+        self.blob.append_block(("\n".join(self._buffer) + "\n").encode("utf-8"))
+        self._buffer.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush()
+
+
+class JobLease:
+    """A held blob lease, renewed in the background until released."""
+
+    def __init__(self, lease: Any) -> None:
+        self._lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="sync-lease")
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_RENEW_S):
+            try:
+                self._lease.renew()
+            except Exception as exc:  # losing the lease is logged; the run finishes, idempotently
+                log_event(logger, "sync_lease_renew_failed", logging.WARNING, error=type(exc).__name__)
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            self._lease.release()
+        except Exception as exc:  # an expired lease needs no release
+            log_event(logger, "sync_lease_release_failed", logging.WARNING, error=type(exc).__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
