@@ -1,0 +1,233 @@
+"""Inbound sync runs: source files -> mapping -> write planner -> run report.
+
+A run holds the job's blob lease (another run finding it held logs a skip and exits), reads each
+unprocessed source file as a stream, dead-letters every row the mapping rejects or Dataverse refuses,
+and skips rows whose columns did not change since the last successful write (a hash per key in Table
+Storage, updated only after Dataverse confirmed the write). A file is marked processed only after all
+its rows were written or dead-lettered, so a crashed run re-sends from there; upserts keep it idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.dataverse.client import DataverseClient, format_key
+from shared.dataverse.planner import WritePlanner
+from shared.logging import log_event
+from shared.sync.jobs import CsvSource, InboundJob, JsonlSource
+from shared.sync.mapping import Mapper, Rejection, TableSchema
+from shared.sync.storage import SourceRow, SyncStorage, table_key
+
+logger = logging.getLogger(__name__)
+
+HASHES_TABLE = "synchashes"
+HASH_BATCH = 100  # Table Storage transactions take at most 100 entities of one partition
+
+
+@dataclass
+class RunReport:
+    job: str
+    run_id: str
+    started_at: str
+    status: str = "running"  # running | succeeded | skipped | failed
+    files: int = 0
+    files_skipped: int = 0
+    rows_read: int = 0
+    written: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    duration_s: float = 0.0
+    records_per_s: float = 0.0
+    throttles: int = 0
+    requests: int = 0
+    error: str | None = None
+    dead_letter_blob: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SyncContext:
+    storage: SyncStorage
+    client: DataverseClient
+    schemas: dict[str, TableSchema] = field(default_factory=dict)
+
+    def schema(self, table: str) -> TableSchema:
+        """The table's metadata, read once per worker."""
+        if table not in self.schemas:
+            entity = self.client.request(
+                "GET", f"EntityDefinitions(LogicalName='{table}')", params={"$expand": "Attributes"}
+            ).json()
+            picklists = self.client.request(
+                "GET",
+                f"EntityDefinitions(LogicalName='{table}')/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
+                params={"$select": "LogicalName", "$expand": "OptionSet($select=Options)"},
+            ).json()
+            self.schemas[table] = TableSchema.from_metadata(entity, picklists.get("value", []))
+        return self.schemas[table]
+
+
+def row_hash(columns: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(columns, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def run_inbound(name: str, job: InboundJob, ctx: SyncContext, *, run_id: str | None = None) -> RunReport:
+    run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    report = RunReport(name, run_id, datetime.now(UTC).isoformat())
+    started = time.monotonic()
+    lease = ctx.storage.lease(name)
+    if lease is None:
+        report.status = "skipped"
+        log_event(logger, "sync_run_skipped", job=name, reason="another run holds the job's lease")
+        return report
+    requests_before, throttles_before = ctx.client.requests_sent, ctx.client.governor.throttles
+    dead = ctx.storage.dead_letters(name, run_id)
+    try:
+        schema = ctx.schema(job.table)
+        mapper = Mapper(job, schema)
+        hashes = _Hashes(ctx.storage, name)
+        processed = ctx.storage.processed(name)
+        source = job.source
+        if not isinstance(source, CsvSource | JsonlSource):
+            raise NotImplementedError(f"source kind {source.kind!r} is not implemented yet")
+        for blob, etag in ctx.storage.list_source_blobs(source.container, source.prefix):
+            if processed.get(blob) == etag:
+                report.files_skipped += 1
+                continue
+            report.files += 1
+            rows = (
+                ctx.storage.read_csv(
+                    source.container,
+                    blob,
+                    etag,
+                    encoding=source.encoding,
+                    delimiter=source.delimiter,
+                    headers=source.headers,
+                )
+                if isinstance(source, CsvSource)
+                else ctx.storage.read_jsonl(source.container, blob, etag, encoding=source.encoding)
+            )
+            _write_file(name, job, ctx, mapper, hashes, rows, dead, report)
+            hashes.flush()
+            ctx.storage.mark_processed(name, blob, etag)
+        report.status = "succeeded"
+    except Exception as exc:
+        report.status = "failed"
+        report.error = f"{type(exc).__name__}: {exc}"[:500]
+        raise
+    finally:
+        dead.close()
+        lease.release()
+        report.dead_lettered = dead.count
+        report.dead_letter_blob = dead.name if dead.count else None
+        report.duration_s = round(time.monotonic() - started, 3)
+        report.records_per_s = round(report.written / report.duration_s, 1) if report.duration_s else 0.0
+        report.requests = ctx.client.requests_sent - requests_before
+        report.throttles = ctx.client.governor.throttles - throttles_before
+        ctx.storage.save_report(name, run_id, report.to_dict())
+        log_event(logger, "sync_run_report", **{k: v for k, v in report.to_dict().items() if v is not None})
+    return report
+
+
+def _write_file(
+    name: str,
+    job: InboundJob,
+    ctx: SyncContext,
+    mapper: Mapper,
+    hashes: _Hashes,
+    rows: Iterator[SourceRow],
+    dead: Any,
+    report: RunReport,
+) -> None:
+    pending: dict[int, tuple[SourceRow, dict[str, Any], str, str]] = {}  # planner index -> (row, columns, key, hash)
+
+    def mapped() -> Iterator[dict[str, Any]]:
+        index = 0
+        for row in rows:
+            report.rows_read += 1
+            result = mapper.map(row.values)
+            if isinstance(result, Rejection):
+                dead.add(row.values, code=result.code, reason=result.reason, field=result.field, source=_where(row))
+                continue
+            key = format_key({k: result[k] for k in job.key})
+            digest = row_hash(result)
+            if hashes.get(key) == digest:
+                report.unchanged += 1
+                continue
+            pending[index] = (row, result, key, digest)
+            index += 1
+            yield result
+
+    planner = WritePlanner(ctx.client)
+    run = planner.write(
+        job.table, job.entity_set, mapped(), "upsert", key=job.key, strategy=job.strategy, batch_size=job.batch_size
+    )
+    for result in run:
+        row, _, key, digest = pending.pop(result.index)
+        if result.status == "failed":
+            report.failed += 1
+            dead.add(
+                row.values,
+                code=result.code or "WriteFailed",
+                reason=result.message or "Dataverse refused the write",
+                source=_where(row),
+            )
+        elif result.status == "duplicate":
+            continue  # a later row with the same key in this file superseded it
+        else:
+            report.written += 1
+            report.created += result.status == "created"
+            report.updated += result.status == "updated"
+            hashes.set(key, digest)
+
+
+def _where(row: SourceRow) -> dict[str, Any]:
+    return {"blob": row.blob, "line": row.line, "etag": row.etag}
+
+
+class _Hashes:
+    """Last written column hash per record key, loaded once per run and saved after confirmed writes."""
+
+    def __init__(self, storage: SyncStorage, job: str) -> None:
+        self._storage = storage
+        self._partition = table_key(job)
+        table = storage.table_service()
+        table.create_table_if_not_exists(HASHES_TABLE)
+        self._table = table.get_table_client(HASHES_TABLE)
+        self._known = {
+            e["RowKey"]: e["Hash"]
+            for e in self._table.query_entities(f"PartitionKey eq '{self._partition}'", select=["RowKey", "Hash"])
+        }
+        self._dirty: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self._known.get(table_key(key))
+
+    def set(self, key: str, digest: str) -> None:
+        row_key = table_key(key)
+        self._known[row_key] = digest
+        self._dirty[row_key] = digest
+        if len(self._dirty) >= HASH_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        items = list(self._dirty.items())
+        self._dirty.clear()
+        for start in range(0, len(items), HASH_BATCH):
+            operations = [
+                ("upsert", {"PartitionKey": self._partition, "RowKey": k, "Hash": v})
+                for k, v in items[start : start + HASH_BATCH]
+            ]
+            self._table.submit_transaction(operations)
