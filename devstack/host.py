@@ -81,7 +81,8 @@ class FunctionInfo:
     auth_level: str | None = None
     route: str | None = None
     methods: list[str] = field(default_factory=list)
-    schedule: str | None = None
+    schedule: str | None = None  # as declared, e.g. "%SYNC_SCHEDULE_ACCOUNTS%"
+    resolved_schedule: str | None = None  # after app-setting resolution: what the timer runs on
     run_on_startup: bool = False
     queue_name: str | None = None
 
@@ -97,6 +98,7 @@ class FunctionInfo:
             "methods": self.methods,
             "auth_level": self.auth_level,
             "schedule": self.schedule,
+            "resolved_schedule": self.resolved_schedule,
             "run_on_startup": self.run_on_startup,
             "queue": self.queue_name,
         }
@@ -134,12 +136,26 @@ def index_app(app_dir: Path, script: str = "function_app.py") -> list[FunctionIn
             info.methods = [getattr(m, "value", str(m)).upper() for m in (trigger.methods or [])] or ["GET", "POST"]
         elif info.trigger_type == "timerTrigger":
             info.schedule = trigger.schedule
+            info.resolved_schedule = _app_setting(trigger.schedule)
             info.run_on_startup = bool(getattr(trigger, "run_on_startup", False))
         elif info.trigger_type == "queueTrigger":
             info.queue_name = trigger.queue_name
         _check_parameters(info)
         functions.append(info)
     return functions
+
+
+def _app_setting(value: str) -> str:
+    """``%NAME%`` is resolved from the app settings, as the host does for binding expressions."""
+    import os
+
+    match = re.fullmatch(r"%([^%]+)%", value.strip())
+    if not match:
+        return value
+    resolved = os.environ.get(match.group(1))
+    if resolved is None:
+        raise FunctionLoadError(f"the app setting {match.group(1)!r} used by a binding expression is not set")
+    return resolved
 
 
 def _check_parameters(info: FunctionInfo) -> None:
@@ -464,8 +480,8 @@ class LocalHost:
     async def _timer(self, info: FunctionInfo) -> None:
         from croniter import croniter  # type: ignore[import-untyped]
 
-        assert info.schedule is not None
-        schedule = croniter(info.schedule, datetime.now(UTC), second_at_beginning=True)
+        assert info.resolved_schedule is not None
+        schedule = croniter(info.resolved_schedule, datetime.now(UTC), second_at_beginning=True)
         last: datetime | None = None
         if info.run_on_startup:
             await self._fire_timer(info, past_due=False, last=None, next_at=schedule.get_current(datetime))
@@ -623,8 +639,13 @@ def describe_banner(host: LocalHost) -> list[str]:
             else:
                 lines.append(f"      curl {url}")
         elif info.trigger_type == "timerTrigger":
+            shown = (
+                info.schedule
+                if info.schedule == info.resolved_schedule
+                else f"{info.schedule} = {info.resolved_schedule}"
+            )
             lines.append(
-                f"  {info.name}: timerTrigger '{info.schedule}'" + (" (run on startup)" if info.run_on_startup else "")
+                f"  {info.name}: timerTrigger '{shown}'" + (" (run on startup)" if info.run_on_startup else "")
             )
         elif info.trigger_type == "queueTrigger":
             lines.append(f"  {info.name}: queueTrigger on '{info.queue_name}'")

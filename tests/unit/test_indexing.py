@@ -26,8 +26,14 @@ INDEX = textwrap.dedent(
     print(json.dumps({{
         "apps": len(apps),
         "loaded": loaded,
-        "functions": {{f.get_function_name(): [f.get_trigger().get_binding_name(), f.get_trigger().route,
-                        f.get_trigger().auth_level.value] for f in functions}},
+        "functions": {{
+        f.get_function_name(): [
+            f.get_trigger().get_binding_name(),
+            getattr(f.get_trigger(), "route", None),
+            getattr(getattr(f.get_trigger(), "auth_level", None), "value", None),
+        ]
+        for f in functions
+    }},
     }}))
     """
 )
@@ -45,3 +51,6 @@ def test_indexing_stays_light() -> None:
     # Only the liveness probe may be anonymous.
     anonymous = [name for name, (_, _, level) in out["functions"].items() if level == "anonymous"]
     assert anonymous == ["health_live"]
+    # One timer per inbound job of the shipped sync_jobs.yaml, plus the sync HTTP routes.
+    assert out["functions"]["sync_accounts"][0] == "timerTrigger"
+    assert out["functions"]["sync_run_now"] == ["httpTrigger", "sync/{job}/run", "function"]

@@ -1,0 +1,73 @@
+"""The sync blueprint: a timer per job, run-now endpoints and recent run reports.
+
+The jobs file is validated here, at indexing: a broken file stops the app from starting, with the file,
+job and field named. Each job's timer reads its schedule from an app setting (``SYNC_SCHEDULE_<JOB>``),
+defaulted from the YAML so the local host needs nothing else; in Azure the deployment sets it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import azure.functions as func
+
+from shared.logging import log_event
+from shared.sync.jobs import InboundJob
+from shared.sync.worker import jobs, schedule_setting
+
+logger = logging.getLogger(__name__)
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+JSON = "application/json"
+JOBS = jobs()  # validated at start-up: a broken file raises ConfigError naming file, job and field
+
+
+def run_job(name: str) -> dict[str, Any]:
+    """Run one job now and return its report (also logged and stored)."""
+    from shared.sync.engine import run_inbound
+    from shared.sync.worker import sync_context
+
+    job = JOBS[name]
+    if not isinstance(job, InboundJob):
+        raise NotImplementedError(f"{name}: outbound jobs are not implemented yet")
+    return run_inbound(name, job, sync_context()).to_dict()
+
+
+def _timer(name: str) -> None:
+    os.environ.setdefault(schedule_setting(name), JOBS[name].schedule)
+
+    @bp.function_name(f"sync_{name.replace('-', '_')}")
+    @bp.timer_trigger(arg_name="timer", schedule=f"%{schedule_setting(name)}%")
+    def sync_timer(timer: func.TimerRequest) -> None:
+        if timer.past_due:
+            log_event(logger, "sync_timer_past_due", job=name)
+        run_job(name)
+
+
+for _name, _job in JOBS.items():
+    if isinstance(_job, InboundJob):
+        _timer(_name)
+
+
+@bp.route(route="sync/runs", methods=["GET"])
+def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
+    """Recent run reports, newest first."""
+    from shared.sync.worker import sync_context
+
+    limit = int(req.params.get("limit", "20"))
+    return func.HttpResponse(json.dumps(sync_context().storage.recent_reports(limit)), mimetype=JSON)
+
+
+@bp.route(route="sync/{job}/run", methods=["POST"])
+def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
+    """Run a job now; 200 with its report, 404 for an unknown job, 409 when another run holds it."""
+    name = req.route_params["job"]
+    if name not in JOBS:
+        return func.HttpResponse(
+            json.dumps({"error": f"no job named {name!r}", "jobs": sorted(JOBS)}), status_code=404, mimetype=JSON
+        )
+    report = run_job(name)
+    status = 409 if report["status"] == "skipped" else 200
+    return func.HttpResponse(json.dumps(report), status_code=status, mimetype=JSON)

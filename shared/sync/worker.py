@@ -1,0 +1,49 @@
+"""Per-worker sync singletons: the validated jobs and the SyncContext (storage + Dataverse client)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.sync.jobs import DEFAULT_JOBS_FILE, InboundJob, OutboundJob, load_jobs
+
+if TYPE_CHECKING:
+    from shared.sync.engine import SyncContext
+
+JOBS_FILE_SETTING = "SYNC_JOBS_FILE"
+APP_ROOT = Path(__file__).resolve().parents[2]
+_lock = threading.Lock()
+_context: SyncContext | None = None
+
+
+def jobs_file() -> Path:
+    path = Path(os.environ.get(JOBS_FILE_SETTING) or DEFAULT_JOBS_FILE)
+    return path if path.is_absolute() else APP_ROOT / path
+
+
+def jobs() -> dict[str, InboundJob | OutboundJob]:
+    return load_jobs(jobs_file())
+
+
+def schedule_setting(job: str) -> str:
+    """The app setting that carries a job's timer schedule, e.g. ``SYNC_SCHEDULE_ACCOUNTS``."""
+    return "SYNC_SCHEDULE_" + "".join(c if c.isalnum() else "_" for c in job).upper()
+
+
+def sync_context() -> SyncContext:
+    global _context
+    from shared.dataverse.client import ClientOptions, DataverseClient
+    from shared.identity.worker import settings, token_provider
+    from shared.sync.engine import SyncContext
+    from shared.sync.storage import SyncStorage
+
+    with _lock:
+        if _context is None:
+            config = settings()
+            account = os.environ.get("AzureWebJobsStorage__accountName")  # noqa: SIM112 - the platform's spelling
+            storage = SyncStorage(config.storage_connection, account_name=account)
+            client = DataverseClient(config.dataverse_url, token_provider(), options=ClientOptions())
+            _context = SyncContext(storage, client)
+        return _context
