@@ -27,12 +27,13 @@ JOBS = jobs()  # validated at start-up: a broken file raises ConfigError naming 
 def run_job(name: str) -> dict[str, Any]:
     """Run one job now and return its report (also logged and stored)."""
     from shared.sync.engine import run_inbound
+    from shared.sync.outbound import run_outbound
     from shared.sync.worker import sync_context
 
     job = JOBS[name]
-    if not isinstance(job, InboundJob):
-        raise NotImplementedError(f"{name}: outbound jobs are not implemented yet")
-    return run_inbound(name, job, sync_context()).to_dict()
+    if isinstance(job, InboundJob):
+        return run_inbound(name, job, sync_context()).to_dict()
+    return run_outbound(name, job, sync_context()).to_dict()
 
 
 def _timer(name: str) -> None:
@@ -46,9 +47,8 @@ def _timer(name: str) -> None:
         run_job(name)
 
 
-for _name, _job in JOBS.items():
-    if isinstance(_job, InboundJob):
-        _timer(_name)
+for _name in JOBS:
+    _timer(_name)
 
 
 @bp.route(route="sync/runs", methods=["GET"])
