@@ -231,3 +231,37 @@ class _Hashes:
                 for k, v in items[start : start + HASH_BATCH]
             ]
             self._table.submit_transaction(operations)
+
+
+def replay_dead_letters(name: str, job: InboundJob, ctx: SyncContext, *, run_id: str | None = None) -> RunReport:
+    """Re-send a job's dead letters (all runs, or one) after a fix to the data, mapping or permissions.
+
+    They go through the same mapping and writer; rows that still fail land in this replay's own
+    dead-letter file, and the replayed files are removed, so nothing is replayed twice.
+    """
+    replay_id = f"replay-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    report = RunReport(name, replay_id, datetime.now(UTC).isoformat())
+    started = time.monotonic()
+    lease = ctx.storage.lease(name)
+    if lease is None:
+        report.status = "skipped"
+        return report
+    dead = ctx.storage.dead_letters(name, replay_id)
+    try:
+        letters = [(blob, letter) for blob, letter in ctx.storage.read_dead_letters(name, run_id) if blob != dead.name]
+        blobs = sorted({blob for blob, _ in letters})
+        rows = (SourceRow(blob, "", n, dict(letter["record"])) for n, (blob, letter) in enumerate(letters, start=1))
+        _write_file(name, job, ctx, Mapper(job, ctx.schema(job.table)), _Hashes(ctx.storage, name), rows, dead, report)
+        report.files = len(blobs)
+        report.status = "succeeded"
+    finally:
+        dead.close()
+        lease.release()
+        report.dead_lettered = dead.count
+        report.dead_letter_blob = dead.name if dead.count else None
+        report.duration_s = round(time.monotonic() - started, 3)
+        ctx.storage.save_report(name, replay_id, report.to_dict())
+        log_event(logger, "sync_replay_report", **{k: v for k, v in report.to_dict().items() if v is not None})
+    if report.status == "succeeded":
+        ctx.storage.remove_dead_letters(blobs)
+    return report

@@ -71,3 +71,21 @@ def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
     report = run_job(name)
     status = 409 if report["status"] == "skipped" else 200
     return func.HttpResponse(json.dumps(report), status_code=status, mimetype=JSON)
+
+
+@bp.route(route="sync/{job}/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def sync_replay(req: func.HttpRequest) -> func.HttpResponse:
+    """Re-send a job's dead letters (``?run=<run id>`` for one run); admin key only."""
+    from shared.sync.engine import replay_dead_letters
+    from shared.sync.worker import sync_context
+
+    name = req.route_params["job"]
+    job = JOBS.get(name)
+    if not isinstance(job, InboundJob):
+        return func.HttpResponse(
+            json.dumps({"error": f"no inbound job named {name!r}"}), status_code=404, mimetype=JSON
+        )
+    report = replay_dead_letters(name, job, sync_context(), run_id=req.params.get("run")).to_dict()
+    return func.HttpResponse(
+        json.dumps(report), status_code=409 if report["status"] == "skipped" else 200, mimetype=JSON
+    )

@@ -197,6 +197,11 @@ class SyncStorage:
                 if text.strip():
                     yield blob.name, json.loads(text)
 
+    def remove_dead_letters(self, blobs: list[str]) -> None:
+        container = self._container(DEAD_LETTER_CONTAINER)
+        for blob in blobs:
+            container.delete_blob(blob)
+
     # -- leases ---------------------------------------------------------------------------------------------------
     def lease(self, job: str) -> JobLease | None:
         """Hold the job's lease for the run, or None when another run holds it."""

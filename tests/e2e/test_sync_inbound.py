@@ -143,3 +143,40 @@ def test_an_overlapping_run_is_skipped(stack, app_env) -> None:
         assert report.status == "skipped"
     finally:
         held.release()
+
+
+def test_dead_letters_replay_after_the_fix(stack, app_env) -> None:
+    from shared.sync.engine import replay_dead_letters
+
+    app_env(stack)
+    ctx = context(stack)
+    tag = uuid.uuid4().hex[:5]
+    contacts = load_jobs(ROOT / "sync_jobs.yaml")["contacts"]
+    assert isinstance(contacts, InboundJob)
+    contacts = contacts.model_copy(update={"source": contacts.source.model_copy(update={"prefix": f"c{tag}/"})})
+    text = "Email;FirstName;LastName;CustomerNo\n" + "".join(
+        f"p{i}.{tag}@example.com;P;Person {i};ACC{tag}\n" for i in range(3)
+    )
+    container = ctx.storage.blob_service().get_container_client("erp-import")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob(f"c{tag}/contacts.csv", text.encode(), overwrite=True)
+
+    first = run_inbound(f"contacts-{tag}", contacts, ctx)  # the parent account is not there yet
+    assert (first.written, first.dead_lettered) == (0, 3)
+    codes = {d["code"] for _, d in ctx.storage.read_dead_letters(f"contacts-{tag}")}
+    assert codes == {"0x80060891"}  # Dataverse: no account with that key
+
+    ctx.client.create("accounts", {"name": "Parent", "accountnumber": f"ACC{tag}"})  # the fix
+    replay = replay_dead_letters(f"contacts-{tag}", contacts, ctx)
+    assert (replay.written, replay.dead_lettered, replay.files) == (3, 0, 1)
+    assert list(ctx.storage.read_dead_letters(f"contacts-{tag}")) == []  # replayed letters are gone
+    assert replay_dead_letters(f"contacts-{tag}", contacts, ctx).written == 0  # nothing replays twice
+    api = api_for(stack)
+    rows = api(
+        "GET",
+        "contacts",
+        params={"$select": "_parentcustomerid_value", "$filter": f"endswith(emailaddress1,'.{tag}@example.com')"},
+    ).json()["value"]
+    assert len(rows) == 3
+    assert all(r["_parentcustomerid_value"] for r in rows)
