@@ -206,6 +206,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "DEVSTACK_KEY_VAULT_URL": vault_url,
         "DEVSTACK_DATAVERSE_URL": dataverse_url,
         "DEVSTACK_CA_CERT": str(tls.ca_cert),
+        "DEVSTACK_SEED_ACCOUNTS": str(args.seed_accounts),
     }
     if args.command in ("run", "demo") or args.host:
         # The app sees exactly the settings written to the env file, as a Functions worker would.
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-port", type=int, default=7071, help="port of the local Functions host (0: any free)")
     parser.add_argument("--no-azurite", action="store_true", help="do not start Azurite (identity/Dataverse only)")
     parser.add_argument("--memory", action="store_true", help="keep the Dataverse store in memory")
+    parser.add_argument(
+        "--seed-accounts", type=int, default=10_000, help="size of the ERP seed (contacts: 3x; bad rows: 3 %%)"
+    )
     parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
     args = parser.parse_args(argv)
     return asyncio.run(_serve(args))

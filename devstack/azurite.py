@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,9 @@ def start_azurite(location: Path | None, log_path: Path) -> Azurite:
     if location is None:
         args += ["--inMemoryPersistence", "--extentMemoryLimit", str(EXTENT_MEMORY_LIMIT_MB)]
     else:
+        # Every devstack start begins from the scenario (the Dataverse store is reset too): stale
+        # processed-file records and watermarks would otherwise skip data the new store never saw.
+        shutil.rmtree(location, ignore_errors=True)
         location.mkdir(parents=True, exist_ok=True)
         args += ["--location", str(location)]
     log = log_path.open("ab")

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -83,7 +83,14 @@ def row_hash(columns: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(columns, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def run_inbound(name: str, job: InboundJob, ctx: SyncContext, *, run_id: str | None = None) -> RunReport:
+def run_inbound(
+    name: str,
+    job: InboundJob,
+    ctx: SyncContext,
+    *,
+    run_id: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunReport:
     run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     report = RunReport(name, run_id, datetime.now(UTC).isoformat())
     started = time.monotonic()
@@ -119,7 +126,7 @@ def run_inbound(name: str, job: InboundJob, ctx: SyncContext, *, run_id: str | N
                 if isinstance(source, CsvSource)
                 else ctx.storage.read_jsonl(source.container, blob, etag, encoding=source.encoding)
             )
-            _write_file(name, job, ctx, mapper, hashes, rows, dead, report)
+            _write_file(name, job, ctx, mapper, hashes, rows, dead, report, progress)
             hashes.flush()
             ctx.storage.mark_processed(name, blob, etag)
         report.status = "succeeded"
@@ -150,6 +157,7 @@ def _write_file(
     rows: Iterator[SourceRow],
     dead: Any,
     report: RunReport,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     pending: dict[int, tuple[SourceRow, dict[str, Any], str, str]] = {}  # planner index -> (row, columns, key, hash)
 
@@ -160,11 +168,15 @@ def _write_file(
             result = mapper.map(row.values)
             if isinstance(result, Rejection):
                 dead.add(row.values, code=result.code, reason=result.reason, field=result.field, source=_where(row))
+                if progress:
+                    progress(1)
                 continue
             key = format_key({k: result[k] for k in job.key})
             digest = row_hash(result)
             if hashes.get(key) == digest:
                 report.unchanged += 1
+                if progress:
+                    progress(1)
                 continue
             pending[index] = (row, result, key, digest)
             index += 1
@@ -175,6 +187,8 @@ def _write_file(
         job.table, job.entity_set, mapped(), "upsert", key=job.key, strategy=job.strategy, batch_size=job.batch_size
     )
     for result in run:
+        if progress:
+            progress(1)
         row, _, key, digest = pending.pop(result.index)
         if result.status == "failed":
             report.failed += 1

@@ -37,7 +37,8 @@ def test_run_shows_banner_and_doctor_then_ctrl_c_leaves_no_child(tmp_path: Path)
     state = tmp_path / "run-state"
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devstack", "run", "--dir", str(state), "--host-port", "0"],
+        [sys.executable, "-m", "devstack", "run", "--dir", str(state), "--host-port", "0",
+         "--seed-accounts", "200", "--time-scale", "0.05"],
         cwd=ROOT, env=subprocess_env({}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -53,7 +54,7 @@ def test_run_shows_banner_and_doctor_then_ctrl_c_leaves_no_child(tmp_path: Path)
     assert "/api/health/doctor" in output
     assert "curl -H 'x-functions-key: " in output
     assert "✅ whoami" in output
-    assert "2/2 passed" in output
+    assert "3/3 passed" in output
     assert elapsed < BANNER_AND_DOCTOR_BUDGET_S
     assert processes_mentioning(str(state / "azurite")), "Azurite should be running while devstack serves"
 

@@ -66,7 +66,21 @@ def test_http_doctor_names_the_failing_step_with_503(faults_devstack, app_env) -
 
 def test_devstack_run_starts_the_world_and_passes_the_doctor(tmp_path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "devstack", "run", "--once", "--dir", str(tmp_path / "run"), "--host-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "devstack",
+            "run",
+            "--once",
+            "--dir",
+            str(tmp_path / "run"),
+            "--host-port",
+            "0",
+            "--seed-accounts",
+            "200",
+            "--time-scale",
+            "0.05",
+        ],
         cwd=ROOT,
         env=subprocess_env({}),
         capture_output=True,
@@ -78,6 +92,6 @@ def test_devstack_run_starts_the_world_and_passes_the_doctor(tmp_path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert completed.stdout.startswith("devstack ready")
     assert "all steps passed" in completed.stdout
-    assert "2/2 passed" in completed.stdout  # the first runs, through the local host too
+    assert "3/3 passed" in completed.stdout  # the first runs, through the local host too
     assert "devstack stopped" in completed.stdout
     assert not (tmp_path / "run" / "env").exists()  # a stopped devstack leaves no stale environment
