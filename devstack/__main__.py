@@ -278,6 +278,11 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["host"]:
+        from devstack.host_main import main as host_main
+
+        return host_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("command", choices=["up", "run", "demo"])
     parser.add_argument("--scenario", default=str(SCENARIO_DIR / "default.yaml"), help="scenario YAML")

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -32,8 +33,8 @@ FILES_TABLE = "syncfiles"  # processed source files (name + ETag), so reruns ski
 RUNS_TABLE = "syncruns"  # run reports
 DEAD_LETTER_CONTAINER = "sync-deadletters"
 LEASE_CONTAINER = "sync-leases"
-LEASE_DURATION_S = 60  # renewed while the run lasts; a crashed run frees the job within a minute
-LEASE_RENEW_S = 20
+LEASE_DURATION_S = int(os.environ.get("SYNC_LEASE_DURATION_S", "60"))  # 15-60 s; renewed while the run lasts
+LEASE_RENEW_S = max(5, LEASE_DURATION_S // 3)  # a crashed run frees the job within one lease duration
 DEAD_LETTER_FLUSH_LINES = 500
 _KEY_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f]")
 
