@@ -145,6 +145,23 @@ def index_app(app_dir: Path, script: str = "function_app.py") -> list[FunctionIn
     return functions
 
 
+HOST_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
+
+
+def _apply_host_overrides(host_json: dict[str, Any]) -> None:
+    """App settings ``AzureFunctionsJobHost__a__b=value`` override host.json's ``a.b``, as the host does."""
+    import os
+
+    for name, value in os.environ.items():
+        if not name.startswith(HOST_OVERRIDE_PREFIX):
+            continue
+        *parents, leaf = name[len(HOST_OVERRIDE_PREFIX) :].split("__")
+        node = host_json
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = int(value) if value.isdigit() else value
+
+
 def _app_setting(value: str) -> str:
     """``%NAME%`` is resolved from the app settings, as the host does for binding expressions."""
     import os
@@ -248,6 +265,7 @@ class LocalHost:
         self.app_dir = app_dir
         self.base_url = base_url
         host_json = json.loads((app_dir / "host.json").read_text()) if (app_dir / "host.json").exists() else {}
+        _apply_host_overrides(host_json)
         self.function_timeout_s = (
             timespan_seconds(host_json["functionTimeout"])
             if host_json.get("functionTimeout")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +30,8 @@ from shared.sync.storage import SourceRow, SyncStorage, table_key
 logger = logging.getLogger(__name__)
 
 HASHES_TABLE = "synchashes"
+CHUNK_ROWS = 10_000  # rows per fan-out work item
+CHUNK_CONCURRENCY = int(os.environ.get("SYNC_CHUNK_CONCURRENCY", "2"))  # per work item; see README on the budget
 HASH_BATCH = 100  # Table Storage transactions take at most 100 entities of one partition
 
 
@@ -39,6 +42,7 @@ class RunReport:
     started_at: str
     status: str = "running"  # running | succeeded | skipped | failed
     files: int = 0
+    chunks: int = 0
     files_skipped: int = 0
     rows_read: int = 0
     written: int = 0
@@ -114,6 +118,8 @@ def run_inbound(
                 report.files_skipped += 1
                 continue
             report.files += 1
+            if _fan_out(name, job, ctx, source, blob, etag, report):
+                continue
             rows = (
                 ctx.storage.read_csv(
                     source.container,
@@ -129,7 +135,7 @@ def run_inbound(
             _write_file(name, job, ctx, mapper, hashes, rows, dead, report, progress)
             hashes.flush()
             ctx.storage.mark_processed(name, blob, etag)
-        report.status = "succeeded"
+        report.status = "fanned_out" if report.chunks else "succeeded"
     except Exception as exc:
         report.status = "failed"
         report.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -153,11 +159,13 @@ def _write_file(
     job: InboundJob,
     ctx: SyncContext,
     mapper: Mapper,
-    hashes: _Hashes,
+    hashes: _Hashes | _NoHashes,
     rows: Iterator[SourceRow],
     dead: Any,
     report: RunReport,
     progress: Callable[[int], None] | None = None,
+    *,
+    concurrency: int | None = None,
 ) -> None:
     pending: dict[int, tuple[SourceRow, dict[str, Any], str, str]] = {}  # planner index -> (row, columns, key, hash)
 
@@ -184,7 +192,14 @@ def _write_file(
 
     planner = WritePlanner(ctx.client)
     run = planner.write(
-        job.table, job.entity_set, mapped(), "upsert", key=job.key, strategy=job.strategy, batch_size=job.batch_size
+        job.table,
+        job.entity_set,
+        mapped(),
+        "upsert",
+        key=job.key,
+        strategy=job.strategy,
+        batch_size=job.batch_size,
+        max_concurrency=concurrency,
     )
     for result in run:
         if progress:
@@ -279,3 +294,97 @@ def replay_dead_letters(name: str, job: InboundJob, ctx: SyncContext, *, run_id:
     if report.status == "succeeded":
         ctx.storage.remove_dead_letters(blobs)
     return report
+
+
+def _source_rows(ctx: SyncContext, source: CsvSource | JsonlSource, blob: str, etag: str) -> Iterator[SourceRow]:
+    if isinstance(source, CsvSource):
+        return ctx.storage.read_csv(
+            source.container, blob, etag, encoding=source.encoding, delimiter=source.delimiter, headers=source.headers
+        )
+    return ctx.storage.read_jsonl(source.container, blob, etag, encoding=source.encoding)
+
+
+def _fan_out(
+    name: str,
+    job: InboundJob,
+    ctx: SyncContext,
+    source: CsvSource | JsonlSource,
+    blob: str,
+    etag: str,
+    report: RunReport,
+) -> bool:
+    """Above the job's threshold, split the file into row ranges and enqueue them; True when fanned out."""
+    from shared.sync.storage import CHUNK_QUEUE
+
+    total = sum(1 for _ in _source_rows(ctx, source, blob, etag))
+    if total <= job.fan_out_threshold:
+        return False
+    chunks = [(start, min(start + CHUNK_ROWS - 1, total)) for start in range(1, total + 1, CHUNK_ROWS)]
+    report.chunks += len(chunks)
+    report.rows_read += total
+    planned = {"job": name, "run_id": report.run_id, "blob": blob, "etag": etag, "chunks": len(chunks), "rows": total}
+    for number, (first, last) in enumerate(chunks, start=1):
+        ctx.storage.enqueue(
+            CHUNK_QUEUE, {**planned, "chunk_id": f"{number:04}", "first_line": first, "last_line": last}
+        )
+    log_event(logger, "sync_fanned_out", job=name, blob=blob, rows=total, chunks=len(chunks))
+    return True
+
+
+def run_chunk(job: InboundJob, ctx: SyncContext, item: Mapping[str, Any]) -> dict[str, Any]:
+    """A queue worker's part of a fanned-out run: write one row range and store its report; the last chunk
+    to finish aggregates the run report and marks the file processed."""
+    name, run_id, chunk_id = str(item["job"]), str(item["run_id"]), str(item["chunk_id"])
+    report = RunReport(name, f"{run_id}#{chunk_id}", datetime.now(UTC).isoformat())
+    started = time.monotonic()
+    source = job.source
+    assert isinstance(source, CsvSource | JsonlSource)
+    first, last = int(item["first_line"]), int(item["last_line"])
+    rows = (r for r in _source_rows(ctx, source, str(item["blob"]), str(item["etag"])) if first <= r.line)
+    dead = ctx.storage.dead_letters(name, f"{run_id}-{chunk_id}")
+    requests_before, throttles_before = ctx.client.requests_sent, ctx.client.governor.throttles
+    try:
+        mapper = Mapper(job, ctx.schema(job.table))
+        _write_file(
+            name, job, ctx, mapper, _NoHashes(), _until(rows, last), dead, report, concurrency=CHUNK_CONCURRENCY
+        )
+        report.status = "succeeded"
+    finally:
+        dead.close()
+    report.dead_lettered = dead.count
+    report.duration_s = round(time.monotonic() - started, 3)
+    report.requests = ctx.client.requests_sent - requests_before
+    report.throttles = ctx.client.governor.throttles - throttles_before
+    ctx.storage.save_chunk_report(name, run_id, chunk_id, report.to_dict())
+    chunks = ctx.storage.chunk_reports(name, run_id)
+    if len(chunks) == int(item["chunks"]):  # the last one in aggregates (idempotent if two race here)
+        total = ctx.storage.get_report(name, run_id) or {"job": name, "run_id": run_id}
+        for counter in ("written", "created", "updated", "failed", "dead_lettered", "requests", "throttles"):
+            total[counter] = sum(int(c.get(counter) or 0) for c in chunks)
+        total["rows_read"] = int(item["rows"])
+        total["chunks"] = len(chunks)
+        total["status"] = "succeeded" if all(c["status"] == "succeeded" for c in chunks) else "failed"
+        ctx.storage.save_report(name, run_id, total)
+        ctx.storage.mark_processed(name, str(item["blob"]), str(item["etag"]))
+        log_event(logger, "sync_run_report", **{k: v for k, v in total.items() if v is not None})
+    return report.to_dict()
+
+
+def _until(rows: Iterator[SourceRow], last: int) -> Iterator[SourceRow]:
+    for row in rows:
+        if row.line > last:
+            return
+        yield row
+
+
+class _NoHashes:
+    """Fan-out chunks always write (upserts are idempotent): loading every key's hash per chunk costs more."""
+
+    def get(self, key: str) -> str | None:
+        return None
+
+    def set(self, key: str, digest: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

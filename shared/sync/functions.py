@@ -89,3 +89,17 @@ def sync_replay(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(
         json.dumps(report), status_code=409 if report["status"] == "skipped" else 200, mimetype=JSON
     )
+
+
+@bp.queue_trigger(arg_name="item", queue_name="sync-chunks", connection="AzureWebJobsStorage")
+def sync_chunk(item: func.QueueMessage) -> None:
+    """Write one fanned-out chunk. Failures retry per host.json and end in ``sync-chunks-poison`` with
+    their chunk id in the message."""
+    from shared.sync.engine import run_chunk
+    from shared.sync.worker import sync_context
+
+    work = json.loads(item.get_body())
+    job = JOBS.get(str(work.get("job", "")))
+    if not isinstance(job, InboundJob):
+        raise ValueError(f"chunk {work.get('chunk_id')}: no inbound job named {work.get('job')!r}")
+    run_chunk(job, sync_context(), work)

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 STATE_TABLE = "syncstate"  # watermarks and delta links, one row per job
 FILES_TABLE = "syncfiles"  # processed source files (name + ETag), so reruns skip them
 RUNS_TABLE = "syncruns"  # run reports
+CHUNKS_TABLE = "syncchunks"  # fan-out chunk reports, one partition per run
+CHUNK_QUEUE = "sync-chunks"  # fan-out work items
 DEAD_LETTER_CONTAINER = "sync-deadletters"
 LEASE_CONTAINER = "sync-leases"
 LEASE_DURATION_S = int(os.environ.get("SYNC_LEASE_DURATION_S", "60"))  # 15-60 s; renewed while the run lasts
@@ -185,6 +187,42 @@ class SyncStorage:
         rows = [json.loads(e["Report"]) for e in self._table(RUNS_TABLE).list_entities()]
         rows.sort(key=lambda r: r.get("started_at", ""), reverse=True)
         return rows[:limit]
+
+    # -- fan-out -----------------------------------------------------------------------------------------
+    def enqueue(self, queue: str, message: dict[str, Any]) -> None:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+        if self._connection_string:
+            client = QueueClient.from_connection_string(
+                self._connection_string, queue, message_encode_policy=TextBase64EncodePolicy()
+            )
+        else:
+            client = QueueClient(
+                f"https://{self._account_name}.queue.core.windows.net",
+                queue,
+                credential=self._credential,
+                message_encode_policy=TextBase64EncodePolicy(),  # the Functions queue trigger expects base64
+            )
+        with contextlib.suppress(ResourceExistsError):
+            client.create_queue()
+        client.send_message(json.dumps(message))
+
+    def save_chunk_report(self, job: str, run_id: str, chunk_id: str, report: dict[str, Any]) -> None:
+        entity = {"PartitionKey": table_key(f"{job}|{run_id}"), "RowKey": chunk_id, "Report": json.dumps(report)}
+        self._table(CHUNKS_TABLE).upsert_entity(entity)
+
+    def chunk_reports(self, job: str, run_id: str) -> list[dict[str, Any]]:
+        query = f"PartitionKey eq '{table_key(f'{job}|{run_id}')}'"
+        return [json.loads(e["Report"]) for e in self._table(CHUNKS_TABLE).query_entities(query)]
+
+    def get_report(self, job: str, run_id: str) -> dict[str, Any] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return dict(json.loads(self._table(RUNS_TABLE).get_entity(table_key(job), run_id)["Report"]))
+        except ResourceNotFoundError:
+            return None
 
     # -- dead letters -----------------------------------------------------------------------------------------
     def dead_letters(self, job: str, run_id: str) -> DeadLetterWriter:
