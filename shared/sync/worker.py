@@ -45,5 +45,7 @@ def sync_context() -> SyncContext:
             account = os.environ.get("AzureWebJobsStorage__accountName")  # noqa: SIM112 - the platform's spelling
             storage = SyncStorage(config.storage_connection, account_name=account)
             client = DataverseClient(config.dataverse_url, token_provider(), options=ClientOptions())
-            _context = SyncContext(storage, client)
+            from shared.identity.worker import secret_store
+
+            _context = SyncContext(storage, client, secret=lambda name: secret_store().get(name).value)
         return _context
