@@ -112,3 +112,90 @@ def test_a_crash_before_the_delta_link_is_saved_does_not_duplicate(stack, app_en
     late = [line for line in sink_lines(storage, name) if line.get("record", {}).get("dvb_shipmentid") == created]  # type: ignore[union-attr]
     assert len(late) == 1  # ...overwrote the same file: the change reached the sink once
     assert len(sink_lines(storage, name)) == before + 1
+
+
+def test_http_sink_is_retried_and_the_delta_link_waits_for_it(stack, app_env) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict[str, object]] = []
+    statuses = [503, 200, 200, 200]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status = statuses.pop(0) if statuses else 200
+            if status == 200:
+                received.extend(body["changes"])
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        app_env(stack)
+        client = DataverseClient(
+            stack.env["DATAVERSE_URL"], token_provider(), options=ClientOptions(verify=stack.env["REQUESTS_CA_BUNDLE"])
+        )
+        ctx = SyncContext(SyncStorage(stack.env["AzureWebJobsStorage"]), client)
+        job = OutboundJob.model_validate(
+            {"direction": "outbound", "table": "dvb_shipment", "entity_set": "dvb_shipments", "select": ["dvb_name"],
+             "sink": {"kind": "http_post", "url": f"http://127.0.0.1:{server.server_address[1]}/hook", "batch_size": 2}}
+        )  # fmt: skip
+        name = f"http-{uuid.uuid4().hex[:5]}"
+        existing = run_outbound(name, job, ctx).written
+        for i in range(3):
+            client.create(
+                "dvb_shipments", {"dvb_name": f"{name}-{i}", "dvb_carrier": "GLS", "dvb_trackingnumber": f"{name}{i}"}
+            )
+        report = run_outbound(name, job, ctx)
+        assert report.written == 3
+        names = sorted(str(c["record"]["dvb_name"]) for c in received if c["op"] == "upsert")  # type: ignore[index]
+        # The 503 was retried and nothing was delivered twice: each new shipment reached the sink once.
+        assert [n for n in names if n.startswith(f"{name}-")] == [f"{name}-{i}" for i in range(3)]
+        assert existing == len(names) - 3
+    finally:
+        server.shutdown()
+
+
+def test_the_cli_runs_a_job(stack, app_env) -> None:
+    import subprocess
+    import sys
+
+    from tests.devstack_process import subprocess_env
+
+    settings = app_env(stack)
+    listed = subprocess.run(
+        [sys.executable, "-m", "shared.sync", "jobs"],
+        cwd=ROOT,
+        env=subprocess_env(settings),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "accounts: inbound account" in listed.stdout
+    assert "shipments-out: outbound dvb_shipment" in listed.stdout
+    ran = subprocess.run(
+        [sys.executable, "-m", "shared.sync", "run", "shipments-out"],
+        cwd=ROOT,
+        env=subprocess_env(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert json.loads(ran.stdout)["status"] == "succeeded"
+    missing = subprocess.run(
+        [sys.executable, "-m", "shared.sync", "run", "nope"],
+        cwd=ROOT,
+        env=subprocess_env(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "jobs: accounts" in missing.stderr
