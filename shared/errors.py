@@ -6,8 +6,9 @@
     ├── ConfigError               settings missing or malformed; .problems lists every one
     │   └── CredentialFormatError the credential held in Key Vault cannot be used as it is
     ├── AuthError                 a step of the identity chain failed; .code, .cause, .fix, .step
-    └── DataverseError            the Web API refused a request; .status, .code, .message
-        └── ThrottledError        429 after every retry; .retry_after_s
+    ├── DataverseError            the Web API refused a request; .status, .code, .message
+    │   └── ThrottledError        429 after every retry; .retry_after_s
+    └── WebhookRejected           an incoming webhook is refused; .status (400/401/413), .reason
 
 Every error message is safe to log: no secret value or token is ever put into one.
 Callers chain the original exception (``raise ... from exc``) so the SDK detail stays available.
@@ -88,3 +89,12 @@ class DataverseError(DvbridgeError):
 
 class ThrottledError(DataverseError):
     """Still throttled (429) when the retry budget ran out."""
+
+
+class WebhookRejected(DvbridgeError):
+    """An incoming webhook is refused before it is acknowledged: 400 malformed, 401 not genuine, 413 too large."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"webhook rejected ({status}): {reason}")

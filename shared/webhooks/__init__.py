@@ -1,0 +1,1 @@
+"""Webhook receivers: Dataverse service endpoints and signed generic webhooks; dedupe; processors."""
