@@ -124,7 +124,7 @@ def test_any_body_is_an_event_or_a_typed_refusal(body: bytes) -> None:
     try:
         parse_remote_execution_context(body)
     except WebhookRejected as exc:
-        assert exc.status in (400, 413)
+        assert exc.status in (400, 413)  # noqa: PT017 - either outcome is valid; only the refusal is typed-checked
 
 
 def test_signature_window_and_tampering() -> None:
@@ -168,4 +168,4 @@ def test_any_headers_are_accepted_or_a_401(headers: dict[str, str], body: bytes)
     try:
         verify("s3cret", headers, body)
     except WebhookRejected as exc:
-        assert exc.status == 401
+        assert exc.status == 401  # noqa: PT017 - either outcome is valid; only the refusal is typed-checked
