@@ -9,9 +9,11 @@ import azure.functions as func
 from shared.health.functions import bp as health_bp
 from shared.logging import install_redaction
 from shared.sync.functions import bp as sync_bp
+from shared.webhooks.functions import bp as webhooks_bp
 
 install_redaction()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_bp)
 app.register_functions(sync_bp)
+app.register_functions(webhooks_bp)

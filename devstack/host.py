@@ -281,9 +281,9 @@ class LocalHost:
         self._stop = threading.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._threads: list[threading.Thread] = []
-        self.routes = [
-            (f, *_compile_route(f.route or f.name)) for f in self.functions if f.trigger_type == "httpTrigger"
-        ]
+        # Literal routes win over templates, as in the real host: webhooks/dataverse before webhooks/{source}.
+        http = [(f, *_compile_route(f.route or f.name)) for f in self.functions if f.trigger_type == "httpTrigger"]
+        self.routes = sorted(http, key=lambda entry: len(entry[2]))
 
     # -- invocation ------------------------------------------------------------------------------
     async def invoke(self, info: FunctionInfo, args: dict[str, Any], reason: str) -> Any:

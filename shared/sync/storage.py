@@ -208,6 +208,29 @@ class SyncStorage:
             client.create_queue()
         client.send_message(json.dumps(message))
 
+    def move_messages(self, source: str, target: str) -> int:
+        """Move every message from one queue to another (replaying a poison queue); returns the count."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+        if not self._connection_string:
+            raise NotImplementedError("replay needs the queue connection string in this version")
+        poison = QueueClient.from_connection_string(
+            self._connection_string, source, message_decode_policy=TextBase64DecodePolicy()
+        )
+        moved = 0
+        try:
+            while True:
+                batch = list(poison.receive_messages(max_messages=32, visibility_timeout=60))
+                if not batch:
+                    return moved
+                for message in batch:
+                    self.enqueue(target, json.loads(message.content))
+                    poison.delete_message(message)
+                    moved += 1
+        except ResourceNotFoundError:
+            return moved
+
     def save_chunk_report(self, job: str, run_id: str, chunk_id: str, report: dict[str, Any]) -> None:
         entity = {"PartitionKey": table_key(f"{job}|{run_id}"), "RowKey": chunk_id, "Report": json.dumps(report)}
         self._table(CHUNKS_TABLE).upsert_entity(entity)

@@ -1,0 +1,131 @@
+"""The webhook blueprint: receive, authenticate, validate, deduplicate, enqueue, 202; process from the queue.
+
+Receivers never answer 500: bad input is 400/401/413 with the reason; an internal failure (storage down)
+is 503, which Dataverse and well-behaved senders retry.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+
+from shared.errors import WebhookRejected
+from shared.logging import log_event
+from shared.webhooks.routes import DEFAULT_ROUTES_FILE, load_routes
+
+logger = logging.getLogger(__name__)
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+JSON = "application/json"
+APP_ROOT = Path(__file__).resolve().parents[2]
+_ROUTES_FILE = Path(os.environ.get("WEBHOOK_ROUTES_FILE") or DEFAULT_ROUTES_FILE)
+ROUTES = load_routes(_ROUTES_FILE if _ROUTES_FILE.is_absolute() else APP_ROOT / _ROUTES_FILE)  # validated at start-up
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _answer(status: int, body: dict[str, Any]) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON)
+
+
+def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse:
+    """Enqueue first, then mark as seen: a failed enqueue must let the sender's retry through."""
+    from shared.sync.worker import sync_context
+    from shared.webhooks.dedupe import Dedupe
+    from shared.webhooks.processor import EVENT_QUEUE
+
+    storage = sync_context().storage
+    dedupe = Dedupe(storage.table_service())
+    if not dedupe.first_time(scope, key):
+        log_event(logger, "webhook_duplicate", scope=scope)
+        return _answer(202, {"accepted": True, "duplicate": True})
+    try:
+        storage.enqueue(EVENT_QUEUE, {**message, "key": key, "received_at": time.time()})
+    except Exception:
+        dedupe.forget(scope, key)
+        raise
+    return _answer(202, {"accepted": True})
+
+
+@bp.route(route="webhooks/dataverse", methods=["POST"])
+def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Dataverse service endpoints (WebhookKey auth sends ``?code=``, the function key)."""
+    from shared.webhooks.context import parse_remote_execution_context
+
+    try:
+        body = req.get_body()
+        header_auth = ROUTES.dataverse_header_auth
+        if header_auth is not None:
+            from shared.sync.worker import sync_context
+
+            expected = (sync_context().secret or (lambda _: ""))(header_auth.secret)
+            supplied = req.headers.get(header_auth.header, "")
+            if not hmac.compare_digest(expected.encode(), supplied.encode("utf-8", "replace")):
+                raise WebhookRejected(401, f"the {header_auth.header} header is missing or wrong")
+        event = parse_remote_execution_context(body, dict(req.headers))
+        return _accept("dataverse", event.dedupe_key, {"source": "dataverse", "event": event.to_dict()})
+    except WebhookRejected as exc:
+        log_event(logger, "webhook_rejected", logging.WARNING, source="dataverse", status=exc.status, reason=exc.reason)
+        return _answer(exc.status, {"error": exc.reason})
+    except Exception as exc:  # never 500: the sender retries a 503
+        log_event(logger, "webhook_unavailable", logging.ERROR, source="dataverse", error=type(exc).__name__)
+        return _answer(503, {"error": "temporarily unavailable; retry"})
+
+
+@bp.route(route="webhooks/{source}", methods=["POST"])
+def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Signed generic webhooks: HMAC-SHA256 over timestamp, nonce and body with the source's secret."""
+    from shared.webhooks.signing import verify
+
+    source = req.route_params.get("source", "")
+    try:
+        spec = ROUTES.sources.get(source)
+        if spec is None:
+            return _answer(404, {"error": f"no webhook source named {source!r}"})
+        body = req.get_body()
+        if len(body) > MAX_BODY_BYTES:
+            raise WebhookRejected(413, f"the body is {len(body):,} bytes; at most {MAX_BODY_BYTES:,} are accepted")
+        from shared.sync.worker import sync_context
+
+        secret = (sync_context().secret or (lambda _: ""))(spec.secret)
+        nonce = verify(secret, dict(req.headers), body)
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            raise WebhookRejected(400, "the body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise WebhookRejected(400, "the body must be a JSON object")
+        response = _accept(f"nonce-{source}", nonce, {"source": source, "payload": payload})
+        if json.loads(response.get_body()).get("duplicate"):
+            raise WebhookRejected(401, "this nonce was already used (a replayed delivery)")
+        return response
+    except WebhookRejected as exc:
+        log_event(logger, "webhook_rejected", logging.WARNING, source=source, status=exc.status, reason=exc.reason)
+        return _answer(exc.status, {"error": exc.reason})
+    except Exception as exc:
+        log_event(logger, "webhook_unavailable", logging.ERROR, source=source, error=type(exc).__name__)
+        return _answer(503, {"error": "temporarily unavailable; retry"})
+
+
+@bp.queue_trigger(arg_name="item", queue_name="webhook-events", connection="AzureWebJobsStorage")
+def webhook_processor(item: func.QueueMessage) -> None:
+    """Dispatch to the routed handlers; failures retry per host.json, then ``webhook-events-poison``."""
+    from shared.sync.worker import sync_context
+    from shared.webhooks.processor import process
+
+    process(json.loads(item.get_body()), ROUTES, sync_context())
+
+
+@bp.route(route="webhooks-admin/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
+    """Move poisoned webhook events back onto the processing queue (after a fix)."""
+    from shared.sync.worker import sync_context
+    from shared.webhooks.processor import EVENT_QUEUE
+
+    moved = sync_context().storage.move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
+    return _answer(200, {"replayed": moved})
