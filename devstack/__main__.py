@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -240,6 +241,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await host.start()
         env["FUNCTIONS_BASE_URL"] = base_url
         env["FUNCTIONS_HOST_KEY"] = host.keys.host
+        _register_webhooks_to_host(scenario, dataverse_ctx, host)
 
     env_path = directory / "env"
     _write_env(env_path, env)
@@ -275,6 +277,26 @@ async def _serve(args: argparse.Namespace) -> int:
         env_path.unlink()
     print("devstack stopped", flush=True)
     return exit_code
+
+
+def _register_webhooks_to_host(scenario: dict[str, Any], dataverse_ctx: Any, host: LocalHost) -> None:
+    """Service endpoints of the scenario that point at the local host's Dataverse receiver, with WebhookKey
+    auth = that function's key, as an admin registers them with the Plug-in Registration Tool."""
+    from devstack.dataverse.webhooks import Registration
+
+    receiver = "dataverse_webhook"
+    if receiver not in host.keys.functions or dataverse_ctx.webhooks is None:
+        return
+    for spec in (scenario.get("dataverse") or {}).get("webhooks_to_host") or []:
+        dataverse_ctx.webhooks.registrations.append(
+            Registration(
+                url=f"{host.base_url}/api/webhooks/dataverse",
+                table=str(spec["table"]),
+                messages=list(spec.get("messages") or ["Create", "Update", "Delete"]),
+                auth_type="WebhookKey",
+                auth_value=host.keys.functions[receiver],
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,9 +70,7 @@ def _deliver(
         # Named after the delta it continues from: a retried run overwrites, never duplicates.
         marker = hashlib.sha256((previous or "initial").encode()).hexdigest()[:16]
         blob = f"{name}/{marker}.jsonl"
-        container = ctx.storage.blob_service().get_container_client(sink.container)
-        if not container.exists():
-            container.create_container()
+        container = ctx.storage.container(sink.container)
         body = "".join(json.dumps(c, default=str) + "\n" for c in changes).encode()
         container.upload_blob(blob, body, overwrite=True)
         log_event(logger, "sync_outbound_written", job=name, blob=blob, changes=len(changes))

@@ -70,6 +70,7 @@ class SyncStorage:
         self._blob: BlobServiceClient | None = None
         self._tables: TableServiceClient | None = None
         self._lock = threading.Lock()
+        self._known_containers: set[str] = set()
 
     def blob_service(self) -> BlobServiceClient:
         from azure.storage.blob import BlobServiceClient
@@ -102,18 +103,21 @@ class SyncStorage:
         service.create_table_if_not_exists(name)
         return service.get_table_client(name)
 
-    def _container(self, name: str) -> Any:
+    def container(self, name: str) -> Any:
+        """The container, created on first use. Concurrent creators race: losing it is fine."""
         from azure.core.exceptions import ResourceExistsError
 
         container = self.blob_service().get_container_client(name)
-        with contextlib.suppress(ResourceExistsError):
-            container.create_container()
+        if name not in self._known_containers:
+            with contextlib.suppress(ResourceExistsError):
+                container.create_container()
+            self._known_containers.add(name)
         return container
 
     # -- sources ---------------------------------------------------------------------------------------
     def list_source_blobs(self, container: str, prefix: str) -> list[tuple[str, str]]:
         """(name, etag) of the source files, oldest first, so files replay in arrival order."""
-        blobs = list(self._container(container).list_blobs(name_starts_with=prefix or None))
+        blobs = list(self.container(container).list_blobs(name_starts_with=prefix or None))
         blobs.sort(key=lambda b: (b.last_modified, b.name))
         return [(b.name, b.etag) for b in blobs]
 
@@ -121,7 +125,7 @@ class SyncStorage:
         """Decode a blob chunk by chunk (never the whole file in memory), yielding lines with their ends."""
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
         pending = ""
-        for chunk in self._container(container).download_blob(blob).chunks():
+        for chunk in self.container(container).download_blob(blob).chunks():
             pending += decoder.decode(chunk)
             *complete, pending = pending.splitlines(keepends=True) or [""]
             if pending.endswith(("\n", "\r")):
@@ -249,10 +253,10 @@ class SyncStorage:
 
     # -- dead letters -----------------------------------------------------------------------------------------
     def dead_letters(self, job: str, run_id: str) -> DeadLetterWriter:
-        return DeadLetterWriter(self._container(DEAD_LETTER_CONTAINER), f"{job}/{run_id}.jsonl")
+        return DeadLetterWriter(self.container(DEAD_LETTER_CONTAINER), f"{job}/{run_id}.jsonl")
 
     def read_dead_letters(self, job: str, run_id: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        container = self._container(DEAD_LETTER_CONTAINER)
+        container = self.container(DEAD_LETTER_CONTAINER)
         prefix = f"{job}/{run_id}.jsonl" if run_id else f"{job}/"
         for blob in container.list_blobs(name_starts_with=prefix):
             for text in container.download_blob(blob.name).readall().decode("utf-8").splitlines():
@@ -260,7 +264,7 @@ class SyncStorage:
                     yield blob.name, json.loads(text)
 
     def remove_dead_letters(self, blobs: list[str]) -> None:
-        container = self._container(DEAD_LETTER_CONTAINER)
+        container = self.container(DEAD_LETTER_CONTAINER)
         for blob in blobs:
             container.delete_blob(blob)
 
@@ -269,7 +273,7 @@ class SyncStorage:
         """Hold the job's lease for the run, or None when another run holds it."""
         from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
-        blob = self._container(LEASE_CONTAINER).get_blob_client(f"{table_key(job)}.lock")
+        blob = self.container(LEASE_CONTAINER).get_blob_client(f"{table_key(job)}.lock")
         with contextlib.suppress(ResourceExistsError):
             blob.upload_blob(b"", overwrite=False)
         try:

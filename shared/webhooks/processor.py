@@ -67,9 +67,7 @@ def _event_name(key: str) -> str:
 
 
 def _to_blob(ctx: SyncContext, handler: BlobHandler, source: str, key: str, body: dict[str, Any]) -> str:
-    container = ctx.storage.blob_service().get_container_client(handler.container)
-    if not container.exists():
-        container.create_container()
+    container = ctx.storage.container(handler.container)
     subject = f"{body.get('table', source)}/{body.get('record_id', _event_name(key))}"
     name = f"{source}/{subject}/{_event_name(key)}.json"
     container.upload_blob(name, json.dumps({"key": key, "event": body}, default=str).encode(), overwrite=True)
@@ -127,9 +125,7 @@ def _upsert(ctx: SyncContext, handler: UpsertHandler, source: str, key: str, row
 
 
 def _dead_letter(ctx: SyncContext, source: str, key: str, row: dict[str, Any], rejection: Rejection) -> None:
-    container = ctx.storage.blob_service().get_container_client(DEAD_LETTER_CONTAINER)
-    if not container.exists():
-        container.create_container()
+    container = ctx.storage.container(DEAD_LETTER_CONTAINER)
     record = {"key": key, "record": row, "code": rejection.code, "reason": rejection.reason, "field": rejection.field}
     container.upload_blob(f"{source}/{_event_name(key)}.json", json.dumps(record, default=str).encode(), overwrite=True)
 
