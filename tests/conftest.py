@@ -56,6 +56,18 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProce
 
 
 @pytest.fixture(scope="session")
+def hooks_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
+    """devstack with the local Functions host and in-memory Dataverse: the emulator's service endpoints
+    point at the host's webhook receiver."""
+    process = DevstackProcess(
+        ROOT / "devstack" / "scenarios" / "default.yaml", tmp_path_factory.mktemp("hooks"), "hooks",
+        "--host", "--host-port", "0", "--memory", "--time-scale", "0.01",
+    )  # fmt: skip
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
 def faults_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
     """devstack with a world in which every catalogue failure can be produced."""
     process = DevstackProcess(

@@ -71,6 +71,7 @@ class SyncStorage:
         self._tables: TableServiceClient | None = None
         self._lock = threading.Lock()
         self._known_containers: set[str] = set()
+        self._queues: dict[str, Any] = {}
 
     def blob_service(self) -> BlobServiceClient:
         from azure.storage.blob import BlobServiceClient
@@ -193,47 +194,48 @@ class SyncStorage:
         return rows[:limit]
 
     # -- fan-out -----------------------------------------------------------------------------------------
-    def enqueue(self, queue: str, message: dict[str, Any]) -> None:
+    def _queue(self, name: str) -> Any:
+        """A client for the queue, created on first use and kept (enqueueing is on the webhook hot path)."""
         from azure.core.exceptions import ResourceExistsError
-        from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+        from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
+        with self._lock:
+            client = self._queues.get(name)
+            if client is not None:
+                return client
+        # The Functions queue trigger expects base64 message text.
+        policies: dict[str, Any] = {
+            "message_encode_policy": TextBase64EncodePolicy(),
+            "message_decode_policy": TextBase64DecodePolicy(),
+        }
         if self._connection_string:
-            client = QueueClient.from_connection_string(
-                self._connection_string, queue, message_encode_policy=TextBase64EncodePolicy()
-            )
+            client = QueueClient.from_connection_string(self._connection_string, name, **policies)
         else:
             client = QueueClient(
-                f"https://{self._account_name}.queue.core.windows.net",
-                queue,
-                credential=self._credential,
-                message_encode_policy=TextBase64EncodePolicy(),  # the Functions queue trigger expects base64
+                f"https://{self._account_name}.queue.core.windows.net", name, credential=self._credential, **policies
             )
         with contextlib.suppress(ResourceExistsError):
             client.create_queue()
-        client.send_message(json.dumps(message))
+        with self._lock:
+            self._queues[name] = client
+        return client
+
+    def enqueue(self, queue: str, message: dict[str, Any]) -> None:
+        self._queue(queue).send_message(json.dumps(message))
 
     def move_messages(self, source: str, target: str) -> int:
-        """Move every message from one queue to another (replaying a poison queue); returns the count."""
-        from azure.core.exceptions import ResourceNotFoundError
-        from azure.storage.queue import QueueClient, TextBase64DecodePolicy
-
-        if not self._connection_string:
-            raise NotImplementedError("replay needs the queue connection string in this version")
-        poison = QueueClient.from_connection_string(
-            self._connection_string, source, message_decode_policy=TextBase64DecodePolicy()
-        )
+        """Move every message from one queue to another (replaying a poison queue); returns the count.
+        Each message is sent before it is deleted: a crash in between duplicates, never loses."""
+        poison = self._queue(source)
         moved = 0
-        try:
-            while True:
-                batch = list(poison.receive_messages(max_messages=32, visibility_timeout=60))
-                if not batch:
-                    return moved
-                for message in batch:
-                    self.enqueue(target, json.loads(message.content))
-                    poison.delete_message(message)
-                    moved += 1
-        except ResourceNotFoundError:
-            return moved
+        while True:
+            batch = list(poison.receive_messages(max_messages=32, visibility_timeout=60))
+            if not batch:
+                return moved
+            for message in batch:
+                self.enqueue(target, json.loads(message.content))
+                poison.delete_message(message)
+                moved += 1
 
     def save_chunk_report(self, job: str, run_id: str, chunk_id: str, report: dict[str, Any]) -> None:
         entity = {"PartitionKey": table_key(f"{job}|{run_id}"), "RowKey": chunk_id, "Report": json.dumps(report)}

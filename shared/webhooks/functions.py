@@ -18,6 +18,7 @@ import azure.functions as func
 
 from shared.errors import WebhookRejected
 from shared.logging import log_event
+from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes import DEFAULT_ROUTES_FILE, load_routes
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ JSON = "application/json"
 APP_ROOT = Path(__file__).resolve().parents[2]
 _ROUTES_FILE = Path(os.environ.get("WEBHOOK_ROUTES_FILE") or DEFAULT_ROUTES_FILE)
 ROUTES = load_routes(_ROUTES_FILE if _ROUTES_FILE.is_absolute() else APP_ROOT / _ROUTES_FILE)  # validated at start-up
-MAX_BODY_BYTES = 1024 * 1024
 
 
 def _answer(status: int, body: dict[str, Any]) -> func.HttpResponse:
