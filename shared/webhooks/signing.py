@@ -37,7 +37,7 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float |
     signature = lowered.get(SIGNATURE_HEADER, "")
     if not raw_timestamp or not nonce or not signature:
         raise WebhookRejected(401, f"missing {TIMESTAMP_HEADER}, {NONCE_HEADER} or {SIGNATURE_HEADER}")
-    if not raw_timestamp.isdigit() or len(raw_timestamp) > 12:
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit()) or len(raw_timestamp) > 12:  # "²".isdigit()
         raise WebhookRejected(401, f"{TIMESTAMP_HEADER} must be Unix seconds")
     if len(nonce) > MAX_NONCE_LENGTH:
         raise WebhookRejected(401, f"{NONCE_HEADER} is longer than {MAX_NONCE_LENGTH} characters")
