@@ -72,6 +72,7 @@ class SyncStorage:
         self._lock = threading.Lock()
         self._known_containers: set[str] = set()
         self._queues: dict[str, Any] = {}
+        self._table_clients: dict[str, Any] = {}
 
     def blob_service(self) -> BlobServiceClient:
         from azure.storage.blob import BlobServiceClient
@@ -99,10 +100,17 @@ class SyncStorage:
                     )
             return self._tables
 
-    def _table(self, name: str) -> Any:
-        service = self.table_service()
-        service.create_table_if_not_exists(name)
-        return service.get_table_client(name)
+    def table(self, name: str) -> Any:
+        """A client for the table, created on first use and kept (dedupe checks are on the webhook hot path)."""
+        with self._lock:
+            client = self._table_clients.get(name)
+        if client is None:
+            service = self.table_service()
+            service.create_table_if_not_exists(name)
+            client = service.get_table_client(name)
+            with self._lock:
+                self._table_clients[name] = client
+        return client
 
     def container(self, name: str) -> Any:
         """The container, created on first use. Concurrent creators race: losing it is fine."""
@@ -156,11 +164,11 @@ class SyncStorage:
 
     # -- processed files, watermarks, delta links ------------------------------------------------------
     def processed(self, job: str) -> dict[str, str]:
-        table = self._table(FILES_TABLE)
+        table = self.table(FILES_TABLE)
         return {e["BlobName"]: e["ETag"] for e in table.query_entities(f"PartitionKey eq '{table_key(job)}'")}
 
     def mark_processed(self, job: str, blob: str, etag: str) -> None:
-        self._table(FILES_TABLE).upsert_entity(
+        self.table(FILES_TABLE).upsert_entity(
             {
                 "PartitionKey": table_key(job),
                 "RowKey": table_key(blob),
@@ -174,22 +182,22 @@ class SyncStorage:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return str(self._table(STATE_TABLE).get_entity(table_key(job), name)["Value"])
+            return str(self.table(STATE_TABLE).get_entity(table_key(job), name)["Value"])
         except ResourceNotFoundError:
             return None
 
     def set_state(self, job: str, name: str, value: str) -> None:
-        self._table(STATE_TABLE).upsert_entity(
+        self.table(STATE_TABLE).upsert_entity(
             {"PartitionKey": table_key(job), "RowKey": name, "Value": value, "UpdatedAt": _now()}
         )
 
     # -- run reports --------------------------------------------------------------------------------------
     def save_report(self, job: str, run_id: str, report: dict[str, Any]) -> None:
         entity = {"PartitionKey": table_key(job), "RowKey": run_id, "Report": json.dumps(report)}
-        self._table(RUNS_TABLE).upsert_entity(entity)
+        self.table(RUNS_TABLE).upsert_entity(entity)
 
     def recent_reports(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = [json.loads(e["Report"]) for e in self._table(RUNS_TABLE).list_entities()]
+        rows = [json.loads(e["Report"]) for e in self.table(RUNS_TABLE).list_entities()]
         rows.sort(key=lambda r: r.get("started_at", ""), reverse=True)
         return rows[:limit]
 
@@ -239,17 +247,17 @@ class SyncStorage:
 
     def save_chunk_report(self, job: str, run_id: str, chunk_id: str, report: dict[str, Any]) -> None:
         entity = {"PartitionKey": table_key(f"{job}|{run_id}"), "RowKey": chunk_id, "Report": json.dumps(report)}
-        self._table(CHUNKS_TABLE).upsert_entity(entity)
+        self.table(CHUNKS_TABLE).upsert_entity(entity)
 
     def chunk_reports(self, job: str, run_id: str) -> list[dict[str, Any]]:
         query = f"PartitionKey eq '{table_key(f'{job}|{run_id}')}'"
-        return [json.loads(e["Report"]) for e in self._table(CHUNKS_TABLE).query_entities(query)]
+        return [json.loads(e["Report"]) for e in self.table(CHUNKS_TABLE).query_entities(query)]
 
     def get_report(self, job: str, run_id: str) -> dict[str, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return dict(json.loads(self._table(RUNS_TABLE).get_entity(table_key(job), run_id)["Report"]))
+            return dict(json.loads(self.table(RUNS_TABLE).get_entity(table_key(job), run_id)["Report"]))
         except ResourceNotFoundError:
             return None
 

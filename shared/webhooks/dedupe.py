@@ -1,8 +1,11 @@
-"""Seen-before checks for webhook deliveries and nonces, in Table Storage with a TTL."""
+"""Seen-before marks for webhook deliveries, nonces and processed events, in Table Storage with a TTL.
+
+Marks are written *after* the work they stand for (the enqueue, the effect), never before: a crash in
+between can repeat the work, which idempotent handlers absorb, but can never lose an event.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
@@ -12,34 +15,24 @@ DEDUPE_TABLE = "webhookdedupe"
 DEDUPE_TTL_S = int(os.environ.get("WEBHOOK_DEDUPE_TTL_S", str(24 * 3600)))  # Dataverse retries within minutes
 
 
+def _row_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:40]  # fixed length, no characters Table keys forbid
+
+
 class Dedupe:
-    def __init__(self, table_service: Any) -> None:
-        table_service.create_table_if_not_exists(DEDUPE_TABLE)
-        self._table = table_service.get_table_client(DEDUPE_TABLE)
+    def __init__(self, table_client: Any) -> None:
+        self._table = table_client
 
-    def first_time(self, scope: str, key: str, *, now: float | None = None) -> bool:
-        """True the first time ``key`` is seen in ``scope`` within the TTL (atomic: create-if-absent)."""
-        from azure.core.exceptions import ResourceExistsError
-
-        current = time.time() if now is None else now
-        entity = {
-            "PartitionKey": scope,
-            "RowKey": hashlib.sha256(key.encode()).hexdigest()[:40],
-            "Expires": current + DEDUPE_TTL_S,
-        }
-        try:
-            self._table.create_entity(entity)
-            return True
-        except ResourceExistsError:
-            existing = self._table.get_entity(entity["PartitionKey"], entity["RowKey"])
-            if float(existing.get("Expires", 0)) > current:
-                return False
-            self._table.update_entity(entity)  # an expired mark: this is a new delivery
-            return True
-
-    def forget(self, scope: str, key: str) -> None:
-        """Undo a mark (the enqueue after it failed), so the sender's retry is processed."""
+    def seen(self, scope: str, key: str, *, now: float | None = None) -> bool:
+        """True when ``key`` was marked in ``scope`` and the mark has not expired."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        with contextlib.suppress(ResourceNotFoundError):
-            self._table.delete_entity(scope, hashlib.sha256(key.encode()).hexdigest()[:40])
+        try:
+            entity = self._table.get_entity(scope, _row_key(key))
+        except ResourceNotFoundError:
+            return False
+        return float(entity.get("Expires", 0)) > (time.time() if now is None else now)
+
+    def mark(self, scope: str, key: str, *, now: float | None = None) -> None:
+        current = time.time() if now is None else now
+        self._table.upsert_entity({"PartitionKey": scope, "RowKey": _row_key(key), "Expires": current + DEDUPE_TTL_S})

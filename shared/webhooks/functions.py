@@ -34,21 +34,22 @@ def _answer(status: int, body: dict[str, Any]) -> func.HttpResponse:
 
 
 def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse:
-    """Enqueue first, then mark as seen: a failed enqueue must let the sender's retry through."""
+    """Check, enqueue, then mark as seen. A crash between enqueue and mark lets the sender's retry enqueue
+    again (the processor skips what it already did); marking first could lose the event instead."""
     from shared.sync.worker import sync_context
-    from shared.webhooks.dedupe import Dedupe
+    from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
     from shared.webhooks.processor import EVENT_QUEUE
 
     storage = sync_context().storage
-    dedupe = Dedupe(storage.table_service())
-    if not dedupe.first_time(scope, key):
+    dedupe = Dedupe(storage.table(DEDUPE_TABLE))
+    if dedupe.seen(scope, key):
         log_event(logger, "webhook_duplicate", scope=scope)
         return _answer(202, {"accepted": True, "duplicate": True})
+    storage.enqueue(EVENT_QUEUE, {**message, "key": key, "received_at": time.time()})
     try:
-        storage.enqueue(EVENT_QUEUE, {**message, "key": key, "received_at": time.time()})
-    except Exception:
-        dedupe.forget(scope, key)
-        raise
+        dedupe.mark(scope, key)
+    except Exception as exc:  # queued is what counts: a retry would be skipped by the processor
+        log_event(logger, "webhook_mark_failed", logging.WARNING, scope=scope, error=type(exc).__name__)
     return _answer(202, {"accepted": True})
 
 

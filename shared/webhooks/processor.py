@@ -30,9 +30,24 @@ _entity_sets: dict[str, str] = {}
 
 
 def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> list[str]:
-    """Run every handler routed for this event; return what each did. Raises to have the queue retry."""
+    """Run every handler routed for this event once; return what each did. Raises to have the queue retry.
+
+    An event already processed (a second copy enqueued by a sender's retry racing the first) is skipped.
+    The mark is written after the effects, so a crash in between repeats them, idempotently."""
+    from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
+
     source = str(message["source"])
     key = str(message["key"])
+    done = Dedupe(ctx.storage.table(DEDUPE_TABLE))
+    if done.seen(f"processed-{source}", key):
+        log_event(logger, "webhook_already_processed", source=source)
+        return []
+    effects = _run_handlers(source, key, message, routes, ctx)
+    done.mark(f"processed-{source}", key)
+    return effects
+
+
+def _run_handlers(source: str, key: str, message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> list[str]:
     event: dict[str, Any] = message.get("event") or {}
     payload: dict[str, Any] = message.get("payload") or {}
     table, verb = event.get("table"), event.get("message")
