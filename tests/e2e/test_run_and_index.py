@@ -41,23 +41,28 @@ def test_run_shows_banner_and_doctor_then_ctrl_c_leaves_no_child(tmp_path: Path)
          "--seed-accounts", "200", "--time-scale", "0.05"],
         cwd=ROOT, env=subprocess_env({}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert proc.stdout is not None
-    seen: list[str] = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "devstack is serving" in line:
-            break
-        assert time.monotonic() - started < BANNER_AND_DOCTOR_BUDGET_S, "".join(seen)
-    output = "".join(seen)
-    elapsed = time.monotonic() - started
-    assert "Functions:" in output
-    assert "/api/health/doctor" in output
-    assert "curl -H 'x-functions-key: " in output
-    assert "✅ whoami" in output
-    assert "3/3 passed" in output
-    assert elapsed < BANNER_AND_DOCTOR_BUDGET_S
-    assert processes_mentioning(str(state / "azurite")), "Azurite should be running while devstack serves"
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "devstack is serving" in line:
+                break
+            assert time.monotonic() - started < BANNER_AND_DOCTOR_BUDGET_S, "".join(seen)
+        output = "".join(seen)
+        elapsed = time.monotonic() - started
+        assert "Functions:" in output
+        assert "/api/health/doctor" in output
+        assert "curl -H 'x-functions-key: " in output
+        assert "✅ whoami" in output
+        assert "3/3 passed" in output
+        assert elapsed < BANNER_AND_DOCTOR_BUDGET_S
+        assert processes_mentioning(str(state / "azurite")), "Azurite should be running while devstack serves"
 
+    except BaseException:
+        proc.kill()  # a failed assertion must not leave devstack (and Azurite) running
+        proc.wait(timeout=30)
+        raise
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, rest
