@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     for line in env_file.read_text().splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip():
-            os.environ.setdefault(key.strip(), value)
+            os.environ[key.strip()] = value  # devstack's endpoints win over a stale shell setting
     return asyncio.run(_serve(args, env_file))
 
 

@@ -11,11 +11,13 @@ from shared.sync.jobs import DEFAULT_JOBS_FILE, InboundJob, OutboundJob, load_jo
 
 if TYPE_CHECKING:
     from shared.sync.engine import SyncContext
+    from shared.sync.storage import SyncStorage
 
 JOBS_FILE_SETTING = "SYNC_JOBS_FILE"
 APP_ROOT = Path(__file__).resolve().parents[2]
 _lock = threading.Lock()
 _context: SyncContext | None = None
+_storage: SyncStorage | None = None
 
 
 def jobs_file() -> Path:
@@ -32,20 +34,30 @@ def schedule_setting(job: str) -> str:
     return "SYNC_SCHEDULE_" + "".join(c if c.isalnum() else "_" for c in job).upper()
 
 
+def storage() -> SyncStorage:
+    """Storage alone: webhook receivers need nothing else, so they keep accepting events while the
+    Dataverse credential is broken (an expired secret must not turn deliveries away)."""
+    global _storage
+    from shared.identity.worker import settings
+    from shared.sync.storage import SyncStorage
+
+    config = settings()
+    with _lock:
+        if _storage is None:
+            account = os.environ.get("AzureWebJobsStorage__accountName")  # noqa: SIM112 - the platform's spelling
+            _storage = SyncStorage(config.storage_connection, account_name=account)
+        return _storage
+
+
 def sync_context() -> SyncContext:
     global _context
     from shared.dataverse.client import ClientOptions, DataverseClient
-    from shared.identity.worker import settings, token_provider
+    from shared.identity.worker import secret_store, settings, token_provider
     from shared.sync.engine import SyncContext
-    from shared.sync.storage import SyncStorage
 
+    shared_storage = storage()
     with _lock:
         if _context is None:
-            config = settings()
-            account = os.environ.get("AzureWebJobsStorage__accountName")  # noqa: SIM112 - the platform's spelling
-            storage = SyncStorage(config.storage_connection, account_name=account)
-            client = DataverseClient(config.dataverse_url, token_provider(), options=ClientOptions())
-            from shared.identity.worker import secret_store
-
-            _context = SyncContext(storage, client, secret=lambda name: secret_store().get(name).value)
+            client = DataverseClient(settings().dataverse_url, token_provider(), options=ClientOptions())
+            _context = SyncContext(shared_storage, client, secret=lambda name: secret_store().get(name).value)
         return _context

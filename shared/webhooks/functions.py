@@ -33,14 +33,21 @@ def _answer(status: int, body: dict[str, Any]) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON)
 
 
+def _secret(name: str) -> str:
+    """A Key Vault secret through the worker's cached store (managed identity; no Dataverse credential)."""
+    from shared.identity.worker import secret_store
+
+    return secret_store().get(name).value
+
+
 def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse:
     """Check, enqueue, then mark as seen. A crash between enqueue and mark lets the sender's retry enqueue
     again (the processor skips what it already did); marking first could lose the event instead."""
-    from shared.sync.worker import sync_context
+    from shared.sync.worker import storage as worker_storage
     from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
     from shared.webhooks.processor import EVENT_QUEUE
 
-    storage = sync_context().storage
+    storage = worker_storage()
     dedupe = Dedupe(storage.table(DEDUPE_TABLE))
     if dedupe.seen(scope, key):
         log_event(logger, "webhook_duplicate", scope=scope)
@@ -62,9 +69,7 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
         body = req.get_body()
         header_auth = ROUTES.dataverse_header_auth
         if header_auth is not None:
-            from shared.sync.worker import sync_context
-
-            expected = (sync_context().secret or (lambda _: ""))(header_auth.secret)
+            expected = _secret(header_auth.secret)
             supplied = req.headers.get(header_auth.header, "")
             if not hmac.compare_digest(expected.encode(), supplied.encode("utf-8", "replace")):
                 raise WebhookRejected(401, f"the {header_auth.header} header is missing or wrong")
@@ -91,9 +96,7 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
         body = req.get_body()
         if len(body) > MAX_BODY_BYTES:
             raise WebhookRejected(413, f"the body is {len(body):,} bytes; at most {MAX_BODY_BYTES:,} are accepted")
-        from shared.sync.worker import sync_context
-
-        secret = (sync_context().secret or (lambda _: ""))(spec.secret)
+        secret = _secret(spec.secret)
         nonce = verify(secret, dict(req.headers), body)
         try:
             payload = json.loads(body)
@@ -125,8 +128,8 @@ def webhook_processor(item: func.QueueMessage) -> None:
 @bp.route(route="webhooks-admin/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Move poisoned webhook events back onto the processing queue (after a fix)."""
-    from shared.sync.worker import sync_context
+    from shared.sync.worker import storage
     from shared.webhooks.processor import EVENT_QUEUE
 
-    moved = sync_context().storage.move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
+    moved = storage().move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
     return _answer(200, {"replayed": moved})

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from shared.errors import DataverseError
 from shared.logging import log_event
 from shared.sync.engine import SyncContext
 from shared.sync.jobs import InboundJob
@@ -51,10 +52,19 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
     event: dict[str, Any] = message.get("event") or {}
     payload: dict[str, Any] = message.get("payload") or {}
     table, verb = event.get("table"), event.get("message")
-    if event.get("size_exceeded"):
-        event["attributes"] = _fetch(ctx, str(table), str(event["record_id"]))  # the context was stripped
+    handlers = routes.handlers_for(source, table, verb)
+    if handlers and event.get("size_exceeded") and verb != "Delete":
+        try:
+            event["attributes"] = _fetch(ctx, str(table), str(event["record_id"]))  # the context was stripped
+        except DataverseError as exc:
+            if exc.status != 404:
+                raise  # throttling, outage: the queue retries
+            # No such table: every retry would fail the same way, so keep the event with the reason.
+            reason = f"the stripped context names table {table!r}, which Dataverse does not have: {exc.message}"
+            _dead_letter(ctx, source, key, event, Rejection("unknown_table", reason, "PrimaryEntityName"))
+            return [f"dead-lettered (unknown_table {table})"]
     effects = []
-    for handler in routes.handlers_for(source, table, verb):
+    for handler in handlers:
         if isinstance(handler, BlobHandler):
             effects.append(_to_blob(ctx, handler, source, key, event or payload))
         elif isinstance(handler, HttpForwardHandler):

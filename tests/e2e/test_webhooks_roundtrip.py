@@ -77,6 +77,18 @@ def test_n_changes_give_n_effects_even_with_repeated_deliveries(hooks_stack: Dev
     time.sleep(1.0)
     assert len(effects(stack, ids)) == expected + 1
 
+    # A context Dataverse stripped for size: the processor reads the record itself, so the effect is complete.
+    stripped = {**context, "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4())}
+    header = {"x-ms-dynamics-msg-size-exceeded": "true"}
+    assert requests.post(url, json=stripped, headers=header, timeout=30).status_code == 202
+    found = wait_for(stack, ids, expected + 2)
+    assert len(found) == expected + 2
+    fetched = next(e for e in found if str(e["key"]).startswith(f"{stripped['RequestId']}|"))
+    assert fetched["event"]["size_exceeded"] is True  # type: ignore[index]
+    assert str(fetched["event"]["attributes"]["name"]).startswith(f"wh-{tag}-")  # type: ignore[index]
+    assert fetched["event"]["attributes"]["accountid"] == record  # type: ignore[index]
+    expected += 1
+
     # An event that failed until it landed in the poison queue is replayed by the admin after a fix: it is
     # processed once. Replaying a copy again (an operator's double click) changes nothing.
     from shared.sync.storage import SyncStorage

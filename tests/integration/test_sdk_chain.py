@@ -63,8 +63,10 @@ def test_unmodified_sdks_complete_the_chain(devstack) -> None:
     assert out["cert_token_appid"] == devstack.env["DATAVERSE_CLIENT_ID"]
     assert out["cert_content_type"] == "CertificateContentType.pem"
     assert out["pfx_content_type"] == "application/x-pkcs12"
-    # Paging: four objects at two per page are all listed (the SDK followed nextLink).
-    assert out["listed"] == ["dataverse-cert", "dataverse-cert-pfx", "dataverse-client-secret", "teams-webhook-url"]
+    # Paging: all five objects at two per page are listed (the SDK followed nextLink over three pages).
+    assert out["listed"] == [
+        "dataverse-cert", "dataverse-cert-pfx", "dataverse-client-secret", "erp-webhook-secret", "teams-webhook-url"
+    ]  # fmt: skip
     # devstack's own counters saw the two Dataverse tokens (secret and certificate).
     issued = devstack.stats("entra")["tokens_issued"][devstack.env["DATAVERSE_CLIENT_ID"]]
     assert issued == {dataverse: 2}
