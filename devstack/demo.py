@@ -15,11 +15,18 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 DemoStep = Callable[[dict[str, str]], str]
 STEPS: list[tuple[str, DemoStep]] = []
 STEP_TIMEOUT_S = 120
+WEBHOOK_DRAIN_MIN_S = 60
+WEBHOOK_DRAIN_RATE_PER_S = 20  # a floor far below what the local host processes, so only a real loss times out
+WEBHOOK_POLL_S = 1.0
+
+# What the sync step wrote, for the webhook step after it: each account write fired one service-endpoint call.
+_sync_results: dict[str, Any] = {}
 
 
 def demo_step(name: str) -> Callable[[DemoStep], DemoStep]:
@@ -134,6 +141,7 @@ def scheduled_sync(env: dict[str, str]) -> str:
         assert isinstance(job.source, CsvSource)
         container.upload_blob(f"{job.source.prefix}erp-export.csv", data, overwrite=True)
     ctx = SyncContext(storage, DataverseClient(env["DATAVERSE_URL"], token_provider()))
+    _sync_results["started"] = datetime.now(UTC) - timedelta(seconds=1)  # blob times have 1 s resolution
     console = Console()
     reports = {}
     with Progress(
@@ -163,6 +171,8 @@ def scheduled_sync(env: dict[str, str]) -> str:
         "accounts": (seed.valid_accounts, sum(seed.bad_accounts.values())),
         "contacts": (seed.valid_contacts, seed.orphan_contacts),
     }
+    _sync_results["accounts_written"] = reports["accounts"].written
+    _sync_results["finished"] = time.monotonic()
     for name, (written, dead) in expected.items():
         got = (reports[name].written, reports[name].dead_lettered)
         if got != (written, dead):
@@ -170,4 +180,54 @@ def scheduled_sync(env: dict[str, str]) -> str:
     return (
         f"{seed.valid_accounts:,} accounts and {seed.valid_contacts:,} contacts landed;"
         f" {sum(seed.bad_accounts.values())} bad accounts and {seed.orphan_contacts} orphaned contacts dead-lettered"
+    )
+
+
+@demo_step("webhook round trip")
+def webhook_round_trip(env: dict[str, str]) -> str:
+    """The sync's account writes fired the emulator's service endpoint at the host's receiver; wait until the
+    queue processor has turned every one into its blob, and count each stage."""
+    import ssl
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from shared.sync.storage import SyncStorage
+
+    written = _sync_results.get("accounts_written")
+    if written is None:
+        raise RuntimeError("the scheduled sync step did not run, so no webhook was fired")
+    started: datetime = _sync_results["started"]
+    container = SyncStorage(env["AzureWebJobsStorage"]).blob_service().get_container_client("webhook-events")
+
+    def processed() -> int:
+        if not container.exists():
+            return 0
+        blobs = container.list_blobs(name_starts_with="dataverse/account/")
+        return sum(1 for blob in blobs if blob.last_modified >= started)
+
+    deadline = time.monotonic() + max(WEBHOOK_DRAIN_MIN_S, written / WEBHOOK_DRAIN_RATE_PER_S)
+    with Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console()
+    ) as bar:
+        task = bar.add_task("webhooks", total=written)
+        count = processed()
+        while count < written and time.monotonic() < deadline:
+            bar.update(task, completed=count)
+            time.sleep(WEBHOOK_POLL_S)
+            count = processed()
+        bar.update(task, completed=count)
+    after_sync_s = time.monotonic() - _sync_results["finished"]
+    context = ssl.create_default_context(cafile=env["DEVSTACK_CA_CERT"])
+    stats_url = f"{env['DEVSTACK_DATAVERSE_URL']}/_devstack/stats"
+    with urllib.request.urlopen(stats_url, timeout=STEP_TIMEOUT_S, context=context) as response:  # noqa: S310
+        counters = json.loads(response.read())["counters"]
+    acknowledged = int(counters.get("webhook deliveries 202", 0))
+    if count != written:
+        raise RuntimeError(
+            f"{written:,} account writes, {acknowledged:,} deliveries acknowledged, but {count:,} events processed"
+        )
+    return (
+        f"{written:,} account writes -> {acknowledged:,} deliveries acknowledged (202) -> {count:,} events"
+        f" processed into blob container webhook-events, the last {after_sync_s:.1f} s after the sync"
     )

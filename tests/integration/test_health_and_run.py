@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -92,6 +93,13 @@ def test_devstack_run_starts_the_world_and_passes_the_doctor(tmp_path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert completed.stdout.startswith("devstack ready")
     assert "all steps passed" in completed.stdout
-    assert "3/3 passed" in completed.stdout  # the first runs, through the local host too
+    assert "4/4 passed" in completed.stdout  # the first runs, through the local host too
+    # The sync's account writes came back through the emulator's service endpoint, receiver and processor.
+    round_trip = re.search(
+        r"(\d+) account writes -> (\d+) deliveries acknowledged \(202\) -> (\d+) events", completed.stdout
+    )
+    assert round_trip is not None, completed.stdout
+    assert len(set(round_trip.groups())) == 1, round_trip[0]
+    assert int(round_trip[1]) > 0, round_trip[0]
     assert "devstack stopped" in completed.stdout
     assert not (tmp_path / "run" / "env").exists()  # a stopped devstack leaves no stale environment
