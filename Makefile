@@ -39,6 +39,7 @@ demo: $(STAMP) $(NODE_STAMP)
 bench: $(STAMP) $(NODE_STAMP)
 	$(PY) -m bench.throughput
 	$(PY) -m bench.memory
+	$(PY) -m bench.webhooks
 
 up: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack up

@@ -15,6 +15,11 @@ DEDUPE_TABLE = "webhookdedupe"
 DEDUPE_TTL_S = int(os.environ.get("WEBHOOK_DEDUPE_TTL_S", str(24 * 3600)))  # Dataverse retries within minutes
 
 
+def processed_scope(source: str) -> str:
+    """The scope of "this event's effects are done" marks, written by the processor."""
+    return f"processed-{source}"
+
+
 def _row_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:40]  # fixed length, no characters Table keys forbid
 

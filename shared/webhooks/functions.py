@@ -40,21 +40,44 @@ def _secret(name: str) -> str:
     return secret_store().get(name).value
 
 
-def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse:
-    """Check, enqueue, then mark as seen. A crash between enqueue and mark lets the sender's retry enqueue
-    again (the processor skips what it already did); marking first could lose the event instead."""
-    from shared.sync.worker import storage as worker_storage
-    from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
+def _enqueue(key: str, message: dict[str, Any]) -> None:
+    from shared.sync.worker import storage
     from shared.webhooks.processor import EVENT_QUEUE
 
-    storage = worker_storage()
-    dedupe = Dedupe(storage.table(DEDUPE_TABLE))
-    if dedupe.seen(scope, key):
-        log_event(logger, "webhook_duplicate", scope=scope)
+    storage().enqueue(EVENT_QUEUE, {**message, "key": key, "received_at": time.time()})
+
+
+def _dedupe() -> Any:
+    from shared.sync.worker import storage
+    from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
+
+    return Dedupe(storage().table(DEDUPE_TABLE))
+
+
+def _accept_dataverse(key: str, message: dict[str, Any]) -> func.HttpResponse:
+    """A delivery already processed (Dataverse's retry after a lost 202) is acknowledged and dropped. A retry
+    racing its first copy is enqueued again and skipped by the processor, which marks an event processed
+    only after its effects: one table read here instead of a read and a write per delivery (p99
+    acknowledgement 308 -> 227 ms at 100/s on 2 cores, see README), and no path that can lose an event."""
+    from shared.webhooks.dedupe import processed_scope
+
+    if _dedupe().seen(processed_scope("dataverse"), key):
+        log_event(logger, "webhook_duplicate", source="dataverse")
         return _answer(202, {"accepted": True, "duplicate": True})
-    storage.enqueue(EVENT_QUEUE, {**message, "key": key, "received_at": time.time()})
+    _enqueue(key, message)
+    return _answer(202, {"accepted": True})
+
+
+def _accept_signed(source: str, nonce: str, message: dict[str, Any]) -> func.HttpResponse:
+    """A nonce is good once: checked, enqueued, then marked. A crash between enqueue and mark lets the
+    sender's retry enqueue again (the processor skips what it already did); marking first could lose it."""
+    dedupe = _dedupe()
+    scope = f"nonce-{source}"
+    if dedupe.seen(scope, nonce):
+        raise WebhookRejected(401, "this nonce was already used (a replayed delivery)")
+    _enqueue(nonce, message)
     try:
-        dedupe.mark(scope, key)
+        dedupe.mark(scope, nonce)
     except Exception as exc:  # queued is what counts: a retry would be skipped by the processor
         log_event(logger, "webhook_mark_failed", logging.WARNING, scope=scope, error=type(exc).__name__)
     return _answer(202, {"accepted": True})
@@ -74,7 +97,7 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
             if not hmac.compare_digest(expected.encode(), supplied.encode("utf-8", "replace")):
                 raise WebhookRejected(401, f"the {header_auth.header} header is missing or wrong")
         event = parse_remote_execution_context(body, dict(req.headers))
-        return _accept("dataverse", event.dedupe_key, {"source": "dataverse", "event": event.to_dict()})
+        return _accept_dataverse(event.dedupe_key, {"source": "dataverse", "event": event.to_dict()})
     except WebhookRejected as exc:
         log_event(logger, "webhook_rejected", logging.WARNING, source="dataverse", status=exc.status, reason=exc.reason)
         return _answer(exc.status, {"error": exc.reason})
@@ -104,10 +127,7 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
             raise WebhookRejected(400, "the body is not JSON") from None
         if not isinstance(payload, dict):
             raise WebhookRejected(400, "the body must be a JSON object")
-        response = _accept(f"nonce-{source}", nonce, {"source": source, "payload": payload})
-        if json.loads(response.get_body()).get("duplicate"):
-            raise WebhookRejected(401, "this nonce was already used (a replayed delivery)")
-        return response
+        return _accept_signed(source, nonce, {"source": source, "payload": payload})
     except WebhookRejected as exc:
         log_event(logger, "webhook_rejected", logging.WARNING, source=source, status=exc.status, reason=exc.reason)
         return _answer(exc.status, {"error": exc.reason})

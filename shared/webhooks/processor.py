@@ -35,16 +35,16 @@ def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> li
 
     An event already processed (a second copy enqueued by a sender's retry racing the first) is skipped.
     The mark is written after the effects, so a crash in between repeats them, idempotently."""
-    from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
+    from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe, processed_scope
 
     source = str(message["source"])
     key = str(message["key"])
     done = Dedupe(ctx.storage.table(DEDUPE_TABLE))
-    if done.seen(f"processed-{source}", key):
+    if done.seen(processed_scope(source), key):
         log_event(logger, "webhook_already_processed", source=source)
         return []
     effects = _run_handlers(source, key, message, routes, ctx)
-    done.mark(f"processed-{source}", key)
+    done.mark(processed_scope(source), key)
     return effects
 
 

@@ -34,12 +34,12 @@ def accepted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
     calls: list[tuple[str, str]] = []
 
-    def accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse:
-        calls.append((scope, key))
+    def accept(key: str, message: dict[str, Any]) -> func.HttpResponse:
+        calls.append((str(message["source"]), key))
         return func.HttpResponse(status_code=202)
 
     monkeypatch.setattr(functions, "_secret", secret)
-    monkeypatch.setattr(functions, "_accept", accept)
+    monkeypatch.setattr(functions, "_accept_dataverse", accept)
     return calls
 
 
