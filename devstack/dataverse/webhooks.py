@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -188,6 +189,7 @@ class WebhookDispatcher:
         self.org = org
         self.stats = stats
         self.timeout_s = timeout_s
+        self._local = threading.local()
 
     def schedule(self, events: list[ChangeEvent], tables: dict[str, Table], user_id: str) -> None:
         for event in events:
@@ -231,7 +233,10 @@ class WebhookDispatcher:
     def _post(self, url: str, headers: dict[str, str], body: bytes) -> int:
         import requests
 
+        session = getattr(self._local, "session", None)
+        if session is None:  # one keep-alive connection per delivery thread: no TCP setup per event
+            session = self._local.session = requests.Session()
         try:
-            return requests.post(url, data=body, headers=headers, timeout=self.timeout_s).status_code
+            return session.post(url, data=body, headers=headers, timeout=self.timeout_s).status_code
         except requests.RequestException:
             return 0
