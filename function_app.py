@@ -6,6 +6,7 @@ and the blueprints (which import their heavy dependencies lazily).
 
 import azure.functions as func
 
+from shared.expiry.functions import bp as expiry_bp
 from shared.health.functions import bp as health_bp
 from shared.logging import install_redaction
 from shared.sync.functions import bp as sync_bp
@@ -17,3 +18,4 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_bp)
 app.register_functions(sync_bp)
 app.register_functions(webhooks_bp)
+app.register_functions(expiry_bp)

@@ -28,6 +28,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from devstack.alerts import AlertSink, alerts_app
 from devstack.azurite import Azurite, start_azurite
 from devstack.dataverse.build import build_dataverse
 from devstack.dataverse.server import dataverse_app
@@ -38,6 +39,7 @@ from devstack.keyvault import VaultContext, keyvault_app
 from devstack.stats import Stats
 from devstack.tls import TlsFiles, create_tls
 from devstack.tokens import TokenIssuer
+from devstack.vault_events import VaultEventEmitter
 from devstack.world import SCENARIO_DIR, build_world, load_scenario
 
 READY_LINE = "devstack ready"
@@ -111,7 +113,9 @@ async def _serve(args: argparse.Namespace) -> int:
     scenario = load_scenario(Path(args.scenario))
     world = build_world(scenario)
 
-    entra_sock, mi_sock, vault_sock, dataverse_sock = _bind(), _bind(), _bind(), _bind()
+    entra_sock, mi_sock, vault_sock, dataverse_sock, alerts_sock = _bind(), _bind(), _bind(), _bind(), _bind()
+    alerts_url = f"http://{LOOPBACK}:{alerts_sock.getsockname()[1]}"
+    _point_channels_at_sink(world, alerts_url)
     entra_url = f"https://{LOOPBACK}:{entra_sock.getsockname()[1]}"
     vault_url = f"https://{LOOPBACK}:{vault_sock.getsockname()[1]}"
     mi_url = f"http://{LOOPBACK}:{mi_sock.getsockname()[1]}"
@@ -137,6 +141,7 @@ async def _serve(args: argparse.Namespace) -> int:
         _Listener("managed-identity", managed_identity_app(mi_ctx, identity_header), mi_sock, tls=False),
         _Listener("keyvault", keyvault_app(vault_ctx), vault_sock, tls=True),
         _Listener("dataverse", dataverse_app(dataverse_ctx), dataverse_sock, tls=True),
+        _Listener("alerts", alerts_app(AlertSink()), alerts_sock, tls=False),
     ]
     for value in [*world.every_secret_value(), identity_header]:
         issuer.record(value)
@@ -206,6 +211,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "DEVSTACK_MANAGED_IDENTITY_URL": mi_url,
         "DEVSTACK_KEY_VAULT_URL": vault_url,
         "DEVSTACK_DATAVERSE_URL": dataverse_url,
+        "DEVSTACK_ALERTS_URL": alerts_url,
         "DEVSTACK_CA_CERT": str(tls.ca_cert),
         "DEVSTACK_SEED_ACCOUNTS": str(args.seed_accounts),
     }
@@ -242,6 +248,9 @@ async def _serve(args: argparse.Namespace) -> int:
         env["FUNCTIONS_BASE_URL"] = base_url
         env["FUNCTIONS_HOST_KEY"] = host.keys.host
         _register_webhooks_to_host(scenario, dataverse_ctx, host)
+        if (scenario.get("vault") or {}).get("event_grid_to_host", True) and "expiry_event" in host.by_name:
+            emitter = VaultEventEmitter(world, vault_url, base_url, host.keys.eventgrid)
+            tasks.append(asyncio.create_task(emitter.run()))
 
     env_path = directory / "env"
     _write_env(env_path, env)
@@ -277,6 +286,17 @@ async def _serve(args: argparse.Namespace) -> int:
         env_path.unlink()
     print("devstack stopped", flush=True)
     return exit_code
+
+
+def _point_channels_at_sink(world: Any, alerts_url: str) -> None:
+    """Vault secrets declared ``value_from: {alert_sink: <channel>}`` hold the sink's URL for that channel."""
+    from devstack.alerts import PLACEHOLDER
+
+    with world.lock:
+        for versions in world.secrets.values():
+            for version in versions:
+                if version.value.startswith(PLACEHOLDER):
+                    version.value = f"{alerts_url}/hooks/{version.value.removeprefix(PLACEHOLDER)}"
 
 
 def _register_webhooks_to_host(scenario: dict[str, Any], dataverse_ctx: Any, host: LocalHost) -> None:

@@ -300,6 +300,9 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
 
 def _secret_version(entry: dict[str, Any], world: World, when: Any, now: datetime) -> SecretVersion:
     source = entry.get("value_from")
+    if source and "alert_sink" in source:  # the URL of devstack's alert sink for this channel, once it listens
+        entry = {**entry, "value": f"devstack-alert-sink:{source['alert_sink']}"}
+        source = None
     if source:
         app = _find_app(world, source["app"], where=f"vault.secrets[{entry['name']}]")
         password = next((p for p in app.passwords if p.display_name == source["password"]), None)

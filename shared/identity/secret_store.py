@@ -108,6 +108,21 @@ class SecretStore:
             self._cert_client = CertificateClient(self.vault_url, self._credential, **self._client_kwargs())
         return self._cert_client
 
+    def list_secret_properties(self) -> list[Any]:
+        """Every secret's properties (expiry, tags; never a value). Needs the *list* data action, which
+        Key Vault Reader (metadata only) and Key Vault Secrets User both grant. Raises AuthError."""
+        try:
+            return list(self._secrets().list_properties_of_secrets())
+        except Exception as exc:
+            raise self._error(exc, "(list secrets)") from exc
+
+    def list_certificate_properties(self) -> list[Any]:
+        """Every certificate's properties. Raises AuthError."""
+        try:
+            return list(self._certificates().list_properties_of_certificates())
+        except Exception as exc:
+            raise self._error(exc, "(list certificates)") from exc
+
     def get(self, name: str) -> SecretValue:
         """The latest enabled version of secret ``name`` (cached for the TTL). Raises AuthError."""
         with self._lock:

@@ -63,11 +63,12 @@ def test_unmodified_sdks_complete_the_chain(devstack) -> None:
     assert out["cert_token_appid"] == devstack.env["DATAVERSE_CLIENT_ID"]
     assert out["cert_content_type"] == "CertificateContentType.pem"
     assert out["pfx_content_type"] == "application/x-pkcs12"
-    # Paging: all five objects at two per page are listed (the SDK followed nextLink over three pages).
+    # Paging: all eight objects at two per page are listed (the SDK followed nextLink over four pages).
     assert out["listed"] == [
-        "dataverse-cert", "dataverse-cert-pfx", "dataverse-client-secret", "erp-webhook-secret", "teams-webhook-url"
+        "alerts-webhook-url", "dataverse-cert", "dataverse-cert-pfx", "dataverse-client-secret", "erp-api-key",
+        "erp-webhook-secret", "slack-webhook-url", "teams-webhook-url",
     ]  # fmt: skip
     # devstack's own counters saw the two Dataverse tokens (secret and certificate).
     issued = devstack.stats("entra")["tokens_issued"][devstack.env["DATAVERSE_CLIENT_ID"]]
     assert issued == {dataverse: 2}
-    assert devstack.stats("keyvault")["requests"]["GET /secrets"]["200"] == 3  # 5 objects, 2 per page
+    assert devstack.stats("keyvault")["requests"]["GET /secrets"]["200"] == 4  # 8 objects, 2 per page
