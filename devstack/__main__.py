@@ -162,9 +162,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
     loop = asyncio.get_running_loop()
 
+    background: list[asyncio.Task[None]] = []  # endless loops (Key Vault's events): cancelled on stop
+
     def stop() -> None:
         for server in servers:
             server.should_exit = True
+        for task in background:
+            task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
@@ -250,7 +254,7 @@ async def _serve(args: argparse.Namespace) -> int:
         _register_webhooks_to_host(scenario, dataverse_ctx, host)
         if (scenario.get("vault") or {}).get("event_grid_to_host", True) and "expiry_event" in host.by_name:
             emitter = VaultEventEmitter(world, vault_url, base_url, host.keys.eventgrid)
-            tasks.append(asyncio.create_task(emitter.run()))
+            background.append(asyncio.create_task(emitter.run()))
 
     env_path = directory / "env"
     _write_env(env_path, env)

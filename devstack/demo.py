@@ -240,3 +240,45 @@ def webhook_round_trip(env: dict[str, str]) -> str:
         f"{written:,} account writes -> {acked:,} deliveries acknowledged (202) -> {count:,} events"
         f" processed into blob container webhook-events, the last {after_sync_s:.1f} s after the sync"
     )
+
+
+@demo_step("credential expiry")
+def credential_expiry(env: dict[str, str]) -> str:
+    """One sweep through the host (as the daily timer runs it), then the credential table from the API."""
+    from rich.console import Console
+    from rich.table import Table
+
+    base, key = env["FUNCTIONS_BASE_URL"], env["FUNCTIONS_HOST_KEY"]  # a host key opens the admin API too
+    request = urllib.request.Request(  # noqa: S310 - the local host
+        f"{base}/admin/functions/expiry_sweep", data=b"{}", method="POST",
+        headers={"x-functions-key": key, "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=STEP_TIMEOUT_S) as response:  # noqa: S310
+        if response.status != 202:
+            raise RuntimeError(f"POST /admin/functions/expiry_sweep answered {response.status}")
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:  # the admin call is asynchronous; the table fills when the sweep ran
+        status, body = _get(f"{base}/api/credentials", {"x-functions-key": key})
+        rows = json.loads(body)["credentials"] if status == 200 else []
+        if any(r["id"] == "probe:dataverse" for r in rows):
+            break
+        time.sleep(0.5)
+    if not rows:
+        raise RuntimeError("GET /api/credentials listed nothing after the sweep")
+    table = Table(title="credentials")
+    for column in ("name", "source", "expires", "days left", "state", "last alert"):
+        table.add_column(column, justify="right" if column == "days left" else "left")
+    for r in rows:
+        expires = str(r["expires_on"] or "-")[:10]
+        days = "-" if r["days_left"] is None else f"{r['days_left']:.0f}"
+        table.add_row(str(r["name"]), str(r["source"]), expires, days, str(r["state"]), str(r["last_alert"] or "-"))
+    Console().print(table)
+    alerting = [f"{r['name']} {r['last_alert']}" for r in rows if r["last_alert"]]
+    with urllib.request.urlopen(f"{env['DEVSTACK_ALERTS_URL']}/_devstack/alerts", timeout=30) as response:  # noqa: S310
+        delivered = len(json.loads(response.read())["alerts"])
+    return (
+        f"{len(rows)} credentials swept (Key Vault, Entra, live probe); {len(alerting)} alerting"
+        f" ({', '.join(alerting) or 'none'}); {delivered} messages"
+        " in the alert sink (Teams card, Slack, JSON)"
+    )

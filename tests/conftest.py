@@ -18,7 +18,9 @@ from tests.devstack_process import ARTIFACTS, RECORDED_SECRETS, ROOT, DevstackPr
 
 SCENARIOS = Path(__file__).parent / "integration" / "scenarios"
 TEST_LOG = ARTIFACTS / "test-logs.txt"
-SETTING_PREFIXES = ("DATAVERSE_", "KEY_VAULT_", "IDENTITY_", "ENTRA_", "GRAPH_", "AZURE_CLIENT_ID", "SECRET_", "TOKEN_")
+SETTING_PREFIXES = (
+    "DATAVERSE_", "KEY_VAULT_", "IDENTITY_", "ENTRA_", "GRAPH_", "AZURE_CLIENT_ID", "SECRET_", "TOKEN_", "EXPIRY_",
+)  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,8 +90,6 @@ def limits_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsta
 @pytest.fixture
 def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """Apply a devstack's app settings (plus overrides) to os.environ, as a fresh worker would see them."""
-    from shared.identity.worker import reset_worker
-
     for key in list(os.environ):
         if key.startswith(SETTING_PREFIXES):
             monkeypatch.delenv(key)
@@ -101,8 +101,18 @@ def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
                 monkeypatch.delenv(key, raising=False)
             else:
                 monkeypatch.setenv(key, value)
-        reset_worker()
+        reset_all_workers()
         return settings
 
     yield apply
+    reset_all_workers()
+
+
+def reset_all_workers() -> None:
+    from shared.expiry import worker as expiry_worker
+    from shared.identity.worker import reset_worker
+    from shared.sync import worker as sync_worker
+
     reset_worker()
+    sync_worker.reset()
+    expiry_worker.reset()

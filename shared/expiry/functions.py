@@ -73,13 +73,19 @@ def credentials_list(req: func.HttpRequest) -> func.HttpResponse:
         rows.append({
             "id": state.id, "name": row.get("name"), "source": row.get("source"), "owner": row.get("owner"),
             "expires_on": state.expires_on, "days_left": round(days, 1) if days is not None else None,
-            "state": level.name if level else ("ok" if state.expires_on else "no expiry"),
+            "state": level.name if level else _idle_state(state, row),
             "last_alert": state.last_level, "last_alert_at": state.last_notified,
             "acknowledged_by": state.acknowledged_by, "acknowledged_until": state.acknowledged_until,
             "snoozed_until": state.snoozed_until, "undelivered": state.undelivered,
         })  # fmt: skip
     rows.sort(key=lambda r: (r["days_left"] is None, r["days_left"] if r["days_left"] is not None else 0))
     return _answer(200, {"credentials": rows})
+
+
+def _idle_state(state: Any, row: dict[str, Any]) -> str:
+    if row.get("source") == "probe":
+        return "failing" if state.last_level else "ok"
+    return "ok" if state.expires_on else "no expiry"
 
 
 def _until(body: dict[str, Any], now: datetime) -> datetime | None:

@@ -263,7 +263,7 @@ class ExpiryMonitor:
             failure = None
         except AuthError as exc:
             outcome, failure = f"{exc.code}: {exc.cause}", exc
-        level = f"failed:{failure.code}" if failure else "ok"
+        level = f"failed:{failure.code}" if failure else None  # no level while it works: nothing alerting
         report.credentials.append((credential, "ok" if failure is None else f"FAILED {failure.code}"))
         if state.last_level == level or (state.last_level is None and failure is None):
             if state.etag is None:

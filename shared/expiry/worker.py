@@ -63,3 +63,9 @@ def monitor() -> ExpiryMonitor:
         if _monitor is None:
             _monitor = build_monitor()
         return _monitor
+
+
+def reset() -> None:
+    global _monitor
+    with _lock:
+        _monitor = None

@@ -61,3 +61,10 @@ def sync_context() -> SyncContext:
             client = DataverseClient(settings().dataverse_url, token_provider(), options=ClientOptions())
             _context = SyncContext(shared_storage, client, secret=lambda name: secret_store().get(name).value)
         return _context
+
+
+def reset() -> None:
+    """Forget the storage and sync context (tests that switch between devstacks)."""
+    global _storage, _context
+    with _lock:
+        _storage, _context = None, None

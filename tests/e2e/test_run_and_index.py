@@ -55,7 +55,7 @@ def test_run_shows_banner_and_doctor_then_ctrl_c_leaves_no_child(tmp_path: Path)
         assert "/api/health/doctor" in output
         assert "curl -H 'x-functions-key: " in output
         assert "✅ whoami" in output
-        assert "4/4 passed" in output
+        assert "5/5 passed" in output
         assert elapsed < BANNER_AND_DOCTOR_BUDGET_S
         assert processes_mentioning(str(state / "azurite")), "Azurite should be running while devstack serves"
 

@@ -93,7 +93,7 @@ def test_devstack_run_starts_the_world_and_passes_the_doctor(tmp_path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert completed.stdout.startswith("devstack ready")
     assert "all steps passed" in completed.stdout
-    assert "4/4 passed" in completed.stdout  # the first runs, through the local host too
+    assert "5/5 passed" in completed.stdout  # the first runs, through the local host too
     # The sync's account writes came back through the emulator's service endpoint, receiver and processor.
     round_trip = re.search(
         r"(\d+) account writes -> (\d+) deliveries acknowledged \(202\) -> (\d+) events", completed.stdout
