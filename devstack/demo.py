@@ -266,14 +266,17 @@ def credential_expiry(env: dict[str, str]) -> str:
         time.sleep(0.5)
     if not rows:
         raise RuntimeError("GET /api/credentials listed nothing after the sweep")
+    short = {"keyvault-secret": "kv secret", "keyvault-certificate": "kv cert", "entra-password": "entra secret",
+             "entra-certificate": "entra cert", "probe": "live probe"}  # fmt: skip
     table = Table(title="credentials")
     for column in ("name", "source", "expires", "days left", "state", "last alert"):
-        table.add_column(column, justify="right" if column == "days left" else "left")
+        table.add_column(column, justify="right" if column == "days left" else "left", no_wrap=column != "name")
     for r in rows:
         expires = str(r["expires_on"] or "-")[:10]
         days = "-" if r["days_left"] is None else f"{r['days_left']:.0f}"
-        table.add_row(str(r["name"]), str(r["source"]), expires, days, str(r["state"]), str(r["last_alert"] or "-"))
-    Console().print(table)
+        source = short.get(str(r["source"]), str(r["source"]))
+        table.add_row(str(r["name"]), source, expires, days, str(r["state"]), str(r["last_alert"] or "-"))
+    Console(width=max(Console().width, 100)).print(table)
     alerting = [f"{r['name']} {r['last_alert']}" for r in rows if r["last_alert"]]
     with urllib.request.urlopen(f"{env['DEVSTACK_ALERTS_URL']}/_devstack/alerts", timeout=30) as response:  # noqa: S310
         delivered = len(json.loads(response.read())["alerts"])

@@ -8,13 +8,14 @@ import base64
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import requests
 
 from shared.errors import AuthError
 from shared.expiry.model import Credential
+
+if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
+    import requests
 
 ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag naming the Entra passwordCredential a secret is a copy of
 GRAPH_SELECT = "id,appId,displayName,passwordCredentials,keyCredentials"
@@ -74,12 +75,16 @@ class GraphReader:
     def __init__(self, graph_url: str, credential: Any, *, session: requests.Session | None = None) -> None:
         self.graph_url = graph_url.rstrip("/")
         self._credential = credential
-        self._session = session or requests.Session()
+        self._session = session
 
     def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        import requests
+
         from shared.identity.diagnosis import diagnose
 
         token = self._credential.get_token(f"{self.graph_url}/.default").token
+        if self._session is None:
+            self._session = requests.Session()
         response = self._session.get(
             url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=GRAPH_TIMEOUT_S
         )

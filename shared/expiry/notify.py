@@ -11,13 +11,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import requests
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import ConfigError
 from shared.expiry.model import Alert
 from shared.logging import log_event
+
+if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
+    import requests
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Notifier:
     ) -> None:
         self.channels = tuple(channels)
         self._secret = secret
-        self._session = session or requests.Session()
+        self._session = session
         self._sleep = sleep
 
     def send(self, alert: Alert, only: Sequence[str] | None = None) -> list[str]:
@@ -151,6 +152,10 @@ class Notifier:
         return failed
 
     def _deliver(self, channel: Channel, payload: dict[str, Any]) -> str | None:
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
         try:
             url = self._secret(channel.secret)
         except Exception as exc:  # the URL lives in Key Vault; a missing secret fails this channel only
