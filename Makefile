@@ -7,9 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := devstack/node_modules/.installed
+# checkov pins old libraries (pycep-parser 0.5.1, packaging<24, networkx<2.7): it gets its own venv.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV_VERSION := 3.3.30
 PYTEST_ARGS ?=
 
-.PHONY: help run demo test bench lint typecheck unit integration doctor up clean
+.PHONY: help run demo test bench lint typecheck unit integration doctor up clean infra
 
 help:
 	@echo "make run     start devstack (local Entra, managed identity, Key Vault, Graph) and run the doctor against it"
@@ -24,6 +28,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP)
 
+$(CHECKOV_STAMP): Makefile
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	@touch $(CHECKOV_STAMP)
+
 $(NODE_STAMP): devstack/package.json devstack/package-lock.json
 	cd devstack && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
@@ -36,6 +45,10 @@ demo: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack demo --dir .devstack/demo --host-port 0 --time-scale 0.05
 
 # Benchmarks report ratios measured side by side in one run; never part of `make test`.
+# Offline infrastructure checks: pycep contract tests and checkov (also part of `make test`).
+infra: $(STAMP) $(CHECKOV_STAMP)
+	$(PY) -m pytest tests/infra -q
+
 bench: $(STAMP) $(NODE_STAMP)
 	$(PY) -m bench.throughput
 	$(PY) -m bench.memory
@@ -61,7 +74,7 @@ integration: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 # Every step must pass; pytest's own exit status (including 5, "no tests collected") fails the target.
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

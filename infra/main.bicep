@@ -1,0 +1,253 @@
+// dvbridge on Azure: a Flex Consumption function app with a managed identity, identity-only storage,
+// an RBAC Key Vault holding the Dataverse credential and the alert channel URLs, and telemetry.
+// Syntax is kept to what pycep-parser 0.5.1 (checkov's) reads: no user-defined types, no `.?`/`??`,
+// no lambdas, no imports, no spread. `az bicep build` is still the compiler of record (DEPLOY.md).
+targetScope = 'resourceGroup'
+
+@minLength(1)
+@maxLength(20)
+@description('azd environment name: names and tags every resource.')
+param environmentName string
+
+param location string = resourceGroup().location
+
+@description('The Dataverse environment URL, e.g. https://contoso.crm4.dynamics.com')
+param dataverseUrl string
+
+@description('Tenant of the app registration used for Dataverse.')
+param dataverseTenantId string = subscription().tenantId
+
+@description('Application (client) ID of the app registration used for Dataverse.')
+param dataverseClientId string
+
+@description('Key Vault secret holding the client secret (leave empty when a certificate is used).')
+param dataverseClientSecretName string = 'dataverse-client-secret'
+
+@description('Key Vault certificate for certificate authentication (instead of a secret).')
+param dataverseCertificateName string = ''
+
+@description('Entity sets the app writes, probed by the doctor, e.g. accounts,contacts')
+param dataverseTables string = ''
+
+@description('Expiry alert channels: kind:secret-name, comma-separated (kinds teams, slack, json).')
+param expiryChannels string = ''
+
+@description('App registrations whose credentials the sweep watches (default: the Dataverse app).')
+param expiryAppIds string = ''
+
+@description('Optional user-assigned identity (resource id and client id); the system identity is always on.')
+param userAssignedIdentityId string = ''
+param userAssignedIdentityClientId string = ''
+
+@description('Dataverse concurrent requests per application user (service protection limit: 52).')
+param dataverseConcurrencyBudget int = 52
+
+@description('host.json extensions.queues.batchSize: queue messages one instance runs at once.')
+param queueBatchSize int = 16
+
+@description('SYNC_CHUNK_CONCURRENCY: Dataverse requests per fan-out work item.')
+param syncChunkConcurrency int = 2
+
+@allowed([
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('An e-mail address for alert rules on the expiry log events; empty = no alert rules.')
+param alertEmail string = ''
+
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
+var tags = {
+  'azd-env-name': environmentName
+  application: 'dvbridge'
+}
+var deploymentContainer = 'app-package-${resourceToken}'
+var useUserAssigned = !empty(userAssignedIdentityId)
+var useCertificate = !empty(dataverseCertificateName)
+var keyVaultName = 'kv-${resourceToken}'
+// Instances x batch size x requests per work item stays within the app user's Dataverse budget.
+var maximumInstanceCount = max(1, dataverseConcurrencyBudget / (queueBatchSize * syncChunkConcurrency))
+
+var credentialSetting = useCertificate ? [
+  {
+    name: 'DATAVERSE_CERTIFICATE_NAME'
+    value: dataverseCertificateName
+  }
+] : [
+  {
+    name: 'DATAVERSE_CLIENT_SECRET_NAME'
+    value: dataverseClientSecretName
+  }
+]
+var identitySettings = useUserAssigned ? [
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: userAssignedIdentityClientId
+  }
+  {
+    name: 'AzureWebJobsStorage__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'AzureWebJobsStorage__clientId'
+    value: userAssignedIdentityClientId
+  }
+] : []
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    location: location
+    name: resourceToken
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  params: {
+    location: location
+    name: 'st${resourceToken}'
+    tags: tags
+    deploymentContainer: deploymentContainer
+  }
+}
+
+module vault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  params: {
+    location: location
+    name: keyVaultName
+    tags: tags
+    tenantId: subscription().tenantId
+  }
+}
+
+module app 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  params: {
+    location: location
+    name: 'func-${resourceToken}'
+    tags: tags
+    storageAccountName: storage.outputs.name
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    deploymentContainer: deploymentContainer
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    userAssignedIdentityId: userAssignedIdentityId
+    appSettings: concat([
+      {
+        name: 'AzureWebJobsStorage__accountName'
+        value: storage.outputs.name
+      }
+      {
+        name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+        value: monitoring.outputs.connectionString
+      }
+      {
+        name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+        value: 'Authorization=AAD'
+      }
+      {
+        name: 'DATAVERSE_URL'
+        value: dataverseUrl
+      }
+      {
+        name: 'DATAVERSE_TENANT_ID'
+        value: dataverseTenantId
+      }
+      {
+        name: 'DATAVERSE_CLIENT_ID'
+        value: dataverseClientId
+      }
+      {
+        name: 'KEY_VAULT_URL'
+        value: 'https://${keyVaultName}${environment().suffixes.keyvaultDns}'
+      }
+      {
+        name: 'DATAVERSE_TABLES'
+        value: dataverseTables
+      }
+      {
+        name: 'SYNC_CHUNK_CONCURRENCY'
+        value: string(syncChunkConcurrency)
+      }
+      {
+        name: 'EXPIRY_CHANNELS'
+        value: expiryChannels
+      }
+      {
+        name: 'EXPIRY_APP_IDS'
+        value: empty(expiryAppIds) ? dataverseClientId : expiryAppIds
+      }
+    ], credentialSetting, identitySettings)
+  }
+}
+
+module roles 'modules/roles.bicep' = {
+  name: 'roles'
+  params: {
+    principalId: app.outputs.principalId
+    storageAccountName: storage.outputs.name
+    keyVaultName: vault.outputs.name
+    appInsightsName: monitoring.outputs.appInsightsName
+    useCertificate: useCertificate
+  }
+}
+
+// Optional: an Azure Monitor alert on the expiry log events (error and critical alerts the app sent).
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmail)) {
+  name: 'ag-${resourceToken}'
+  location: 'global'
+  tags: tags
+  properties: {
+    groupShortName: 'dvbridge'
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'owner'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+resource expiryAlertRule 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = if (!empty(alertEmail)) {
+  name: 'alert-credential-expiry-${resourceToken}'
+  location: location
+  tags: tags
+  properties: {
+    displayName: 'dvbridge: a credential is expiring or expired'
+    severity: 1
+    enabled: true
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    scopes: [
+      monitoring.outputs.appInsightsId
+    ]
+    criteria: {
+      allOf: [
+        {
+          query: 'traces | where message startswith "credential_expiry_alert" and severityLevel >= 3'
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+output AZURE_FUNCTION_APP_NAME string = app.outputs.name
+output AZURE_KEY_VAULT_NAME string = vault.outputs.name
+output AZURE_KEY_VAULT_URL string = 'https://${keyVaultName}${environment().suffixes.keyvaultDns}'
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_PRINCIPAL_ID string = app.outputs.principalId
+output FUNCTIONS_BASE_URL string = 'https://${app.outputs.hostName}'

@@ -1,0 +1,221 @@
+"""Offline contract tests for infra/: the invariants a deployment must keep, read from the parsed Bicep
+(pycep-parser), plus checkov with the repository's .checkov.yaml. No Bicep compiler is available here, so
+these catch the mistakes people make (keys, access policies, wrong role GUIDs, no identity), not typos in
+property names; DEPLOY.md says to run `az bicep build` where it exists."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycep import BicepParser
+
+from shared.config import EnvVars
+from tests.devstack_process import ROOT
+
+pytestmark = pytest.mark.infra
+
+INFRA = ROOT / "infra"
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+EXPECTED_ROLES = {  # variable in modules/roles.bicep -> built-in role GUID
+    "storageBlobDataOwnerRoleId": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "storageQueueDataContributorRoleId": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "storageTableDataContributorRoleId": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "keyVaultSecretsUserRoleId": "4633458b-17de-408a-b874-0445c86b69e6",
+    "keyVaultReaderRoleId": "21090545-7ca7-4776-b22c-e363652d74d2",
+    "keyVaultCertificateUserRoleId": "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba",
+    "monitoringMetricsPublisherRoleId": "3913510d-42f4-4e42-8a64-420c390055eb",
+}
+EXPIRY_EVENTS = {
+    "Microsoft.KeyVault.SecretNearExpiry", "Microsoft.KeyVault.SecretExpired",
+    "Microsoft.KeyVault.CertificateNearExpiry", "Microsoft.KeyVault.CertificateExpired",
+}  # fmt: skip
+
+
+@cache
+def parsed(path: Path) -> dict[str, Any]:
+    return dict(BicepParser().parse(file_path=path))
+
+
+def module(name: str) -> dict[str, Any]:
+    return parsed(INFRA / "modules" / f"{name}.bicep")
+
+
+def resource(module_name: str, symbol: str) -> dict[str, Any]:
+    return dict(module(module_name)["resources"][symbol]["config"])
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def app_settings() -> set[str]:
+    """Every app setting name main.bicep gives the function app (``{name, value}`` objects)."""
+    return {
+        str(node["name"]) for node in walk(parsed(INFRA / "main.bicep"))
+        if isinstance(node, dict) and set(node) == {"name", "value"} and isinstance(node["name"], str)
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=[str(p.relative_to(INFRA)) for p in BICEP_FILES])
+def test_every_bicep_file_parses(path: Path) -> None:
+    assert {"resources"} <= set(parsed(path)) or "modules" in parsed(path), path
+
+
+def test_key_vault_uses_rbac_with_soft_delete_and_purge_protection() -> None:
+    props = resource("keyvault", "vault")["properties"]
+    assert props["enableRbacAuthorization"] is True
+    assert props["enableSoftDelete"] is True
+    assert props["softDeleteRetentionInDays"] >= 7
+    assert props["enablePurgeProtection"] is True
+    assert "accessPolicies" not in props  # access policies are what RBAC replaces
+
+
+def test_storage_refuses_shared_keys_and_plain_http() -> None:
+    props = resource("storage", "storage")["properties"]
+    assert props["allowSharedKeyAccess"] is False
+    assert props["allowBlobPublicAccess"] is False
+    assert props["minimumTlsVersion"] == "TLS1_2"
+    assert props["supportsHttpsTrafficOnly"] is True
+
+
+def test_no_storage_key_or_connection_string_anywhere() -> None:
+    for path in [*BICEP_FILES, INFRA / "main.parameters.json"]:
+        text = path.read_text()
+        assert "AccountKey=" not in text, path
+        assert "listKeys(" not in text, path
+    settings = app_settings()
+    assert "AzureWebJobsStorage__accountName" in settings
+    assert "AzureWebJobsStorage" not in settings  # a connection string would need a key
+
+
+def test_function_app_is_flex_python_311_with_identity_https_tls12_and_no_ftp() -> None:
+    plan = resource("functionapp", "plan")
+    assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    site = resource("functionapp", "site")
+    assert "SystemAssigned" in json.dumps(site["identity"]["type"])
+    props = site["properties"]
+    assert props["httpsOnly"] is True
+    assert props["siteConfig"]["minTlsVersion"] == "1.2"
+    assert props["siteConfig"]["ftpsState"] == "Disabled"
+    config = props["functionAppConfig"]
+    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["deployment"]["storage"]["authentication"]["type"] == "SystemAssignedIdentity"
+    assert config["scaleAndConcurrency"]["maximumInstanceCount"] == "maximumInstanceCount"
+    budget = json.dumps(parsed(INFRA / "main.bicep")["variables"]["maximumInstanceCount"])
+    for term in ("dataverseConcurrencyBudget", "queueBatchSize", "syncChunkConcurrency"):
+        assert term in budget  # the instance cap is derived from the Dataverse concurrency budget
+
+
+def test_role_assignments_use_the_right_built_in_roles_on_the_right_scopes() -> None:
+    roles = module("roles")
+    values = {name: roles["variables"][name]["value"] for name in EXPECTED_ROLES}
+    assert values == EXPECTED_ROLES
+    scopes = {}
+    for symbol, res in roles["resources"].items():
+        if res["type"] != "Microsoft.Authorization/roleAssignments":
+            continue
+        config = res["config"].get("config", res["config"])  # a conditional resource nests its body
+        role_var = config["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+        scopes[role_var] = config["scope"]
+        assert config["properties"]["principalType"] == "ServicePrincipal", symbol
+    assert scopes == {
+        "storageBlobDataOwnerRoleId": "storage", "storageQueueDataContributorRoleId": "storage",
+        "storageTableDataContributorRoleId": "storage", "keyVaultSecretsUserRoleId": "vault",
+        "keyVaultReaderRoleId": "vault", "keyVaultCertificateUserRoleId": "vault",
+        "monitoringMetricsPublisherRoleId": "appInsights",
+    }  # fmt: skip
+
+
+def test_telemetry_has_local_auth_disabled() -> None:
+    assert resource("monitoring", "appInsights")["properties"]["DisableLocalAuth"] is True
+    assert resource("monitoring", "workspace")["properties"]["features"]["disableLocalAuth"] is True
+    assert "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" in app_settings()
+
+
+def test_event_grid_subscribes_exactly_the_four_expiry_events_to_the_expiry_function() -> None:
+    topic = resource("eventgrid", "topic")["properties"]
+    assert topic["topicType"] == "Microsoft.KeyVault.vaults"
+    subscription = resource("eventgrid", "expiry")["properties"]
+    assert set(subscription["filter"]["includedEventTypes"]) == EXPIRY_EVENTS
+    assert len(subscription["filter"]["includedEventTypes"]) == 4
+    destination = subscription["destination"]
+    assert destination["endpointType"] == "AzureFunction"
+    assert json.dumps(destination["properties"]["resourceId"]).endswith('/functions/expiry_event"')
+    hook = (ROOT / "azure.yaml").read_text() + (INFRA / "scripts" / "postdeploy.sh").read_text()
+    assert "postdeploy" in hook
+    assert "modules/eventgrid.bicep" in hook  # created after the code exists
+
+
+def settings_the_app_reads() -> set[str]:
+    """What Settings.from_env reads (EnvVars), plus every setting another module reads from the environment."""
+    names = {v for k, v in vars(EnvVars).items() if k.isupper() and isinstance(v, str)}
+    pattern = re.compile(r"""environ(?:\.get)?[\(\[]\s*"([A-Za-z][A-Za-z0-9_]+)"|env\.get\("([A-Z][A-Z0-9_]+)\"""")
+    for path in (ROOT / "shared").rglob("*.py"):
+        for match in pattern.finditer(path.read_text()):
+            names.add(match.group(1) or match.group(2))
+    names |= {"SYNC_JOBS_FILE", "SYNC_SCHEDULE_<JOB>", "EXPIRY_SWEEP_SCHEDULE"}  # read through constants
+    return names
+
+
+def test_every_setting_the_app_reads_is_set_by_main_bicep_or_documented_as_optional() -> None:
+    documented = set(re.findall(r"^\| `([A-Za-z0-9_<>]+)` \|", (ROOT / "DEPLOY.md").read_text(), re.MULTILINE))
+    set_by_bicep = app_settings() | {"AzureWebJobsStorage"}  # identity-based: AzureWebJobsStorage__accountName
+    missing = sorted(settings_the_app_reads() - set_by_bicep - documented)
+    assert missing == [], f"set these in main.bicep or list them in DEPLOY.md's optional settings: {missing}"
+    assert {"DATAVERSE_URL", "DATAVERSE_TENANT_ID", "DATAVERSE_CLIENT_ID", "KEY_VAULT_URL"} <= set_by_bicep
+
+
+def test_the_setting_comparison_can_fail() -> None:
+    assert "SECRET_CACHE_TTL_S" in settings_the_app_reads()
+    assert "SECRET_CACHE_TTL_S" not in app_settings()  # so only DEPLOY.md's table lets the test above pass
+
+
+# -- checkov ----------------------------------------------------------------------------------------------
+def checkov(directory: Path) -> dict[str, Any]:
+    assert CHECKOV.exists(), "checkov is not installed: run `make test` (it creates .venv-checkov)"
+    completed = subprocess.run(
+        [str(CHECKOV), "--config-file", str(ROOT / ".checkov.yaml"), "-d", str(directory), "-o", "json", "--quiet"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    report = json.loads(completed.stdout)
+    return dict(report[0] if isinstance(report, list) else report)
+
+
+def test_checkov_finds_nothing_unexplained_and_parses_everything() -> None:
+    report = checkov(INFRA)
+    summary = report["summary"]
+    assert summary["parsing_errors"] == 0  # checkov exits 0 on parse errors: its JSON is what counts
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
+    assert failed == []
+    assert summary["passed"] >= 20
+    assert summary["resource_count"] >= 20
+
+
+def test_a_parse_error_is_caught(tmp_path: Path) -> None:
+    broken = tmp_path / "infra"
+    shutil.copytree(INFRA, broken)
+    (broken / "modules" / "keyvault.bicep").write_text("resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {\n")
+    assert checkov(broken)["summary"]["parsing_errors"] == 1
+
+
+def test_every_checkov_skip_states_its_reason() -> None:
+    lines = [line for line in (ROOT / ".checkov.yaml").read_text().splitlines() if line.strip().startswith("- CKV")]
+    assert lines
+    for line in lines:
+        _, _, reason = line.partition("#")
+        assert len(reason.strip()) > 20, f"a skip without a reason: {line.strip()}"
