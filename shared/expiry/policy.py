@@ -130,25 +130,21 @@ def threshold_alert(credential: Credential, level: Level, now: datetime) -> Aler
 def resolution(credential: Credential, state: CredentialState, now: datetime) -> Alert:
     before = f"{state.expires_on:%Y-%m-%d}" if state.expires_on else "unknown"
     after = f"{credential.expires_on:%Y-%m-%d}" if credential.expires_on else "none"
-    return Alert(
-        kind="resolved",
-        level="resolved",
-        severity="info",
-        credential=credential,
-        title=f"Resolved: {credential.describe()} was rotated",
-        text=f"The end date moved from {before} to {after}; the alerts about it are closed.",
-        facts=_facts(credential, now),
-    )
+    return _closed(credential, now, "was rotated", f"The end date moved from {before} to {after}")
 
 
 def removed(credential: Credential, state: CredentialState, now: datetime) -> Alert:
+    return _closed(credential, now, "was removed", "The credential no longer exists")
+
+
+def _closed(credential: Credential, now: datetime, what: str, why: str) -> Alert:
     return Alert(
         kind="resolved",
         level="resolved",
         severity="info",
         credential=credential,
-        title=f"Resolved: {credential.describe()} was removed",
-        text="The credential no longer exists; the alerts about it are closed.",
+        title=f"Resolved: {credential.describe()} {what}",
+        text=f"{why}; the alerts about it are closed.",
         facts=_facts(credential, now),
     )
 
