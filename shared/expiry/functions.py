@@ -10,7 +10,7 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.expiry.monitor import DEFAULT_SWEEP_SCHEDULE, ExpirySettings
+from shared.expiry.settings import DEFAULT_SWEEP_SCHEDULE, ExpirySettings
 from shared.logging import log_event
 
 logger = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from shared.errors import AuthError
 from shared.expiry.model import Credential
+from shared.expiry.settings import DEFAULT_DRIFT_TOLERANCE_S
 
 if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
     import requests
@@ -20,11 +20,6 @@ if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
 ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag naming the Entra passwordCredential a secret is a copy of
 GRAPH_SELECT = "id,appId,displayName,passwordCredentials,keyCredentials"
 GRAPH_TIMEOUT_S = 30
-DEFAULT_DRIFT_TOLERANCE_S = 86400  # Key Vault exp and Entra endDateTime may differ by a day (time zones, typing)
-
-
-def vault_name(vault_url: str) -> str:
-    return (urlsplit(vault_url).hostname or vault_url).split(".")[0].lower()
 
 
 def vault_credentials(store: Any, vault: str) -> list[Credential]:

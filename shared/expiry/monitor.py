@@ -6,26 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.errors import AuthError, ConfigError
+from shared.errors import AuthError
 from shared.expiry.eventgrid import VaultExpiryEvent
 from shared.expiry.inventory import (
-    DEFAULT_DRIFT_TOLERANCE_S,
     GraphReader,
     drift_findings,
     entra_credentials,
     vault_credentials,
-    vault_name,
 )
 from shared.expiry.model import Alert, Credential
 from shared.expiry.notify import Notifier, parse_channels
 from shared.expiry.policy import (
-    DEFAULT_THRESHOLDS_DAYS,
     CredentialState,
     Level,
     current_level,
@@ -34,55 +30,15 @@ from shared.expiry.policy import (
     removed,
     threshold_alert,
 )
+from shared.expiry.settings import ExpirySettings, vault_name
 from shared.expiry.state import StateConflict, StateStore
 from shared.logging import log_event
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SWEEP_SCHEDULE = "0 0 6 * * *"  # daily at 06:00 UTC
 DEFAULT_ACK_DAYS = 7
 CLAIM_ATTEMPTS = 3
 PROBE_ID = "probe:dataverse"
-
-
-@dataclass(frozen=True)
-class ExpirySettings:
-    thresholds_days: tuple[int, ...] = DEFAULT_THRESHOLDS_DAYS
-    channels: str = ""
-    app_ids: tuple[str, ...] = ()
-    event_topics: tuple[str, ...] = ()
-    drift_tolerance_s: float = DEFAULT_DRIFT_TOLERANCE_S
-    vault_name: str = ""  # names credentials and matches event topics; default: KEY_VAULT_URL's first label
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ExpirySettings:
-        env = dict(os.environ if environ is None else environ)
-        problems = []
-        try:
-            thresholds = tuple(int(d) for d in env.get("EXPIRY_THRESHOLDS_DAYS", "30,14,7,1").split(",") if d.strip())
-            if not thresholds or any(d <= 0 for d in thresholds):
-                raise ValueError
-        except ValueError:
-            problems.append("EXPIRY_THRESHOLDS_DAYS must be positive whole days, e.g. 30,14,7,1")
-            thresholds = DEFAULT_THRESHOLDS_DAYS
-        apps = env.get("EXPIRY_APP_IDS") or env.get("DATAVERSE_CLIENT_ID", "")
-        vault = (env.get("EXPIRY_VAULT_NAME") or vault_name(env.get("KEY_VAULT_URL", ""))).lower()
-        topics = env.get("EXPIRY_EVENT_TOPICS") or (f"/providers/Microsoft.KeyVault/vaults/{vault}" if vault else "")
-        try:
-            tolerance = float(env.get("EXPIRY_DRIFT_TOLERANCE_S", str(DEFAULT_DRIFT_TOLERANCE_S)))
-        except ValueError:
-            problems.append("EXPIRY_DRIFT_TOLERANCE_S must be seconds, e.g. 86400")
-            tolerance = DEFAULT_DRIFT_TOLERANCE_S
-        if problems:
-            raise ConfigError(problems)
-        return cls(
-            thresholds_days=thresholds,
-            channels=env.get("EXPIRY_CHANNELS", ""),
-            app_ids=tuple(a.strip() for a in apps.split(",") if a.strip()),
-            event_topics=tuple(t.strip() for t in topics.split(",") if t.strip()),
-            drift_tolerance_s=tolerance,
-            vault_name=vault,
-        )
 
 
 @dataclass

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from shared.expiry.model import Alert, Credential
+from shared.expiry.settings import DEFAULT_THRESHOLDS_DAYS
 
-DEFAULT_THRESHOLDS_DAYS = (30, 14, 7, 1)
 ESCALATE_AFTER_DAYS = 3  # expired this long and still not rotated or acknowledged: tell the escalation level
 ROTATION_TOLERANCE_S = 3600  # an end date this much later than the one alerted on means a rotated credential
 

@@ -6,7 +6,8 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from shared.expiry.monitor import ExpiryMonitor, ExpirySettings
+from shared.expiry.monitor import ExpiryMonitor
+from shared.expiry.settings import ExpirySettings
 
 _lock = threading.Lock()
 _monitor: ExpiryMonitor | None = None
