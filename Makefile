@@ -20,7 +20,7 @@ help:
 	@echo "make test    ruff + mypy + the whole pytest suite + make demo (smoke test)"
 	@echo "make demo    start everything, run each capability once, print a summary, exit non-zero on failure"
 	@echo "make doctor  run the identity doctor against a running devstack (.devstack/env)"
-	@echo "make bench   throughput vs the emulator's ceiling, and memory vs input size"
+	@echo "make bench   every benchmark (throughput vs ceiling, calls, cold start, memory, CPU, webhooks) -> BENCHMARKS.md"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,9 +50,7 @@ infra: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest tests/infra -q
 
 bench: $(STAMP) $(NODE_STAMP)
-	$(PY) -m bench.throughput
-	$(PY) -m bench.memory
-	$(PY) -m bench.webhooks
+	$(PY) -m bench.report
 
 up: $(STAMP) $(NODE_STAMP)
 	$(PY) -m devstack up

@@ -12,8 +12,10 @@ they read like production numbers.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -105,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--time-scale", type=float, default=0.05)
     parser.add_argument("--seconds", type=float, default=40.0, help="real seconds per configuration (>= 2 windows)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (for bench.report)")
     args = parser.parse_args()
     state = ROOT / ".devstack" / "bench"
     stack = DevstackProcess(
@@ -126,10 +129,18 @@ def main() -> None:
             print(
                 f"{config.strategy:<6} x{config.batch:<4} C={config.concurrency}: {rate:8.1f} rec/s (model),"
                 f" ceiling {ceiling:8.1f}, {rate / ceiling:6.1%}, 429s {throttles}, failed {failed}",
+                file=sys.stderr,
                 flush=True,
             )
     finally:
         stack.stop()
+    if args.json:
+        print(json.dumps({"time_scale": args.time_scale, "seconds": args.seconds, "rows": [
+            {"strategy": c.strategy, "batch": c.batch, "concurrency": c.concurrency, "rate": rate, "ceiling": ceiling,
+             "fraction": rate / ceiling, "throttles": throttles, "failed": failed}
+            for c, rate, ceiling, throttles, failed in rows
+        ]}))  # fmt: skip
+        return
     print()
     print(
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; emulator time_scale {args.time_scale};"

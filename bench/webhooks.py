@@ -163,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=100.0, help="deliveries per second")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (for bench.report)")
     args = parser.parse_args()
     state = ROOT / ".devstack" / "bench-webhooks"
     stack = DevstackProcess(
@@ -181,12 +182,20 @@ def main() -> None:
         drain_s = time.monotonic() - acked
     finally:
         stack.stop()
+    once = sum(1 for n in found.values() if n == 1)
+    ratio = load.percentile(99) / max(baseline.percentile(99), 0.001)
+    if args.json:
+        print(json.dumps({
+            "count": args.count, "rate": args.rate, "acknowledged_202": load.statuses.get(202, 0),
+            "p50_ms": load.percentile(50), "p95_ms": load.percentile(95), "p99_ms": load.percentile(99),
+            "floor_p99_ms": baseline.percentile(99), "ratio_p99": ratio, "processed": len(found),
+            "processed_once": once, "drain_s": drain_s,
+        }))  # fmt: skip
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {args.count} requests at {args.rate:.0f}/s each")
     print(f"liveness (host floor): {baseline.summary()}")
     print(f"dataverse webhook:     {load.summary()}")
-    ratio = load.percentile(99) / max(baseline.percentile(99), 0.001)
     print(f"receiver p99 / host-floor p99: {ratio:.2f}x")
-    once = sum(1 for n in found.values() if n == 1)
     print(
         f"processed: {len(found)}/{len(ids)} events ({once} exactly once),"
         f" all processed {drain_s:.1f} s after the last acknowledgement"
