@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tests.dataverse_api import api_for
@@ -77,7 +78,7 @@ def run(stack: DevstackProcess, config: Config, seconds: float, time_scale: floa
     deadline = time.monotonic() + seconds
     done: list[float] = []
 
-    def records():  # type: ignore[no-untyped-def]
+    def records() -> Iterator[dict[str, str]]:
         i = 0
         while time.monotonic() < deadline:
             yield {"accountnumber": f"{prefix}{i}", "name": f"bench {i}"}

@@ -64,6 +64,7 @@ class FaultInjector:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.max_token_age_s: float | None = None
+        self.tokens_not_before: int | None = None  # Unix seconds: tokens issued earlier are refused (a rotation)
 
     def replace(self, faults: list[Fault], max_token_age_s: float | None) -> None:
         with self._lock:

@@ -166,6 +166,8 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
             except (TypeError, ValueError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
             ctx.faults.replace(faults, action.get("max_token_age_s"))
+        if "reject_tokens_issued_before_now" in action:  # iat is whole seconds: this second's tokens still pass
+            ctx.faults.tokens_not_before = int(time.time()) if action["reject_tokens_issued_before_now"] else None
         if "webhooks" in action and ctx.webhooks is not None:
             try:
                 ctx.webhooks.registrations = [Registration.from_dict(w) for w in action["webhooks"]]
@@ -251,6 +253,9 @@ def authenticate(ctx: DataverseContext, request: Request) -> ApplicationUser:
     max_age = ctx.faults.max_token_age_s
     if max_age is not None and time.time() - float(claims.get("iat", 0)) > max_age:
         raise DataverseFault(401, "0x8005F101", "token older than the injected maximum age", challenge)
+    not_before = ctx.faults.tokens_not_before
+    if not_before is not None and float(claims.get("iat", 0)) < not_before:
+        raise DataverseFault(401, "0x8005F101", "token issued before the injected revocation", challenge)
     user = ctx.users.get(str(claims.get("appid", "")).lower())
     if user is None:
         raise DataverseFault(403, "0x80072560", "The user is not a member of the organization.")
