@@ -291,9 +291,7 @@ def measure(count: int, time_box: float, time_scale: float, sync_count: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=100_000)
-    # The sync engine writes a hash entity per key to Table Storage (one Azurite round trip per record in
-    # batches of 100): 100k rows do not finish in 10 minutes here, so it runs a smaller file (see BENCHMARKS.md).
-    parser.add_argument("--sync-records", type=int, default=10_000)
+    parser.add_argument("--sync-records", type=int, default=100_000)
     parser.add_argument("--time-box", type=float, default=None, help="real seconds (default: two windows)")
     parser.add_argument("--time-scale", type=float, default=0.1)
     parser.add_argument("--json", action="store_true")

@@ -9,6 +9,7 @@ its rows were written or dead-lettered, so a crashed run re-sends from there; up
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -29,10 +30,10 @@ from shared.sync.storage import SourceRow, SyncStorage, table_key
 
 logger = logging.getLogger(__name__)
 
-HASHES_TABLE = "synchashes"
+HASHES_CONTAINER = "sync-hashes"
 CHUNK_ROWS = 10_000  # rows per fan-out work item
 CHUNK_CONCURRENCY = int(os.environ.get("SYNC_CHUNK_CONCURRENCY", "2"))  # per work item; see README on the budget
-HASH_BATCH = 100  # Table Storage transactions take at most 100 entities of one partition
+HASH_FLUSH_EVERY = 20_000  # keys between index writes: a crash re-sends at most this many rows (idempotently)
 
 
 @dataclass
@@ -208,39 +209,38 @@ def _where(row: SourceRow) -> dict[str, Any]:
 
 
 class _Hashes:
-    """Last written column hash per record key, loaded once per run and saved after confirmed writes."""
+    """Last written column hash per record key: one gzipped JSON blob per job, loaded once per run and
+    written after confirmed writes (every ``HASH_FLUSH_EVERY`` keys and at the end of each file).
+
+    One blob rather than a Table entity per key: a table write per record held the sync engine to about
+    15 % of Dataverse's ceiling (BENCHMARKS.md). The job's lease keeps two runs from writing it at once;
+    fan-out chunks do not use it."""
 
     def __init__(self, storage: SyncStorage, job: str) -> None:
-        self._storage = storage
-        self._partition = table_key(job)
-        table = storage.table_service()
-        table.create_table_if_not_exists(HASHES_TABLE)
-        self._table = table.get_table_client(HASHES_TABLE)
-        self._known = {
-            e["RowKey"]: e["Hash"]
-            for e in self._table.query_entities(f"PartitionKey eq '{self._partition}'", select=["RowKey", "Hash"])
-        }
-        self._dirty: dict[str, str] = {}
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._blob = storage.container(HASHES_CONTAINER).get_blob_client(f"{table_key(job)}.json.gz")
+        try:
+            self._known: dict[str, str] = json.loads(gzip.decompress(self._blob.download_blob().readall()))
+        except ResourceNotFoundError:
+            self._known = {}
+        self._pending = 0
 
     def get(self, key: str) -> str | None:
-        return self._known.get(table_key(key))
+        return self._known.get(key)
 
     def set(self, key: str, digest: str) -> None:
-        row_key = table_key(key)
-        self._known[row_key] = digest
-        self._dirty[row_key] = digest
-        if len(self._dirty) >= HASH_BATCH:
+        self._known[key] = digest
+        self._pending += 1
+        if self._pending >= HASH_FLUSH_EVERY:
             self.flush()
 
     def flush(self) -> None:
-        items = list(self._dirty.items())
-        self._dirty.clear()
-        for start in range(0, len(items), HASH_BATCH):
-            operations = [
-                ("upsert", {"PartitionKey": self._partition, "RowKey": k, "Hash": v})
-                for k, v in items[start : start + HASH_BATCH]
-            ]
-            self._table.submit_transaction(operations)
+        if not self._pending:
+            return
+        body = gzip.compress(json.dumps(self._known, separators=(",", ":")).encode(), compresslevel=5)
+        self._blob.upload_blob(body, overwrite=True)
+        self._pending = 0
 
 
 def replay_dead_letters(name: str, job: InboundJob, ctx: SyncContext, *, run_id: str | None = None) -> RunReport:
