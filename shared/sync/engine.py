@@ -261,7 +261,9 @@ def replay_dead_letters(name: str, job: InboundJob, ctx: SyncContext, *, run_id:
         letters = [(blob, letter) for blob, letter in ctx.storage.read_dead_letters(name, run_id) if blob != dead.name]
         blobs = sorted({blob for blob, _ in letters})
         rows = (SourceRow(blob, "", n, dict(letter["record"])) for n, (blob, letter) in enumerate(letters, start=1))
-        _write_file(name, job, ctx, Mapper(job, ctx.schema(job.table)), _Hashes(ctx.storage, name), rows, dead, report)
+        hashes = _Hashes(ctx.storage, name)
+        _write_file(name, job, ctx, Mapper(job, ctx.schema(job.table)), hashes, rows, dead, report)
+        hashes.flush()  # the replayed rows' hashes, as after any file
         report.files = len(blobs)
         report.status = "succeeded"
     finally:
