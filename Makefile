@@ -13,7 +13,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_VERSION := 3.3.30
 PYTEST_ARGS ?=
 
-.PHONY: help run demo test bench lint typecheck unit integration doctor up clean infra
+.PHONY: help run demo test bench lint typecheck unit integration doctor up clean infra stamps
 
 help:
 	@echo "make run     start devstack (local Entra, managed identity, Key Vault, Graph) and run the doctor against it"
@@ -37,11 +37,15 @@ $(NODE_STAMP): devstack/package.json devstack/package-lock.json
 	cd devstack && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
 
+# Validate the jobs and routes files and stamp them, so indexing need not load pydantic (shared/stamps.py).
+stamps: $(STAMP)
+	$(PY) -m shared.stamps
+
 # Dataverse's timings run 20x faster than real (time_scale 0.05) so the first sync takes minutes, not an hour.
-run: $(STAMP) $(NODE_STAMP)
+run: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m devstack run --time-scale 0.05
 
-demo: $(STAMP) $(NODE_STAMP)
+demo: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m devstack demo --dir .devstack/demo --host-port 0 --time-scale 0.05
 
 # Benchmarks report ratios measured side by side in one run; never part of `make test`.
@@ -49,10 +53,10 @@ demo: $(STAMP) $(NODE_STAMP)
 infra: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest tests/infra -q
 
-bench: $(STAMP) $(NODE_STAMP)
+bench: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m bench.report
 
-up: $(STAMP) $(NODE_STAMP)
+up: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m devstack up
 
 doctor: $(STAMP)
@@ -72,7 +76,7 @@ integration: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 # Every step must pass; pytest's own exit status (including 5, "no tests collected") fails the target.
-test: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) stamps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

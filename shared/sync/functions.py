@@ -1,8 +1,9 @@
 """The sync blueprint: a timer per job, run-now endpoints and recent run reports.
 
-The jobs file is validated here, at indexing: a broken file stops the app from starting, with the file,
-job and field named. Each job's timer reads its schedule from an app setting (``SYNC_SCHEDULE_<JOB>``),
-defaulted from the YAML so the local host needs nothing else; in Azure the deployment sets it.
+The jobs file is validated at indexing: a broken file stops the app from starting, with the file, job and
+field named (through a build-time stamp when one matches, see ``shared.stamps``). Each job's timer reads
+its schedule from an app setting (``SYNC_SCHEDULE_<JOB>``), defaulted from the YAML so the local host needs
+nothing else; in Azure the deployment sets it.
 """
 
 from __future__ import annotations
@@ -10,27 +11,39 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from shared.logging import log_event
-from shared.sync.jobs import InboundJob
-from shared.sync.worker import jobs, schedule_setting
+from shared.sync.worker import job_index, schedule_setting
+
+if TYPE_CHECKING:
+    from shared.sync.jobs import InboundJob
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
-JOBS = jobs()  # validated at start-up: a broken file raises ConfigError naming file, job and field
+JOBS = job_index()  # validated at start-up: a broken file raises ConfigError naming file, job and field
+
+
+def _inbound_job(name: str) -> InboundJob | None:
+    """The full model of an inbound job, or None."""
+    from shared.sync.jobs import InboundJob
+    from shared.sync.worker import jobs
+
+    job = jobs().get(name)
+    return job if isinstance(job, InboundJob) else None
 
 
 def run_job(name: str) -> dict[str, Any]:
     """Run one job now and return its report (also logged and stored)."""
     from shared.sync.engine import run_inbound
+    from shared.sync.jobs import InboundJob
     from shared.sync.outbound import run_outbound
-    from shared.sync.worker import sync_context
+    from shared.sync.worker import jobs, sync_context
 
-    job = JOBS[name]
+    job = jobs()[name]
     if isinstance(job, InboundJob):
         return run_inbound(name, job, sync_context()).to_dict()
     return run_outbound(name, job, sync_context()).to_dict()
@@ -80,8 +93,8 @@ def sync_replay(req: func.HttpRequest) -> func.HttpResponse:
     from shared.sync.worker import sync_context
 
     name = req.route_params["job"]
-    job = JOBS.get(name)
-    if not isinstance(job, InboundJob):
+    job = _inbound_job(name)
+    if job is None:
         return func.HttpResponse(
             json.dumps({"error": f"no inbound job named {name!r}"}), status_code=404, mimetype=JSON
         )
@@ -99,7 +112,7 @@ def sync_chunk(item: func.QueueMessage) -> None:
     from shared.sync.worker import sync_context
 
     work = json.loads(item.get_body())
-    job = JOBS.get(str(work.get("job", "")))
-    if not isinstance(job, InboundJob):
+    job = _inbound_job(str(work.get("job", "")))
+    if job is None:
         raise ValueError(f"chunk {work.get('chunk_id')}: no inbound job named {work.get('job')!r}")
     run_chunk(job, sync_context(), work)

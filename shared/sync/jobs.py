@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import ConfigError
 
-DEFAULT_JOBS_FILE = "sync_jobs.yaml"
 TRANSFORMS = {"trim", "upper", "lower", "title", "date", "number", "integer", "default", "concat", "bool"}
 
 

@@ -1,23 +1,37 @@
-"""Per-worker sync singletons: the validated jobs and the SyncContext (storage + Dataverse client)."""
+"""Per-worker sync singletons: the validated jobs and the SyncContext (storage + Dataverse client).
+
+Indexing needs only each job's name, direction and schedule (``job_index``); the pydantic models are
+loaded on first use (``jobs``). See ``shared.stamps`` for how start-up validation stays cheap.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from shared.sync.jobs import DEFAULT_JOBS_FILE, InboundJob, OutboundJob, load_jobs
+from shared.stamps import JOBS_VALIDATORS, read_stamp, write_stamp
 
 if TYPE_CHECKING:
     from shared.sync.engine import SyncContext
+    from shared.sync.jobs import InboundJob, OutboundJob
     from shared.sync.storage import SyncStorage
 
 JOBS_FILE_SETTING = "SYNC_JOBS_FILE"
+DEFAULT_JOBS_FILE = "sync_jobs.yaml"
 APP_ROOT = Path(__file__).resolve().parents[2]
 _lock = threading.Lock()
 _context: SyncContext | None = None
 _storage: SyncStorage | None = None
+_jobs_cache: tuple[tuple[str, int, int], dict[str, InboundJob | OutboundJob]] | None = None
+
+
+class JobSummary(NamedTuple):
+    """What indexing needs of a job: a timer per job, with its schedule."""
+
+    direction: str
+    schedule: str
 
 
 def jobs_file() -> Path:
@@ -26,7 +40,42 @@ def jobs_file() -> Path:
 
 
 def jobs() -> dict[str, InboundJob | OutboundJob]:
-    return load_jobs(jobs_file())
+    """The validated job models, re-read when the file changes (tests and local edits)."""
+    global _jobs_cache
+    from shared.sync.jobs import load_jobs
+
+    path = jobs_file()
+    try:
+        stat = path.stat()
+        identity = (str(path), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return load_jobs(path)  # raises ConfigError naming the missing file
+    cached = _jobs_cache
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    loaded = load_jobs(path)
+    _jobs_cache = (identity, loaded)
+    return loaded
+
+
+def validate_jobs_file(path: Path, *, stamp: bool = False) -> Path | None:
+    """Validate fully (ConfigError naming file, job and field); with ``stamp``, record it for indexing."""
+    from shared.sync.jobs import load_jobs
+
+    summary = {name: JobSummary(job.direction, job.schedule)._asdict() for name, job in load_jobs(path).items()}
+    return write_stamp(path, JOBS_VALIDATORS, summary) if stamp else None
+
+
+def job_index() -> dict[str, JobSummary]:
+    """Job names, directions and schedules for indexing: from a matching build-time stamp, or else by
+    validating the file fully now (so a broken file still stops start-up)."""
+    path = jobs_file()
+    summary = read_stamp(path, JOBS_VALIDATORS) if path.exists() else None
+    if summary is None:
+        from shared.sync.jobs import load_jobs
+
+        return {name: JobSummary(job.direction, job.schedule) for name, job in load_jobs(path).items()}
+    return {name: JobSummary(str(job["direction"]), str(job["schedule"])) for name, job in summary.items()}
 
 
 def schedule_setting(job: str) -> str:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -19,14 +17,12 @@ import azure.functions as func
 from shared.errors import WebhookRejected
 from shared.logging import log_event
 from shared.webhooks.context import MAX_BODY_BYTES
-from shared.webhooks.routes import DEFAULT_ROUTES_FILE, load_routes
+from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
-APP_ROOT = Path(__file__).resolve().parents[2]
-_ROUTES_FILE = Path(os.environ.get("WEBHOOK_ROUTES_FILE") or DEFAULT_ROUTES_FILE)
-ROUTES = load_routes(_ROUTES_FILE if _ROUTES_FILE.is_absolute() else APP_ROOT / _ROUTES_FILE)  # validated at start-up
+check_routes_at_start_up()  # a broken routes file stops the app, naming file and field
 
 
 def _answer(status: int, body: dict[str, Any]) -> func.HttpResponse:
@@ -90,7 +86,7 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
     try:
         body = req.get_body()
-        header_auth = ROUTES.dataverse_header_auth
+        header_auth = routes().dataverse_header_auth
         if header_auth is not None:
             expected = _secret(header_auth.secret)
             supplied = req.headers.get(header_auth.header, "")
@@ -113,7 +109,7 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
     source = req.route_params.get("source", "")
     try:
-        spec = ROUTES.sources.get(source)
+        spec = routes().sources.get(source)
         if spec is None:
             return _answer(404, {"error": f"no webhook source named {source!r}"})
         body = req.get_body()
@@ -142,7 +138,7 @@ def webhook_processor(item: func.QueueMessage) -> None:
     from shared.sync.worker import sync_context
     from shared.webhooks.processor import process
 
-    process(json.loads(item.get_body()), ROUTES, sync_context())
+    process(json.loads(item.get_body()), routes(), sync_context())
 
 
 @bp.route(route="webhooks-admin/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)

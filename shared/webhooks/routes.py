@@ -1,4 +1,6 @@
-"""Webhook routes (``WEBHOOK_ROUTES_FILE``, default ``webhook_routes.yaml``), validated at start-up."""
+"""Webhook routes (``WEBHOOK_ROUTES_FILE``, default ``webhook_routes.yaml``): the models and the loader.
+
+Where the file lives and when it is validated: ``shared.webhooks.routes_file``."""
 
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
 from shared.sync.jobs import ColumnMapping
-
-DEFAULT_ROUTES_FILE = "webhook_routes.yaml"
 
 
 class _Strict(BaseModel):

@@ -25,7 +25,7 @@ receiver = functions.dataverse_webhook.build().get_user_function()
 @pytest.fixture
 def accepted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     routes = RoutesFile(dataverse_header_auth=HeaderAuth(header="x-dvb-auth", secret="dataverse-webhook-header"))
-    monkeypatch.setattr(functions, "ROUTES", routes)
+    monkeypatch.setattr(functions, "routes", lambda: routes)
     looked_up: list[str] = []
 
     def secret(name: str) -> str:
