@@ -238,7 +238,7 @@ class _Hashes:
     def flush(self) -> None:
         if not self._pending:
             return
-        body = gzip.compress(json.dumps(self._known, separators=(",", ":")).encode(), compresslevel=5)
+        body = gzip.compress(json.dumps(self._known, separators=(",", ":")).encode(), compresslevel=1)
         self._blob.upload_blob(body, overwrite=True)
         self._pending = 0
 
@@ -324,6 +324,10 @@ def _fan_out(
     """Above the job's threshold, split the file into row ranges and enqueue them; True when fanned out."""
     from shared.sync.storage import CHUNK_QUEUE
 
+    # Every record ends at a line end (CSV records may span several), so the line count bounds the record
+    # count from above: below the threshold that settles it without parsing the file twice.
+    if ctx.storage.count_lines(source.container, blob) <= job.fan_out_threshold:
+        return False
     total = sum(1 for _ in _source_rows(ctx, source, blob, etag))
     if total <= job.fan_out_threshold:
         return False
