@@ -10,7 +10,8 @@ README shows it (sync client, one UpsertMultiple of 1,000 after another) and tun
 naive loop of ``PATCH`` over one ``requests.Session``) run for two service-protection windows and report the
 last window's rate, the steady state the ceiling describes: 100k single requests at the modelled limit of
 20 requests/s would take 83 model minutes. PPDC does not retry 429s;
-the harness retries after ``Retry-After``, as a PPDC user must. Then a concurrency sweep of the planner.
+the harness retries after ``Retry-After``, as a PPDC user must. Then a concurrency sweep of the planner, and
+the production-like scenario (two web servers, 1 % of requests throttled; see ``production_like``).
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ from typing import Any
 
 import requests
 
-from bench.throughput import DOP, WINDOW_S, Config
+from bench.throughput import DOP, EXECUTION_MS_PER_WINDOW, REQUESTS_PER_WINDOW, WINDOW_S, Config
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
 
 CHUNK = 1000
+PRODUCTION_SERVERS = 2
+PRODUCTION_WINDOW_S = 60.0
+PRODUCTION_THROTTLE_RATE = 0.01
+PRODUCTION_RETRY_AFTER_S = 2
+PRODUCTION_TIME_SCALE = 0.25  # the emulator writes ~2,400 records/s of real time at the 2-server ceiling
 
 
 @dataclass
@@ -57,9 +63,10 @@ def records(prefix: str, count: int | None, deadline: float | None = None) -> It
 
 
 class Harness:
-    def __init__(self, stack: DevstackProcess, time_scale: float) -> None:
+    def __init__(self, stack: DevstackProcess, time_scale: float, *, window_s: float = WINDOW_S) -> None:
         self.stack = stack
         self.time_scale = time_scale
+        self.window_s = window_s
         self.api = api_for(stack)
 
     def counts(self) -> tuple[int, int]:
@@ -68,7 +75,7 @@ class Harness:
         throttled = sum(statuses.get("429", 0) for statuses in by_route.values())
         return total, throttled
 
-    def measure(self, name: str, config: Config, work: Callable[[], Any]) -> Result:
+    def measure(self, name: str, config: Config, work: Callable[[], Any], *, ceiling: float | None = None) -> Result:
         """``work`` returns a count (rate over the whole run) or completion times (rate over the last
         service-protection window: the steady state the ceiling describes)."""
         self.api.control({"reset_windows": True})
@@ -78,14 +85,14 @@ class Harness:
         real_s, cpu_s = time.monotonic() - started, time.process_time() - cpu
         requests_after, throttles_after = self.counts()
         if isinstance(outcome, list):
-            window = WINDOW_S * self.time_scale
+            window = self.window_s * self.time_scale
             end = outcome[-1] if outcome else started
             done = len(outcome)
-            model_rate = sum(1 for t in outcome if t >= end - window) / WINDOW_S
+            model_rate = sum(1 for t in outcome if t >= end - window) / self.window_s
         else:
             done = outcome
             model_rate = done / (real_s / self.time_scale)
-        ceiling = config.ceiling()
+        ceiling = ceiling or config.ceiling()
         result = Result(name, done, real_s, model_rate, ceiling, model_rate / ceiling,
                         requests_after - requests_before, throttles_after - throttles_before, cpu_s)  # fmt: skip
         print(json.dumps(asdict(result)), file=sys.stderr, flush=True)
@@ -201,19 +208,34 @@ def _retry_after(exc: Exception) -> float | None:
     return None
 
 
-def ppdc_readme_work(stack: DevstackProcess, count: int) -> Callable[[], int]:
-    from PowerPlatform.Dataverse.client import DataverseClient
+def ppdc_url(stack: DevstackProcess) -> str:
+    """The organisation URL by name, as in production (``org.crm.dynamics.com``): aiohttp's cookie jar
+    ignores cookies from IP-address hosts, which would hide PPDC's affinity cookie."""
+    return str(stack.env["DATAVERSE_URL"]).replace("://127.0.0.1:", "://localhost:")
+
+
+def _upsert_items(rows: list[dict[str, Any]]) -> list[Any]:
     from PowerPlatform.Dataverse.models import UpsertItem
 
-    def work() -> int:
-        done = 0
-        rows = list(records(uuid.uuid4().hex[:5], count))
-        with DataverseClient(stack.env["DATAVERSE_URL"], DevstackCredential()) as client:
-            for start in range(0, len(rows), CHUNK):
-                items: list[UpsertItem | dict[str, Any]] = [
-                    UpsertItem(alternate_key={"accountnumber": r.pop("accountnumber")}, record=r)
-                    for r in rows[start : start + CHUNK]
-                ]
+    return [UpsertItem(alternate_key={"accountnumber": r.pop("accountnumber")}, record=r) for r in rows]
+
+
+def _chunks(count: int | None, deadline: float | None) -> Iterator[list[dict[str, Any]]]:
+    rows = records(uuid.uuid4().hex[:5], count, deadline)
+    while chunk := [row for _, row in zip(range(CHUNK), rows, strict=False)]:
+        yield chunk
+
+
+def ppdc_readme_work(stack: DevstackProcess, count: int | None, time_box: float | None = None) -> Callable[[], Any]:
+    """The sync client, one UpsertMultiple of 1,000 after another; 429s retried after Retry-After."""
+    from PowerPlatform.Dataverse.client import DataverseClient
+
+    def work() -> int | list[float]:
+        deadline = time.monotonic() + time_box if time_box is not None else None
+        times: list[float] = []
+        with DataverseClient(ppdc_url(stack), DevstackCredential()) as client:
+            for rows in _chunks(count, deadline):
+                items = _upsert_items(rows)
                 while True:
                     try:
                         client.records.upsert("account", items)
@@ -223,38 +245,83 @@ def ppdc_readme_work(stack: DevstackProcess, count: int) -> Callable[[], int]:
                         if wait is None:
                             raise
                         time.sleep(wait)
-                done += len(items)
-        return done
+                times.extend([time.monotonic()] * len(items))
+        return times if deadline is not None else len(times)
 
     return work
 
 
-def ppdc_tuned_work(stack: DevstackProcess, count: int) -> Callable[[], int]:
+def ppdc_tuned_work(
+    stack: DevstackProcess, count: int | None, time_box: float | None = None, concurrency: int = DOP
+) -> Callable[[], Any]:
+    """The async client with ``concurrency`` UpsertMultiple requests of 1,000 in flight (the dop hint)."""
     from PowerPlatform.Dataverse.aio.async_client import AsyncDataverseClient
-    from PowerPlatform.Dataverse.models import UpsertItem
 
-    async def run() -> int:
-        rows = list(records(uuid.uuid4().hex[:5], count))
-        chunks = [[UpsertItem(alternate_key={"accountnumber": r.pop("accountnumber")}, record=r)
-                   for r in rows[i : i + CHUNK]] for i in range(0, len(rows), CHUNK)]  # fmt: skip
-        gate = asyncio.Semaphore(DOP)
-        async with AsyncDataverseClient(stack.env["DATAVERSE_URL"], AsyncDevstackCredential()) as client:
+    async def run() -> int | list[float]:
+        deadline = time.monotonic() + time_box if time_box is not None else None
+        chunks = _chunks(count, deadline)
+        times: list[float] = []
+        async with AsyncDataverseClient(ppdc_url(stack), AsyncDevstackCredential()) as client:
 
-            async def one(items: list[Any]) -> int:
-                async with gate:
+            async def worker() -> None:
+                for rows in chunks:  # workers share one generator: each takes the next chunk
+                    items = _upsert_items(rows)
                     while True:
                         try:
                             await client.records.upsert("account", items)
-                            return len(items)
+                            break
                         except Exception as exc:
                             wait = _retry_after(exc)
                             if wait is None:
                                 raise
                             await asyncio.sleep(wait)
+                    times.extend([time.monotonic()] * len(items))
 
-            return sum(await asyncio.gather(*(one(c) for c in chunks)))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return sorted(times) if deadline is not None else len(times)
 
     return lambda: asyncio.run(run())
+
+
+def production_like(stack: DevstackProcess, time_scale: float, restore_time_scale: float) -> dict[str, Any]:
+    """Reference scenarios 2 and 5 of peer-clients.md §5.7: two web servers (so ``x-ms-dop-hint`` is 8), 1 % of
+    bulk requests throttled with ``Retry-After``, each client at its best concurrency for two windows.
+
+    Every limit is enforced per web server. dvbridge refuses the affinity cookie and spreads its requests;
+    PPDC's HTTP sessions keep the cookie and stay on one server, where the same concurrency runs into the
+    execution-time limit. The service-protection window is shortened to 60 s with the same per-second limits
+    (1,200 requests and 240 s of execution per window), so two windows fit in the run; the ceiling formula
+    depends only on those rates."""
+    scale = WINDOW_S / PRODUCTION_WINDOW_S
+    api = api_for(stack)
+    api.control({
+        "limits": {"web_servers": PRODUCTION_SERVERS, "window_s": PRODUCTION_WINDOW_S,
+                   "requests_per_window": int(REQUESTS_PER_WINDOW / scale),
+                   "execution_ms_per_window": EXECUTION_MS_PER_WINDOW / scale, "time_scale": time_scale},
+        "faults": [{"kind": "429", "route": "POST .*UpsertMultiple", "rate": PRODUCTION_THROTTLE_RATE,
+                    "code": "0x80072321", "retry_after_s": PRODUCTION_RETRY_AFTER_S}],
+    })  # fmt: skip
+    hint = 4 * PRODUCTION_SERVERS
+    h, box = Harness(stack, time_scale, window_s=PRODUCTION_WINDOW_S), 2 * PRODUCTION_WINDOW_S * time_scale
+    # Dataverse's ceiling for the user: each server at the per-server optimum, so every row shares it.
+    ceiling = PRODUCTION_SERVERS * Config("bulk", CHUNK, hint // PRODUCTION_SERVERS).ceiling()
+    try:
+        runs = [
+            h.measure("dvbridge write planner (auto, dop hint)", Config("bulk", CHUNK, hint),
+                      planner_work(stack, "auto", CHUNK, hint, time_box=box), ceiling=ceiling),
+            h.measure("PPDC as its README shows it", Config("bulk", CHUNK, 1),
+                      ppdc_readme_work(stack, None, time_box=box), ceiling=ceiling),
+            h.measure("PPDC tuned (async, dop hint)", Config("bulk", CHUNK, hint),
+                      ppdc_tuned_work(stack, None, time_box=box, concurrency=hint), ceiling=ceiling),
+        ]  # fmt: skip
+    finally:
+        api.control({"faults": [], "limits": {"web_servers": 1, "window_s": WINDOW_S,
+                     "requests_per_window": REQUESTS_PER_WINDOW, "execution_ms_per_window": EXECUTION_MS_PER_WINDOW,
+                     "time_scale": restore_time_scale}})  # fmt: skip
+    return {"web_servers": PRODUCTION_SERVERS, "dop_hint": hint, "window_s": PRODUCTION_WINDOW_S,
+            "throttle_rate": PRODUCTION_THROTTLE_RATE, "retry_after_s": PRODUCTION_RETRY_AFTER_S,
+            "time_scale": time_scale, "time_box_s": box, "ceiling": ceiling,
+            "runs": [asdict(r) for r in runs]}  # fmt: skip
 
 
 def measure(count: int, time_box: float, time_scale: float, sync_count: int) -> dict[str, Any]:
@@ -282,10 +349,12 @@ def measure(count: int, time_box: float, time_scale: float, sync_count: int) -> 
                       planner_work(stack, "bulk", CHUNK, c, time_box=time_box))
             for c in sorted({1, 2, 4, DOP, 2 * DOP})
         ]  # fmt: skip
+        production = production_like(stack, PRODUCTION_TIME_SCALE, time_scale)
     finally:
         stack.stop()
     return {"time_scale": time_scale, "records": count, "sync_records": sync_count, "time_box_s": time_box,
-            "runs": [asdict(r) for r in runs], "sweep": [asdict(r) for r in sweep]}  # fmt: skip
+            "runs": [asdict(r) for r in runs], "sweep": [asdict(r) for r in sweep],
+            "production": production}  # fmt: skip
 
 
 def main() -> None:

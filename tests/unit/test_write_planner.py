@@ -170,11 +170,25 @@ def test_throttling_pauses_for_retry_after_and_halves_concurrency() -> None:
     assert [r.status for r in run] == ["ok"]
     governor = planner.client.governor
     assert governor.throttles == 1
-    assert governor.limit == 2
+    assert governor.limit == 3  # halved from 4 to 2, then the retry's success added a slot back
     assert 7.0 <= governor.paused_until <= 7.0 * 1.2  # Retry-After plus at most 20 % jitter
     assert sleeps
     assert 7.0 <= sum(sleeps) <= 7.0 * 1.2
     assert len(session.calls) == 2
+
+
+def test_a_throttle_halves_concurrency_and_successes_win_it_back_one_slot_each() -> None:
+    governor = ThrottleGovernor(8, sleep=lambda _: None, clock=lambda: 0.0)
+    governor.throttled(2.0)
+    governor.throttled(2.0)
+    assert governor.limit == 2
+    limits = []
+    for _ in range(8):
+        governor.succeeded()
+        limits.append(governor.limit)
+    assert limits == [3, 4, 5, 6, 7, 8, 8, 8]  # never above the ceiling (max_concurrency, dop hint)
+    governor.apply_dop_hint(5)
+    assert governor.limit == 5
 
 
 def test_two_chunks_with_the_same_key_are_never_in_flight_together() -> None:
