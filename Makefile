@@ -13,13 +13,15 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_VERSION := 3.3.30
 PYTEST_ARGS ?=
 
-.PHONY: help run demo test bench lint typecheck unit integration doctor up clean infra stamps
+.PHONY: help run demo test bench lint typecheck unit integration doctor up clean infra stamps fuzz reliability
 
 help:
 	@echo "make run     start devstack (local Entra, managed identity, Key Vault, Graph) and run the doctor against it"
 	@echo "make test    ruff + mypy + the whole pytest suite + make demo (smoke test)"
 	@echo "make demo    start everything, run each capability once, print a summary, exit non-zero on failure"
 	@echo "make doctor  run the identity doctor against a running devstack (.devstack/env)"
+	@echo "make reliability  the fault matrix: the start-up sync under each fault, checked against the store"
+	@echo "make fuzz    every parser of outside input fuzzed with 10,000 examples (make test runs 500)"
 	@echo "make bench   every benchmark (throughput vs ceiling, calls, cold start, memory, CPU, webhooks) -> BENCHMARKS.md"
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -68,6 +70,14 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
+
+# The fault matrix (RELIABILITY.md): 40k rows under each fault, then all together; rewrites the table.
+reliability: $(STAMP) $(NODE_STAMP) stamps
+	$(PY) -m tests.reliability.matrix --rows 40000 --write RELIABILITY.md
+
+# make test runs 500 examples per fuzz target; this runs 10,000 each (about N minutes on 2 cores).
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=10000 $(PY) -m pytest tests/fuzz -q --hypothesis-show-statistics
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

@@ -197,6 +197,11 @@ async def _serve(args: argparse.Namespace) -> int:
             print(f"devstack failed to start: {exc}", file=sys.stderr)
             return 1
 
+    if azurite is not None:
+        restarting = azurite
+        # `kill -USR1 <devstack pid>` restarts Azurite on the same ports and data (reliability matrix).
+        loop.add_signal_handler(signal.SIGUSR1, lambda: loop.run_in_executor(None, restarting.restart))
+
     host: LocalHost | None = None
     env = {
         "IDENTITY_ENDPOINT": f"{mi_url}/msi/token",

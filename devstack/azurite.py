@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 AZURITE_BIN = Path(__file__).parent / "node_modules" / ".bin" / "azurite"
@@ -29,6 +29,8 @@ class Azurite:
     blob_port: int
     queue_port: int
     table_port: int
+    args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
 
     @property
     def connection_string(self) -> str:
@@ -47,6 +49,28 @@ class Azurite:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports and data (``kill -USR1 <devstack pid>``): what a storage
+        outage or a node restart looks like to the app. With in-memory persistence the data is lost, as it
+        would be; the reliability matrix runs Azurite on disk."""
+        self.stop()
+        self.process = _launch(self.args, self.log_path)
+        _wait_listening(self, (self.blob_port, self.queue_port, self.table_port), self.log_path)
+
+
+def _launch(args: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+
+
+def _wait_listening(azurite: Azurite, ports: tuple[int, ...], log_path: Path | None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not all(_listening(p) for p in ports):
+        if azurite.process.poll() is not None or time.monotonic() > deadline:
+            azurite.stop()
+            raise RuntimeError(f"Azurite did not start; see {log_path}")
+        time.sleep(0.05)
 
 
 def _free_port() -> int:
@@ -85,13 +109,6 @@ def start_azurite(location: Path | None, log_path: Path) -> Azurite:
         shutil.rmtree(location, ignore_errors=True)
         location.mkdir(parents=True, exist_ok=True)
         args += ["--location", str(location)]
-    log = log_path.open("ab")
-    process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
-    azurite = Azurite(process, *ports)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not all(_listening(p) for p in ports):
-        if process.poll() is not None or time.monotonic() > deadline:
-            azurite.stop()
-            raise RuntimeError(f"Azurite did not start; see {log_path}")
-        time.sleep(0.05)
+    azurite = Azurite(_launch(args, log_path), ports[0], ports[1], ports[2], args=args, log_path=log_path)
+    _wait_listening(azurite, tuple(ports), log_path)
     return azurite

@@ -20,13 +20,13 @@ from urllib.parse import parse_qsl
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devstack.common import bearer_token, correlation_id, iso_utc, json_error, stats_routes
-from devstack.stats import Stats, StatsMiddleware
+from devstack.outage import service_middleware
+from devstack.stats import Stats
 from devstack.tokens import TokenIssuer
 from devstack.world import Application, KeyCredential, PasswordCredential, World, new_secret_value
 
@@ -288,7 +288,7 @@ def entra_app(ctx: EntraContext) -> Starlette:
         Route("/_devstack/control", control, methods=["POST"]),
         *stats_routes(ctx.stats),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(StatsMiddleware, stats=ctx.stats)])
+    return Starlette(routes=routes, middleware=service_middleware(ctx.stats))
 
 
 def _tenant_matches(ctx: EntraContext, tenant: str) -> bool:
@@ -589,4 +589,4 @@ def managed_identity_app(ctx: EntraContext, identity_header: str) -> Starlette:
         )
 
     routes = [Route("/msi/token", msi_token, methods=["GET"]), *stats_routes(ctx.stats)]
-    return Starlette(routes=routes, middleware=[Middleware(StatsMiddleware, stats=ctx.stats)])
+    return Starlette(routes=routes, middleware=service_middleware(ctx.stats))

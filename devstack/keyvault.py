@@ -16,13 +16,13 @@ from urllib.parse import urlencode
 import jwt
 from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devstack.common import bearer_token, correlation_id, epoch, json_error, stats_routes
-from devstack.stats import Stats, StatsMiddleware
+from devstack.outage import service_middleware
+from devstack.stats import Stats
 from devstack.tokens import TokenIssuer
 from devstack.world import ManagedIdentity, SecretVersion, World, new_version_id
 
@@ -337,4 +337,4 @@ def keyvault_app(ctx: VaultContext) -> Starlette:
         Route("/_devstack/control", control, methods=["POST"]),
         *stats_routes(ctx.stats),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(StatsMiddleware, stats=ctx.stats)])
+    return Starlette(routes=routes, middleware=service_middleware(ctx.stats))

@@ -8,6 +8,8 @@
     ├── AuthError                 a step of the identity chain failed; .code, .cause, .fix, .step
     ├── DataverseError            the Web API refused a request; .status, .code, .message
     │   └── ThrottledError        429 after every retry; .retry_after_s
+    ├── BatchDecodeError          a $batch reply is not well-formed multipart (shared.dataverse.batch_codec)
+    ├── EventRejected             an Event Grid event we do not act on (shared.expiry.eventgrid)
     └── WebhookRejected           an incoming webhook is refused; .status (400/401/413), .reason
 
 Every error message is safe to log: no secret value or token is ever put into one.

@@ -70,6 +70,7 @@ class DevstackProcess:
             "entra": self.env["DEVSTACK_ENTRA_URL"],
             "mi": self.env["DEVSTACK_MANAGED_IDENTITY_URL"],
             "keyvault": self.env["DEVSTACK_KEY_VAULT_URL"],
+            "dataverse": self.env["DEVSTACK_DATAVERSE_URL"],
         }[server]
 
     def _call(self, server: str, path: str, payload: dict[str, Any] | None = None) -> Any:

@@ -21,7 +21,6 @@ from typing import Any
 
 import jwt
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,7 +39,8 @@ from devstack.dataverse.metadata import Attribute, Table, entity_definition, pic
 from devstack.dataverse.odata import ODataSyntaxError, compile_filter, normalize_datetime, parse_key_segment
 from devstack.dataverse.store import Record, Store
 from devstack.dataverse.webhooks import Registration, WebhookDispatcher
-from devstack.stats import Stats, StatsMiddleware
+from devstack.outage import service_middleware
+from devstack.stats import Stats
 from devstack.tokens import TokenIssuer
 
 API_PREFIX = "/api/data/v9.2"
@@ -207,7 +207,7 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
         Route(API_PREFIX, dispatch, methods=["GET"]),
         *stats_routes(ctx.stats),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(StatsMiddleware, stats=ctx.stats)])
+    return Starlette(routes=routes, middleware=service_middleware(ctx.stats))
 
 
 async def request_size(request: Request) -> tuple[int, int | None]:

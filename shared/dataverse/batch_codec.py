@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import DvbridgeError
+
 CRLF = "\r\n"
 ROLLED_BACK = "RolledBack"  # our code for a change-set member undone by another member's failure
 UNKNOWN_OUTCOME = "UnknownOutcome"  # our code: the reply does not say what happened to this operation
@@ -29,7 +31,7 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
 _STATUS = re.compile(r"^HTTP/\d\.\d\s+(\d{3})")
 
 
-class BatchDecodeError(ValueError):
+class BatchDecodeError(DvbridgeError, ValueError):
     """The reply is not a well-formed multipart batch response."""
 
 

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
 SWEEP_SCHEDULE_SETTING = "EXPIRY_SWEEP_SCHEDULE"
+MAX_SILENCE_BODY_BYTES = 4 * 1024  # {"by": ..., "until": ...}: a few dozen bytes; anything large is not ours
 os.environ.setdefault(SWEEP_SCHEDULE_SETTING, DEFAULT_SWEEP_SCHEDULE)  # the deployment may set another
 ExpirySettings.from_env()  # validated at start-up: a bad threshold list stops the app with the fix
 
@@ -101,13 +102,16 @@ def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
     from shared.expiry.worker import monitor
 
     credential_id = req.route_params.get("id", "")
+    raw = req.get_body()
+    if len(raw) > MAX_SILENCE_BODY_BYTES:
+        return _answer(413, {"error": f"the body is {len(raw):,} bytes; at most {MAX_SILENCE_BODY_BYTES:,}"})
     try:
-        body = req.get_json() if req.get_body() else {}
+        body = json.loads(raw) if raw else {}
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         watch = monitor()
         until = _until(body, watch.clock())
-    except ValueError as exc:
+    except (ValueError, OverflowError, RecursionError) as exc:  # OverflowError: {"days": 1e300}
         return _answer(400, {"error": f'{exc}; send {{"until": "2026-12-01T00:00:00Z"}} or {{"days": 3}}'})
     if action == "ack":
         by = str(body.get("by") or "").strip()

@@ -86,6 +86,8 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
     try:
         body = req.get_body()
+        if len(body) > MAX_BODY_BYTES:  # before the header check: an oversized body costs no Key Vault read
+            raise WebhookRejected(413, f"the body is {len(body):,} bytes; at most {MAX_BODY_BYTES:,} are accepted")
         header_auth = routes().dataverse_header_auth
         if header_auth is not None:
             expected = _secret(header_auth.secret)

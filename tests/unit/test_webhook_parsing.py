@@ -1,4 +1,6 @@
-"""RemoteExecutionContext parsing and signed-webhook verification: typed events, typed refusals only."""
+"""RemoteExecutionContext parsing and signed-webhook verification: typed events, typed refusals only.
+
+Their fuzz targets live in tests/fuzz/test_parsers.py."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ import json
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from shared.errors import WebhookRejected
 from shared.webhooks.context import MAX_BODY_BYTES, parse_remote_execution_context
@@ -89,44 +89,6 @@ def test_malformed_bodies_are_refused_with_the_reason(body: bytes, status: int, 
     assert reason in caught.value.reason
 
 
-@settings(max_examples=1000, deadline=None)
-@given(
-    st.one_of(
-        st.binary(max_size=2000),
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-            lambda c: (
-                st.lists(c, max_size=4)
-                | st.dictionaries(
-                    st.sampled_from(
-                        [
-                            "MessageName",
-                            "PrimaryEntityName",
-                            "PrimaryEntityId",
-                            "InputParameters",
-                            "Depth",
-                            "Attributes",
-                            "key",
-                            "value",
-                            "__type",
-                            "Id",
-                        ]
-                    ),
-                    c,
-                    max_size=5,
-                )
-            ),
-            max_leaves=30,
-        ).map(lambda v: json.dumps(v).encode()),
-    )
-)
-def test_any_body_is_an_event_or_a_typed_refusal(body: bytes) -> None:
-    try:
-        parse_remote_execution_context(body)
-    except WebhookRejected as exc:
-        assert exc.status in (400, 413)  # noqa: PT017 - either outcome is valid; only the refusal is typed-checked
-
-
 def test_signature_window_and_tampering() -> None:
     body, now = b'{"id": 1}', time.time()
     ts = int(now)
@@ -154,18 +116,3 @@ def test_signature_window_and_tampering() -> None:
         assert reason in caught.value.reason
     with pytest.raises(WebhookRejected):
         verify("s3cret", headers, body + b" ", now=now)  # the body was changed in transit
-
-
-@settings(max_examples=1000, deadline=None)
-@given(
-    st.dictionaries(
-        st.sampled_from(["X-Webhook-Timestamp", "X-Webhook-Nonce", "X-Webhook-Signature", "Other"]),
-        st.text(max_size=80),
-    ),
-    st.binary(max_size=300),
-)
-def test_any_headers_are_accepted_or_a_401(headers: dict[str, str], body: bytes) -> None:
-    try:
-        verify("s3cret", headers, body)
-    except WebhookRejected as exc:
-        assert exc.status == 401  # noqa: PT017 - either outcome is valid; only the refusal is typed-checked

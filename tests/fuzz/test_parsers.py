@@ -1,0 +1,257 @@
+"""Fuzzing every parser that reads input from outside: each one returns a typed result or raises one of
+dvbridge's typed errors, and never anything else (no KeyError, UnicodeDecodeError, RecursionError...).
+
+``make test`` runs ``FUZZ_EXAMPLES`` (default 500) examples per target; ``make fuzz`` runs 10,000 each.
+Inputs mix hypothesis' own structures with mutations of a valid sample (bytes inserted, dropped or
+replaced), which reach far deeper into a parser than random bytes alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.dataverse.batch_codec import BatchDecodeError, DecodedPart, decode_batch
+from shared.errors import ConfigError, DvbridgeError, WebhookRejected
+from shared.expiry.eventgrid import EventRejected, VaultExpiryEvent, parse_vault_event
+from shared.identity.connection_string import parse_connection_string
+from shared.sync.jobs import load_jobs
+from shared.webhooks.context import DataverseEvent, parse_remote_execution_context
+from shared.webhooks.routes import load_routes
+from shared.webhooks.signing import sign, verify
+from tests.unit.test_batch_codec import REFERENCE_RESPONSE
+from tests.unit.test_batch_codec import B as BATCH_BOUNDARY
+from tests.unit.test_expiry_payloads import DOCS_SAMPLE, TOPIC
+from tests.unit.test_webhook_parsing import SAMPLE as CONTEXT_SAMPLE
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,  # CI and `make fuzz` start clean; a crash is reproduced from the printed example
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+T = TypeVar("T")
+
+
+def attempt(call: Callable[[], T], typed: type[Exception]) -> T | Exception:
+    """The call's result, or the typed error it raised; any other exception fails the test (a crash)."""
+    try:
+        return call()
+    except typed as exc:
+        return exc
+
+
+def mutated(sample: bytes) -> st.SearchStrategy[bytes]:
+    """The sample with up to 8 edits: a byte range replaced by other bytes (possibly none)."""
+
+    @st.composite
+    def edit(draw: st.DrawFn) -> bytes:
+        data = bytearray(sample)
+        for _ in range(draw(st.integers(0, 8))):
+            start = draw(st.integers(0, len(data)))
+            end = draw(st.integers(start, min(len(data), start + 16)))
+            data[start:end] = draw(st.binary(max_size=16))
+        return bytes(data)
+
+    return edit()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=30,
+)
+
+
+def keyed_json(keys: list[str]) -> st.SearchStrategy[Any]:
+    """JSON objects whose keys are mostly the ones the parser looks for."""
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=24),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.sampled_from(keys) | st.text(max_size=8), children, max_size=6)
+        ),
+        max_leaves=40,
+    )
+
+
+# -- $batch replies --------------------------------------------------------------------------------------
+CONTENT_TYPES = st.sampled_from(
+    [f"multipart/mixed; boundary={BATCH_BOUNDARY}", f'multipart/mixed; boundary="{BATCH_BOUNDARY}"']
+) | st.text(max_size=60)
+
+
+@FUZZ
+@given(content_type=CONTENT_TYPES, body=mutated(REFERENCE_RESPONSE) | st.binary(max_size=2000))
+def test_batch_replies_decode_or_raise_batch_decode_error(content_type: str, body: bytes) -> None:
+    parts = attempt(lambda: decode_batch(content_type, body), BatchDecodeError)
+    if isinstance(parts, Exception):
+        assert isinstance(parts, DvbridgeError)
+        return
+    assert all(isinstance(p, DecodedPart) and p.results for p in parts)
+    assert all(isinstance(r.status, int) and 100 <= r.status <= 999 for p in parts for r in p.results)
+
+
+# -- Dataverse RemoteExecutionContext ---------------------------------------------------------------------
+CONTEXT_KEYS = [
+    "MessageName", "PrimaryEntityName", "PrimaryEntityId", "InputParameters", "PreEntityImages", "PostEntityImages",
+    "Depth", "Attributes", "key", "value", "__type", "Id", "LogicalName", "CorrelationId", "RequestId", "Stage",
+]  # fmt: skip
+
+
+@FUZZ
+@given(
+    body=mutated(CONTEXT_SAMPLE) | keyed_json(CONTEXT_KEYS).map(lambda v: json.dumps(v).encode()) | st.binary(),
+    headers=st.dictionaries(st.sampled_from(["x-ms-dynamics-msg-size-exceeded", "Content-Type", "x"]), st.text()),
+)
+def test_dataverse_deliveries_parse_or_are_refused_with_400_or_413(body: bytes, headers: dict[str, str]) -> None:
+    event = attempt(lambda: parse_remote_execution_context(body, headers), WebhookRejected)
+    if isinstance(event, WebhookRejected):
+        assert event.status in (400, 413)
+        return
+    assert isinstance(event, DataverseEvent)
+    json.dumps(event.to_dict())  # what the receiver enqueues must serialise
+
+
+# -- signed generic webhooks -------------------------------------------------------------------------------
+SIGNED_HEADERS = ["X-Webhook-Timestamp", "X-Webhook-Nonce", "X-Webhook-Signature"]
+
+
+@st.composite
+def signed_requests(draw: st.DrawFn) -> tuple[dict[str, str], bytes, bool]:
+    """A correctly signed request, then maybe tampered with; the flag says whether it is still genuine."""
+    body = draw(st.binary(max_size=300))
+    ts, nonce = int(time.time()) + draw(st.integers(-600, 600)), draw(st.text(min_size=1, max_size=80))
+    headers = {SIGNED_HEADERS[0]: str(ts), SIGNED_HEADERS[1]: nonce, SIGNED_HEADERS[2]: sign("s3cret", ts, nonce, body)}
+    tampered = False
+    if draw(st.booleans()):
+        name = draw(st.sampled_from(SIGNED_HEADERS))
+        value = draw(st.text(max_size=100))
+        tampered = value != headers[name]
+        headers[name] = value
+    if draw(st.booleans()):
+        new_body = draw(mutated(body))
+        tampered = tampered or new_body != body
+        body = new_body
+    return headers, body, not tampered
+
+
+@FUZZ
+@given(request=signed_requests())
+def test_signed_webhooks_verify_only_when_untouched_and_fresh(request: tuple[dict[str, str], bytes, bool]) -> None:
+    headers, body, genuine = request
+    fresh = abs(time.time() - int(headers[SIGNED_HEADERS[0]])) < 290 if genuine else False
+    nonce = attempt(lambda: verify("s3cret", headers, body), WebhookRejected)
+    if isinstance(nonce, WebhookRejected):
+        assert nonce.status == 401
+        assert not (genuine and fresh and len(headers[SIGNED_HEADERS[1]]) <= 200), nonce.reason
+        return
+    assert genuine, "a tampered request was accepted"
+    assert nonce == headers[SIGNED_HEADERS[1]]
+
+
+# -- job definitions and webhook routes ------------------------------------------------------------------
+JOBS_SAMPLE = (ROOT / "sync_jobs.yaml").read_bytes()
+ROUTES_SAMPLE = (ROOT / "webhook_routes.yaml").read_bytes()
+
+
+@st.composite
+def yaml_documents(draw: st.DrawFn, sample: bytes) -> bytes:
+    """The shipped file with whole lines dropped, repeated or given another value, or byte edits."""
+    if draw(st.booleans()):
+        return draw(mutated(sample))
+    lines = sample.decode().splitlines()
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(lines) - 1))
+        action = draw(st.sampled_from(["drop", "repeat", "value"]))
+        if action == "drop":
+            del lines[i]
+        elif action == "repeat":
+            lines.insert(i, lines[i])
+        elif ":" in lines[i]:
+            head = lines[i].split(":", 1)[0]
+            value = draw(st.sampled_from(["", "-1", "[]", "{}", "null", "1e999", "&a", "*a", "!!binary x"]) | st.text())
+            lines[i] = f"{head}: {value}"
+        if not lines:
+            break
+    return "\n".join(lines).encode()
+
+
+@FUZZ
+@given(document=yaml_documents(JOBS_SAMPLE))
+def test_job_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathFactory, document: bytes) -> None:
+    path = tmp_path_factory.mktemp("jobs") / "sync_jobs.yaml"
+    path.write_bytes(document)
+    jobs = attempt(lambda: load_jobs(path), ConfigError)
+    if isinstance(jobs, ConfigError):
+        assert all(str(path) in p for p in jobs.problems), jobs.problems  # every problem names the file
+        return
+    assert all(isinstance(name, str) for name in jobs)
+
+
+@FUZZ
+@given(document=yaml_documents(ROUTES_SAMPLE))
+def test_route_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathFactory, document: bytes) -> None:
+    path = tmp_path_factory.mktemp("routes") / "webhook_routes.yaml"
+    path.write_bytes(document)
+    routes = attempt(lambda: load_routes(path), ConfigError)
+    if isinstance(routes, ConfigError):
+        assert all(str(path) in p for p in routes.problems), routes.problems
+
+
+# -- Event Grid (Key Vault expiry events) ---------------------------------------------------------------
+EVENT_KEYS = ["id", "topic", "source", "subject", "eventType", "type", "data", "ObjectName", "VaultName", "EXP",
+              "Version", "NBF"]  # fmt: skip
+
+
+@st.composite
+def vault_events(draw: st.DrawFn) -> Any:
+    if draw(st.booleans()):
+        return draw(keyed_json(EVENT_KEYS))
+    event = json.loads(json.dumps(DOCS_SAMPLE))
+    target = event if draw(st.booleans()) else event["data"]
+    key = draw(st.sampled_from(sorted(target)))
+    target[key] = draw(JSON_VALUES | st.integers(min_value=-(10**400), max_value=10**400))
+    return event
+
+
+@FUZZ
+@given(event=vault_events())
+def test_event_grid_events_parse_or_raise_event_rejected(event: Any) -> None:
+    parsed = attempt(lambda: parse_vault_event(event, (TOPIC,)), EventRejected)
+    if isinstance(parsed, EventRejected):
+        assert str(parsed)
+        return
+    assert isinstance(parsed, VaultExpiryEvent)
+    assert parsed.kind in ("secret", "certificate")
+    assert parsed.object_name
+
+
+# -- Dataverse connection strings ---------------------------------------------------------------------
+CONNECTION_PARTS = st.sampled_from(
+    ["AuthType", "Url", "ClientId", "ClientSecret", "Thumbprint", "TenantId", "Password", "=", ";", "'", '"', " "]
+)
+
+
+@FUZZ
+@given(text=st.lists(CONNECTION_PARTS | st.text(max_size=12), max_size=20).map("".join) | st.text())
+def test_connection_strings_parse_or_raise_credential_format_error(text: str) -> None:
+    parsed = attempt(lambda: parse_connection_string(text), ConfigError)  # CredentialFormatError
+    if isinstance(parsed, ConfigError):
+        assert "connection string" in str(parsed)
+        return
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items())
