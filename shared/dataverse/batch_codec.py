@@ -205,8 +205,14 @@ def _parse_http(part: str) -> OperationResult:
 def decode_batch(content_type: str, body: bytes) -> list[DecodedPart]:
     """Parse a ``$batch`` reply into its top-level parts."""
     outer = _boundary(content_type)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BatchDecodeError(
+            f"the reply is not UTF-8 (byte {exc.start}): {body[exc.start : exc.start + 8]!r}"
+        ) from None
     decoded: list[DecodedPart] = []
-    for part in _split(body.decode("utf-8"), outer):
+    for part in _split(text, outer):
         headers, rest = _headers(part)
         if headers.get("content-type", "").lower().startswith("multipart/mixed"):
             inner = _boundary(headers["content-type"])

@@ -50,7 +50,7 @@ def _epoch(value: Any, field: str) -> datetime | None:
         return None
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond a float's range
         raise EventRejected(f"data.{field} is not a Unix time: {str(value)[:40]!r}") from None
     if not -1e11 < seconds < 1e11:
         raise EventRejected(f"data.{field} is out of range: {seconds!r}")

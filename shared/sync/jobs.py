@@ -157,6 +157,8 @@ def load_jobs(path: str | Path) -> dict[str, InboundJob | OutboundJob]:
         raise ConfigError([f"{file}: the sync jobs file does not exist; set SYNC_JOBS_FILE or create {file.name}"])
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -83,6 +83,8 @@ def load_routes(path: str | Path) -> RoutesFile:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         return RoutesFile.model_validate(data)
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{file}: not valid YAML: {exc}"]) from exc
     except ValidationError as exc:

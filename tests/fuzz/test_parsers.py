@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from shared.dataverse.batch_codec import BatchDecodeError, DecodedPart, decode_batch
@@ -97,6 +97,7 @@ CONTENT_TYPES = st.sampled_from(
 
 @FUZZ
 @given(content_type=CONTENT_TYPES, body=mutated(REFERENCE_RESPONSE) | st.binary(max_size=2000))
+@example(f"multipart/mixed; boundary={BATCH_BOUNDARY}", b"\x80")  # found: UnicodeDecodeError escaped
 def test_batch_replies_decode_or_raise_batch_decode_error(content_type: str, body: bytes) -> None:
     parts = attempt(lambda: decode_batch(content_type, body), BatchDecodeError)
     if isinstance(parts, Exception):
@@ -193,6 +194,7 @@ def yaml_documents(draw: st.DrawFn, sample: bytes) -> bytes:
 
 @FUZZ
 @given(document=yaml_documents(JOBS_SAMPLE))
+@example(b"\x80" + JOBS_SAMPLE)  # found: UnicodeDecodeError escaped
 def test_job_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathFactory, document: bytes) -> None:
     path = tmp_path_factory.mktemp("jobs") / "sync_jobs.yaml"
     path.write_bytes(document)
@@ -205,6 +207,7 @@ def test_job_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathF
 
 @FUZZ
 @given(document=yaml_documents(ROUTES_SAMPLE))
+@example(b"\x80" + ROUTES_SAMPLE)  # the same, in the routes loader
 def test_route_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathFactory, document: bytes) -> None:
     path = tmp_path_factory.mktemp("routes") / "webhook_routes.yaml"
     path.write_bytes(document)
@@ -231,6 +234,7 @@ def vault_events(draw: st.DrawFn) -> Any:
 
 @FUZZ
 @given(event=vault_events())
+@example({**DOCS_SAMPLE, "data": {**DOCS_SAMPLE["data"], "EXP": 10**400}})  # found: OverflowError escaped
 def test_event_grid_events_parse_or_raise_event_rejected(event: Any) -> None:
     parsed = attempt(lambda: parse_vault_event(event, (TOPIC,)), EventRejected)
     if isinstance(parsed, EventRejected):
