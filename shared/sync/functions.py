@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from shared.errors import DvbridgeError
 from shared.logging import log_event
 from shared.sync.worker import job_index, schedule_setting
 
@@ -81,7 +82,12 @@ def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
         return func.HttpResponse(
             json.dumps({"error": f"no job named {name!r}", "jobs": sorted(JOBS)}), status_code=404, mimetype=JSON
         )
-    report = run_job(name)
+    try:
+        report = run_job(name)
+    except DvbridgeError as exc:  # e.g. Key Vault or Entra unreachable before the run could start
+        log_event(logger, "sync_run_not_started", logging.ERROR, job=name, error=type(exc).__name__)
+        body = {"job": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return func.HttpResponse(json.dumps(body), status_code=503, mimetype=JSON)
     status = 409 if report["status"] == "skipped" else 200
     return func.HttpResponse(json.dumps(report), status_code=status, mimetype=JSON)
 

@@ -27,5 +27,7 @@ def test_all_faults_at_once_lose_and_duplicate_nothing(tmp_path: Path, app_env) 
     assert outcome.dead_letters_without_reason == 0
     assert outcome.totals_consistent, outcome
     assert outcome.runs >= 2, outcome  # the outages fail the first run; a later one completes
+    assert any(e.startswith("Azurite restarted") for e in outcome.events), outcome  # mid-run, really
+    assert any(e.startswith("host SIGKILLed") for e in outcome.events), outcome
     assert outcome.webhook_round_trip
     assert outcome.expiry_sweep

@@ -110,6 +110,7 @@ class Outcome:
     throttles: int = 0
     seconds: float = 0.0
     failed_runs: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # what was done mid-run, and when
 
     @property
     def ok(self) -> bool:
@@ -233,7 +234,10 @@ def run_until_succeeded(
         if answer.status_code == 409:
             time.sleep(RETRY_PAUSE_S)
             continue
-        report = answer.json()
+        try:
+            report = answer.json()
+        except ValueError:
+            report = {"status": "failed", "error": f"HTTP {answer.status_code}: {answer.text[:120]!r}"}
         outcome.runs += 1
         if answer.status_code == 200 and report.get("status") == "succeeded":
             return dict(report)
@@ -250,7 +254,7 @@ def webhook_round_trip(stack: DevstackProcess, host: Host, prefix: str) -> bool:
     stack.control(
         "dataverse",
         {"webhooks": [{"url": f"{host.url}/api/webhooks/dataverse", "table": "account", "messages": ["Create"],
-                       "auth_type": "WebhookKey", "auth_value": host.function_key("dataverse_webhook")}]},
+                       "auth": {"type": "WebhookKey", "value": host.function_key("dataverse_webhook")}}]},
     )  # fmt: skip
     api = api_for(stack)
     ids = set()
@@ -358,7 +362,13 @@ def run_row(
 
 
 def _mid_run(
-    fault: Fault, stack: DevstackProcess, hosts: list[Host], baseline: int, rows: int, done: threading.Event
+    fault: Fault,
+    stack: DevstackProcess,
+    hosts: list[Host],
+    baseline: int,
+    rows: int,
+    done: threading.Event,
+    events: list[str],
 ) -> None:
     """At a third of the rows written: restart Azurite and/or SIGKILL the host and start a new one."""
     if not fault.mid_run:
@@ -367,18 +377,21 @@ def _mid_run(
         time.sleep(0.1)
     if done.is_set():
         return
+    written = accounts_in_store(stack) - baseline
     if "azurite-restart" in fault.mid_run:
         os.kill(stack.proc.pid, signal.SIGUSR1)
+        events.append(f"Azurite restarted at {written:,} rows written")
     if "host-kill" in fault.mid_run:
         hosts[0].kill()
+        events.append(f"host SIGKILLed at {written:,} rows written")
         hosts[0] = Host(stack)
         hosts.append(hosts[0])
 
 
-def render(outcomes: list[Outcome], rows: int, seconds: float) -> str:
+def render(outcomes: list[Outcome], command: str, seconds: float) -> str:
     lines = [
-        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `python -m tests.reliability.matrix"
-        f" --rows {rows}` ({seconds / 60:.1f} min).",
+        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `{command}` ({seconds / 60:.1f} min,"
+        f" {os.cpu_count()} CPUs).",
         "",
         "| fault | rows | expected | lost | duplicated | dead letters (expected) | runs | totals | webhook | expiry |"
         " 429s | s |",
@@ -391,8 +404,12 @@ def render(outcomes: list[Outcome], rows: int, seconds: float) -> str:
             f" {o.dead_letters} ({o.dead_letters_expected}) | {o.runs} | {tick(o.totals_consistent)} |"
             f" {tick(o.webhook_round_trip)} | {tick(o.expiry_sweep)} | {o.throttles} | {o.seconds:.0f} |"
         )
-    failures = [f"- {o.fault}: runs that failed first: {'; '.join(o.failed_runs)}" for o in outcomes if o.failed_runs]
-    return "\n".join([*lines, "", *failures])
+    notes = [
+        f"- {o.fault}: {'; '.join([*o.events, *(f'a run failed first: {r}' for r in o.failed_runs)])}"
+        for o in outcomes
+        if o.events or o.failed_runs
+    ]
+    return "\n".join([*lines, "", *notes])
 
 
 def write_section(path: Path, text: str) -> None:
@@ -423,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_row(fault, args.rows, args.outage_s, Path(args.dir))
         print(json.dumps({**asdict(outcome), "ok": outcome.ok}), flush=True)
         outcomes.append(outcome)
-    text = render(outcomes, args.rows, time.monotonic() - started)
+    command = "python -m tests.reliability.matrix " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = render(outcomes, command.strip(), time.monotonic() - started)
     print(text)
     if args.write:
         write_section(Path(args.write), text)
