@@ -18,6 +18,11 @@ from tests.devstack_process import ARTIFACTS, RECORDED_SECRETS, ROOT, DevstackPr
 
 SCENARIOS = Path(__file__).parent / "integration" / "scenarios"
 TEST_LOG = ARTIFACTS / "test-logs.txt"
+# Every message of every dvbridge error raised in this process, and every test's report (failure text,
+# captured stdout/stderr/log): the secret-hygiene scan reads both.
+ERROR_MESSAGES = ARTIFACTS / "error-messages.txt"
+TEST_REPORTS = ARTIFACTS / "test-reports.txt"
+HYGIENE_TEST = "test_zz_secret_hygiene.py"
 SETTING_PREFIXES = (
     "DATAVERSE_", "KEY_VAULT_", "IDENTITY_", "ENTRA_", "GRAPH_", "AZURE_CLIENT_ID", "SECRET_", "TOKEN_", "EXPIRY_",
 )  # fmt: skip
@@ -30,7 +35,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["DVBRIDGE_TEST_RUN"] = "1"
         RECORDED_SECRETS.write_text("")
         TEST_LOG.write_text("")
+        ERROR_MESSAGES.write_text("")
+        TEST_REPORTS.write_text("")
     install_redaction()
+    _record_error_messages()
     handler = logging.FileHandler(TEST_LOG, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -40,6 +48,35 @@ def pytest_configure(config: pytest.Config) -> None:
     # The SDKs' HTTP logging is what would leak headers and bodies: keep it on for the scan.
     for name in ("azure", "msal", "urllib3", "shared", "devstack"):
         logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def _record_error_messages() -> None:
+    """Wrap DvbridgeError's constructor so each message (str and repr) lands in ERROR_MESSAGES."""
+    from shared.errors import DvbridgeError
+
+    original = DvbridgeError.__init__
+    if getattr(original, "_records", False):
+        return
+
+    def recording_init(self: DvbridgeError, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        with ERROR_MESSAGES.open("a", encoding="utf-8") as out:
+            out.write(f"{type(self).__name__}: {self}\n{self!r}\n")
+
+    recording_init._records = True  # type: ignore[attr-defined]
+    DvbridgeError.__init__ = recording_init  # type: ignore[method-assign]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secret-hygiene scan runs after every other test, whatever the directory order."""
+    items.sort(key=lambda item: HYGIENE_TEST in item.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    text = [report.longreprtext] + [content for _, content in report.sections]
+    if any(text):
+        with TEST_REPORTS.open("a", encoding="utf-8") as out:
+            out.write(f"== {report.nodeid} ({report.when}, {report.outcome})\n" + "\n".join(text) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.dataverse_api import api_for
-from tests.devstack_process import ROOT, DevstackProcess, subprocess_env
+from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess, subprocess_env
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ def start_host(stack: DevstackProcess) -> tuple[subprocess.Popen[str], str, str]
         cwd=ROOT,
         env=subprocess_env({"SYNC_LEASE_DURATION_S": str(LEASE_S)}),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=(ARTIFACTS / "host-sync_crash.log").open("a"),  # scanned by the secret-hygiene test
         text=True,
     )
     assert proc.stdout is not None

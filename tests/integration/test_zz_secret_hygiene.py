@@ -1,11 +1,13 @@
-"""Acceptance 5: no secret value, private key or token devstack issued appears in any log output of the
-integration suite. Named ``zz`` so it runs after the rest of the integration tests."""
+"""No secret value, private key or token devstack issued appears in anything the whole suite produced:
+every log line (this process at DEBUG with the SDKs' HTTP logging, devstack's and the local hosts' logs),
+every dvbridge error message and repr, and every test report (failure text, captured output). The
+conftest runs this file after every other test."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.conftest import TEST_LOG
+from tests.conftest import ERROR_MESSAGES, TEST_LOG, TEST_REPORTS
 from tests.devstack_process import ARTIFACTS, RECORDED_SECRETS
 
 pytestmark = pytest.mark.integration
@@ -37,11 +39,14 @@ def test_no_secret_or_token_in_any_log(request: pytest.FixtureRequest) -> None:
     fragments = secret_fragments()
     tokens = [f for f in fragments if f.startswith("eyJ")]
     assert len(tokens) >= 10, "devstack recorded too few tokens: the scan would prove nothing"
-    logs = [*sorted(ARTIFACTS.glob("*.log")), TEST_LOG]
-    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    logs = [*sorted(ARTIFACTS.glob("*.log")), TEST_LOG, ERROR_MESSAGES, TEST_REPORTS]
+    text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
     # The SDKs logged their HTTP traffic at DEBUG, so a leak would have been written here.
     assert "azure.core.pipeline.policies.http_logging_policy" in text
     assert "msal" in text
+    # ... and typed errors and test reports were recorded, so those were scanned too.
+    assert "AuthError: [" in ERROR_MESSAGES.read_text()
+    assert TEST_REPORTS.stat().st_size > 0
     assert leaks(text, fragments) == []
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import requests
 
-from tests.devstack_process import ROOT, DevstackProcess, subprocess_env
+from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess, subprocess_env
 
 LEASE_S = 15  # the shortest blob lease: a killed host's run frees the job this fast
 RUN_TIMEOUT_S = 900
@@ -130,11 +130,12 @@ class Host:
 
     def __init__(self, stack: DevstackProcess) -> None:
         self.stack = stack
+        log = (ARTIFACTS / f"host-{stack.log_path.stem}.log").open("a")  # scanned by the secret-hygiene test
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "devstack", "host", "--env-file", str(stack.directory / "env"),
              "--state-dir", str(stack.directory)],
             cwd=ROOT, env=subprocess_env({"SYNC_LEASE_DURATION_S": str(LEASE_S)}),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -329,7 +330,8 @@ def run_row(
             stack.control("dataverse", fault.dataverse)
 
         stop_watch = threading.Event()
-        watcher = threading.Thread(target=_mid_run, args=(fault, stack, hosts, baseline, rows, stop_watch), daemon=True)
+        watched = (fault, stack, hosts, baseline, rows, stop_watch, outcome.events)
+        watcher = threading.Thread(target=_mid_run, args=watched, daemon=True)
         watcher.start()
         report = run_until_succeeded(hosts, stack, time.monotonic() + RUN_TIMEOUT_S, outcome)
         stop_watch.set()
