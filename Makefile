@@ -90,6 +90,7 @@ test: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) stamps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(PY) -m bandit -q -r shared
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m devstack demo --dir .devstack/demo --host-port 0 --time-scale 0.02 --seed-accounts 2000
 

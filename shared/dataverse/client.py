@@ -199,7 +199,7 @@ class DataverseClient:
             if response is not None and response.status_code == 429:
                 self.governor.throttled(retry_after or 1.0)
             wait = retry_after if retry_after is not None else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-            wait *= 1 + random.random() * 0.1  # noqa: S311 - jitter
+            wait *= 1 + random.random() * 0.1  # noqa: S311 - jitter, not security  # nosec B311
             if attempt >= self.options.max_attempts or time.monotonic() + wait > deadline:
                 if response is not None:
                     raise _error(response) if response.status_code != 429 else _throttled(response)

@@ -39,7 +39,7 @@ class ThrottleGovernor:
         self._successes = 0
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security  # nosec B311
         self._cond = threading.Condition()
 
     def apply_dop_hint(self, hint: int) -> None:

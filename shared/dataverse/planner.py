@@ -278,7 +278,8 @@ class _Run:
     def _operation(self, record: dict[str, Any], key: dict[str, Any] | None) -> Operation:
         if self.operation == "create":
             return Operation("POST", self.entity_set, record)
-        assert key is not None
+        if key is None:
+            raise ValueError(f"{self.operation} needs the record's key columns")
         body = {k: v for k, v in record.items() if k not in key} if not self._is_primary_key() else record
         headers = {"If-Match": "*"} if self.operation == "update" else {}
         return Operation("PATCH", f"{self.entity_set}({format_key(key)})", body, headers)
@@ -316,7 +317,8 @@ class _Run:
         try:
             if self.operation == "create":
                 return RecordResult(index, "created", key, id=self.client.create(self.entity_set, record))
-            assert key is not None
+            if key is None:
+                raise ValueError(f"{self.operation} needs the record's key columns")
             body = {k: v for k, v in record.items() if k not in key} if not self._is_primary_key() else record
             if self.operation == "update":
                 self.client.update(self.entity_set, key, body)

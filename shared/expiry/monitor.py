@@ -211,7 +211,8 @@ class ExpiryMonitor:
             report.alerts.append(alert)
 
     def _probe(self, now: datetime, report: SweepReport) -> None:
-        assert self.probe is not None
+        if self.probe is None:
+            return
         credential = Credential(PROBE_ID, "Dataverse credential", "probe", None, "dvbridge")
         state = self.states.get(PROBE_ID) or CredentialState(id=PROBE_ID, first_seen=now)
         try:

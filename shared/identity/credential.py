@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.config import Settings
-from shared.errors import CredentialFormatError
+from shared.errors import ConfigError, CredentialFormatError
 from shared.identity.connection_string import looks_like_connection_string, parse_connection_string
 from shared.identity.diagnosis import diagnose
 from shared.identity.secret_store import SecretStore, SecretValue
@@ -54,18 +54,20 @@ class DataverseCredential:
 
     def msal_credential(self) -> str | dict[str, Any]:
         if self.kind == "secret":
-            assert self.secret is not None
+            if self.secret is None:
+                raise CredentialFormatError(f"{self.source}: the client secret is empty")
             return self.secret
         return {"private_key": self.private_key_pem, "thumbprint": self.thumbprint}
 
 
 def load_credential(settings: Settings, store: SecretStore) -> DataverseCredential:
     """Read the configured Key Vault object and parse it. Raises AuthError or CredentialFormatError."""
+    name = settings.certificate_name if settings.uses_certificate else settings.client_secret_name
+    if name is None:  # Settings.from_env refuses this; kept so -O cannot turn it into a None lookup
+        raise ConfigError(["set DATAVERSE_CLIENT_SECRET_NAME or DATAVERSE_CERTIFICATE_NAME"])
     if settings.uses_certificate:
-        assert settings.certificate_name is not None
-        return certificate_credential(store.get(settings.certificate_name))
-    assert settings.client_secret_name is not None
-    secret = store.get(settings.client_secret_name)
+        return certificate_credential(store.get(name))
+    secret = store.get(name)
     if looks_like_connection_string(secret.value):
         return connection_string_credential(secret, settings, store)
     if not secret.value.strip():
@@ -159,6 +161,6 @@ def certificate_credential(secret: SecretValue) -> DataverseCredential:
         source=secret.name,
         private_key_pem=key_pem,
         certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        thumbprint=cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - the x5t thumbprint is SHA-1 by definition
+        thumbprint=cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - x5t is SHA-1 by definition  # nosec B303
         not_after=cert.not_valid_after_utc,
     )

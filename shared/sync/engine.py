@@ -350,7 +350,8 @@ def run_chunk(job: InboundJob, ctx: SyncContext, item: Mapping[str, Any]) -> dic
     report = RunReport(name, f"{run_id}#{chunk_id}", datetime.now(UTC).isoformat())
     started = time.monotonic()
     source = job.source
-    assert isinstance(source, CsvSource | JsonlSource)
+    if not isinstance(source, CsvSource | JsonlSource):
+        raise ValueError(f"chunk {item.get('chunk_id')}: job {name!r} does not read files; only file sources fan out")
     first, last = int(item["first_line"]), int(item["last_line"])
     rows = (r for r in _source_rows(ctx, source, str(item["blob"]), str(item["etag"])) if first <= r.line)
     dead = ctx.storage.dead_letters(name, f"{run_id}-{chunk_id}")

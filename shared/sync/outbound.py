@@ -75,7 +75,8 @@ def _deliver(
         container.upload_blob(blob, body, overwrite=True)
         log_event(logger, "sync_outbound_written", job=name, blob=blob, changes=len(changes))
         return
-    assert isinstance(sink, HttpSink)
+    if not isinstance(sink, HttpSink):
+        raise ValueError(f"job {name!r}: unknown sink kind {getattr(sink, 'kind', sink)!r}")
     import requests
 
     for start in range(0, len(changes), sink.batch_size):
