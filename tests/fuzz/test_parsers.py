@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from shared.dataverse.batch_codec import BatchDecodeError, DecodedPart, decode_batch
@@ -53,6 +53,16 @@ def attempt(call: Callable[[], T], typed: type[Exception]) -> T | Exception:
         return call()
     except typed as exc:
         return exc
+
+
+def outcome(result: object) -> str:
+    return f"refused: {type(result).__name__}" if isinstance(result, Exception) else "accepted"
+
+
+def record(result: object) -> None:
+    """Label the example for --hypothesis-show-statistics: a target that only ever refuses (or only ever
+    accepts) would be a weak fuzzer."""
+    event(outcome(result))
 
 
 def mutated(sample: bytes) -> st.SearchStrategy[bytes]:
@@ -100,6 +110,7 @@ CONTENT_TYPES = st.sampled_from(
 @example(f"multipart/mixed; boundary={BATCH_BOUNDARY}", b"\x80")  # found: UnicodeDecodeError escaped
 def test_batch_replies_decode_or_raise_batch_decode_error(content_type: str, body: bytes) -> None:
     parts = attempt(lambda: decode_batch(content_type, body), BatchDecodeError)
+    record(parts)
     if isinstance(parts, Exception):
         assert isinstance(parts, DvbridgeError)
         return
@@ -120,12 +131,13 @@ CONTEXT_KEYS = [
     headers=st.dictionaries(st.sampled_from(["x-ms-dynamics-msg-size-exceeded", "Content-Type", "x"]), st.text()),
 )
 def test_dataverse_deliveries_parse_or_are_refused_with_400_or_413(body: bytes, headers: dict[str, str]) -> None:
-    event = attempt(lambda: parse_remote_execution_context(body, headers), WebhookRejected)
-    if isinstance(event, WebhookRejected):
-        assert event.status in (400, 413)
+    parsed = attempt(lambda: parse_remote_execution_context(body, headers), WebhookRejected)
+    record(parsed)
+    if isinstance(parsed, WebhookRejected):
+        assert parsed.status in (400, 413)
         return
-    assert isinstance(event, DataverseEvent)
-    json.dumps(event.to_dict())  # what the receiver enqueues must serialise
+    assert isinstance(parsed, DataverseEvent)
+    json.dumps(parsed.to_dict())  # what the receiver enqueues must serialise
 
 
 # -- signed generic webhooks -------------------------------------------------------------------------------
@@ -157,6 +169,7 @@ def test_signed_webhooks_verify_only_when_untouched_and_fresh(request: tuple[dic
     headers, body, genuine = request
     fresh = abs(time.time() - int(headers[SIGNED_HEADERS[0]])) < 290 if genuine else False
     nonce = attempt(lambda: verify("s3cret", headers, body), WebhookRejected)
+    record(nonce)
     if isinstance(nonce, WebhookRejected):
         assert nonce.status == 401
         assert not (genuine and fresh and len(headers[SIGNED_HEADERS[1]]) <= 200), nonce.reason
@@ -199,6 +212,7 @@ def test_job_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathF
     path = tmp_path_factory.mktemp("jobs") / "sync_jobs.yaml"
     path.write_bytes(document)
     jobs = attempt(lambda: load_jobs(path), ConfigError)
+    record(jobs)
     if isinstance(jobs, ConfigError):
         assert all(str(path) in p for p in jobs.problems), jobs.problems  # every problem names the file
         return
@@ -212,6 +226,7 @@ def test_route_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPat
     path = tmp_path_factory.mktemp("routes") / "webhook_routes.yaml"
     path.write_bytes(document)
     routes = attempt(lambda: load_routes(path), ConfigError)
+    record(routes)
     if isinstance(routes, ConfigError):
         assert all(str(path) in p for p in routes.problems), routes.problems
 
@@ -237,6 +252,7 @@ def vault_events(draw: st.DrawFn) -> Any:
 @example({**DOCS_SAMPLE, "data": {**DOCS_SAMPLE["data"], "EXP": 10**400}})  # found: OverflowError escaped
 def test_event_grid_events_parse_or_raise_event_rejected(event: Any) -> None:
     parsed = attempt(lambda: parse_vault_event(event, (TOPIC,)), EventRejected)
+    record(parsed)
     if isinstance(parsed, EventRejected):
         assert str(parsed)
         return
@@ -255,6 +271,7 @@ CONNECTION_PARTS = st.sampled_from(
 @given(text=st.lists(CONNECTION_PARTS | st.text(max_size=12), max_size=20).map("".join) | st.text())
 def test_connection_strings_parse_or_raise_credential_format_error(text: str) -> None:
     parsed = attempt(lambda: parse_connection_string(text), ConfigError)  # CredentialFormatError
+    record(parsed)
     if isinstance(parsed, ConfigError):
         assert "connection string" in str(parsed)
         return
