@@ -38,6 +38,7 @@ import requests
 from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess, subprocess_env
 
 LEASE_S = 15  # the shortest blob lease: a killed host's run frees the job this fast
+BATCH_SIZE = 100  # per UpsertMultiple: 400 requests for 40k rows, so that 1 % of requests is several faults
 RUN_TIMEOUT_S = 900
 RETRY_PAUSE_S = 3.0  # between a failed run and the next (the timer would wait for its next firing)
 BAD_EVERY = 100  # every 100th row has a 200-character name: dead-lettered as TooLong
@@ -108,6 +109,7 @@ class Outcome:
     webhook_round_trip: bool = False
     expiry_sweep: bool = False
     throttles: int = 0
+    injected: dict[str, int] = field(default_factory=dict)  # what the emulator did: faults fired, 401s
     seconds: float = 0.0
     failed_runs: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # what was done mid-run, and when
@@ -128,13 +130,14 @@ class Outcome:
 class Host:
     """A separate local Functions host process (so it can be killed without devstack)."""
 
-    def __init__(self, stack: DevstackProcess) -> None:
+    def __init__(self, stack: DevstackProcess, jobs_file: Path) -> None:
         self.stack = stack
+        self.jobs_file = jobs_file
         log = (ARTIFACTS / f"host-{stack.log_path.stem}.log").open("a")  # scanned by the secret-hygiene test
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "devstack", "host", "--env-file", str(stack.directory / "env"),
              "--state-dir", str(stack.directory)],
-            cwd=ROOT, env=subprocess_env({"SYNC_LEASE_DURATION_S": str(LEASE_S)}),
+            cwd=ROOT, env=subprocess_env({"SYNC_LEASE_DURATION_S": str(LEASE_S), "SYNC_JOBS_FILE": str(jobs_file)}),
             stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -211,6 +214,14 @@ def dead_letters(stack: DevstackProcess) -> list[dict[str, Any]]:
         text = container.download_blob(blob.name).readall().decode()
         found += [json.loads(line) for line in text.splitlines() if line.strip()]
     return found
+
+
+def injected_faults(stack: DevstackProcess) -> dict[str, int]:
+    """Faults the emulator fired (``fault 429``, ``fault reset``...) and the 401s it answered."""
+    stats = stack.stats("dataverse")
+    fired = {k.removeprefix("fault "): int(v) for k, v in stats.get("counters", {}).items() if k.startswith("fault ")}
+    unauthorized = sum(int(codes.get("401", 0)) for codes in stats.get("requests", {}).values())
+    return {**fired, **({"401": unauthorized} if unauthorized else {})}
 
 
 def outage(stack: DevstackProcess, setting: str, seconds: float) -> None:
@@ -325,7 +336,10 @@ def run_row(
 
         for setting in fault.outages:
             outage(stack, setting, outage_s)
-        hosts.append(Host(stack))  # cold: the first run reads Key Vault and Entra, maybe during the outage
+        jobs_file = stack.directory / "sync_jobs.yaml"
+        shipped = (ROOT / "sync_jobs.yaml").read_text()
+        jobs_file.write_text(shipped.replace("batch_size: 1000", f"batch_size: {BATCH_SIZE}"))
+        hosts.append(Host(stack, jobs_file))  # cold: the first run reads Key Vault and Entra, maybe during the outage
         if fault.dataverse:
             stack.control("dataverse", fault.dataverse)
 
@@ -337,6 +351,7 @@ def run_row(
         stop_watch.set()
         watcher.join(timeout=RUN_TIMEOUT_S)
         stack.control("dataverse", {"faults": [], "max_token_age_s": None})
+        outcome.injected = injected_faults(stack)
 
         counts = account_counts(stack, prefix)
         expected_keys = {f"{prefix}{i:06}" for i in range(rows) if i % BAD_EVERY != BAD_EVERY - 1}
@@ -386,8 +401,12 @@ def _mid_run(
     if "host-kill" in fault.mid_run:
         hosts[0].kill()
         events.append(f"host SIGKILLed at {written:,} rows written")
-        hosts[0] = Host(stack)
+        hosts[0] = Host(stack, hosts[0].jobs_file)
         hosts.append(hosts[0])
+
+
+def fired(injected: dict[str, int]) -> str:
+    return ", ".join(f"{n} × {kind}" for kind, n in sorted(injected.items())) or "-"
 
 
 def render(outcomes: list[Outcome], command: str, seconds: float) -> str:
@@ -396,7 +415,7 @@ def render(outcomes: list[Outcome], command: str, seconds: float) -> str:
         f" {os.cpu_count()} CPUs).",
         "",
         "| fault | rows | expected | lost | duplicated | dead letters (expected) | runs | totals | webhook | expiry |"
-        " 429s | s |",
+        " faults fired | s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
@@ -404,7 +423,7 @@ def render(outcomes: list[Outcome], command: str, seconds: float) -> str:
         lines.append(
             f"| {o.fault} | {o.rows:,} | {o.expected:,} | {o.lost} | {o.duplicated} |"
             f" {o.dead_letters} ({o.dead_letters_expected}) | {o.runs} | {tick(o.totals_consistent)} |"
-            f" {tick(o.webhook_round_trip)} | {tick(o.expiry_sweep)} | {o.throttles} | {o.seconds:.0f} |"
+            f" {tick(o.webhook_round_trip)} | {tick(o.expiry_sweep)} | {fired(o.injected)} | {o.seconds:.0f} |"
         )
     notes = [
         f"- {o.fault}: {'; '.join([*o.events, *(f'a run failed first: {r}' for r in o.failed_runs)])}"
