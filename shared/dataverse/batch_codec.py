@@ -216,7 +216,10 @@ def decode_batch(content_type: str, body: bytes) -> list[DecodedPart]:
         headers, rest = _headers(part)
         if headers.get("content-type", "").lower().startswith("multipart/mixed"):
             inner = _boundary(headers["content-type"])
-            decoded.append(DecodedPart(tuple(_parse_http(p) for p in _split(rest, inner)), changeset=True))
+            results = tuple(_parse_http(p) for p in _split(rest, inner))
+            if not results:  # a change set always answers for its members; an empty one lost them
+                raise BatchDecodeError(f"a change set of the reply (boundary {inner}) has no parts")
+            decoded.append(DecodedPart(results, changeset=True))
         else:
             decoded.append(DecodedPart((_parse_http(part),), changeset=False))
     return decoded

@@ -108,6 +108,9 @@ CONTENT_TYPES = st.sampled_from(
 @FUZZ
 @given(content_type=CONTENT_TYPES, body=mutated(REFERENCE_RESPONSE) | st.binary(max_size=2000))
 @example(f"multipart/mixed; boundary={BATCH_BOUNDARY}", b"\x80")  # found: UnicodeDecodeError escaped
+@example(  # found: a change set whose first delimiter lost a dash decoded as an empty change set
+    f"multipart/mixed; boundary={BATCH_BOUNDARY}", REFERENCE_RESPONSE.replace(b"\r\n--changeset", b"\r\n-changeset", 2)
+)
 def test_batch_replies_decode_or_raise_batch_decode_error(content_type: str, body: bytes) -> None:
     parts = attempt(lambda: decode_batch(content_type, body), BatchDecodeError)
     record(parts)
