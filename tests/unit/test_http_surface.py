@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 
 import azure.functions as func
 import pytest
@@ -78,3 +79,20 @@ def test_webhook_secrets_and_signatures_are_compared_in_constant_time() -> None:
         assert "hmac.compare_digest" in source
         assert " == expected" not in source
         assert "!= expected" not in source
+
+
+@pytest.mark.parametrize("body", [b'{"days": 1e300}', b'{"until": "9999-99-99"}', b"[1]", b"{"])
+def test_a_bad_snooze_is_a_400_naming_the_fix(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from shared.expiry import worker
+
+    class Watch:  # the monitor needs Key Vault; the body is refused before it would be used
+        clock = staticmethod(lambda: datetime.now(UTC))
+
+    monkeypatch.setattr(worker, "monitor", lambda: Watch())
+    snooze = http_functions()["credentials_snooze"][3].get_user_function()  # type: ignore[attr-defined]
+    request = func.HttpRequest("POST", "http://localhost/api/credentials/x/snooze", body=body, route_params={"id": "x"})
+    answer = snooze(request)
+    assert answer.status_code == 400
+    assert '{"days": 3}' in json.loads(answer.get_body())["error"]
