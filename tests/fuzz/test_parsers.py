@@ -212,30 +212,34 @@ def yaml_documents(draw: st.DrawFn, sample: bytes) -> bytes:
     return "\n".join(lines).encode()
 
 
+def load_config_file(
+    factory: pytest.TempPathFactory, name: str, document: bytes, loader: Callable[[Path], T]
+) -> T | None:
+    """Write the document and load it: a ConfigError must name the file in every problem; None then."""
+    path = factory.mktemp("config") / name
+    path.write_bytes(document)
+    loaded = attempt(lambda: loader(path), ConfigError)
+    record(loaded)
+    if isinstance(loaded, ConfigError):
+        assert all(str(path) in p for p in loaded.problems), loaded.problems
+        return None
+    return loaded
+
+
 @FUZZ
 @given(document=yaml_documents(JOBS_SAMPLE))
 @example(b"\x80" + JOBS_SAMPLE)  # found: UnicodeDecodeError escaped
 def test_job_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathFactory, document: bytes) -> None:
-    path = tmp_path_factory.mktemp("jobs") / "sync_jobs.yaml"
-    path.write_bytes(document)
-    jobs = attempt(lambda: load_jobs(path), ConfigError)
-    record(jobs)
-    if isinstance(jobs, ConfigError):
-        assert all(str(path) in p for p in jobs.problems), jobs.problems  # every problem names the file
-        return
-    assert all(isinstance(name, str) for name in jobs)
+    jobs = load_config_file(tmp_path_factory, "sync_jobs.yaml", document, load_jobs)
+    assert jobs is None or all(isinstance(name, str) for name in jobs)
 
 
 @FUZZ
 @given(document=yaml_documents(ROUTES_SAMPLE))
 @example(b"\x80" + ROUTES_SAMPLE)  # the same, in the routes loader
 def test_route_files_load_or_raise_config_error(tmp_path_factory: pytest.TempPathFactory, document: bytes) -> None:
-    path = tmp_path_factory.mktemp("routes") / "webhook_routes.yaml"
-    path.write_bytes(document)
-    routes = attempt(lambda: load_routes(path), ConfigError)
-    record(routes)
-    if isinstance(routes, ConfigError):
-        assert all(str(path) in p for p in routes.problems), routes.problems
+    routes = load_config_file(tmp_path_factory, "webhook_routes.yaml", document, load_routes)
+    assert routes is None or isinstance(routes.sources, dict)
 
 
 # -- Event Grid (Key Vault expiry events) ---------------------------------------------------------------
