@@ -131,6 +131,8 @@ class DataverseTokenProvider:
             )
         except ValueError as exc:
             raise self._discovery_error(exc) from exc
+        except (msal.exceptions.MsalServiceError, RuntimeError) as exc:  # OIDC discovery answered 5xx
+            raise auth_error("EntraUnavailable", step=STEP, detail=f"OIDC discovery: {exc}"[:200]) from exc
         except requests.RequestException as exc:
             raise auth_error(
                 "EntraUnreachable", step=STEP, detail=type(exc).__name__, url=self._settings.authority

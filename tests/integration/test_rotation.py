@@ -89,6 +89,26 @@ def test_entra_outage_raises_the_same_typed_error(faults_devstack, app_env) -> N
     assert "retries" in caught.value.fix
 
 
+def test_an_entra_outage_at_a_cold_start_is_entra_unavailable(faults_devstack, app_env) -> None:
+    """A cold worker's MSAL app reads the OIDC document first; a 503 there (Entra down) used to escape as
+    msal's MsalServiceError, and the run-now endpoint answered a bare 500 (found by the fault matrix)."""
+    import requests
+
+    from shared.errors import AuthError
+
+    app_env(faults_devstack)  # resets the worker: no MSAL app, no cached token
+    outage = f"{faults_devstack.url('entra')}/_devstack/outage"
+    requests.post(outage, json={"seconds": 30}, verify=faults_devstack.env["DEVSTACK_CA_CERT"], timeout=10)
+    try:
+        with pytest.raises(AuthError) as caught:
+            dataverse_token()
+    finally:
+        requests.post(outage, json={"seconds": 0}, verify=faults_devstack.env["DEVSTACK_CA_CERT"], timeout=10)
+    assert caught.value.code == "EntraUnavailable"
+    assert "OIDC discovery" in caught.value.detail
+    assert dataverse_token().value  # and the worker recovers once Entra is back
+
+
 def test_refresh_margin_wider_than_msal_forces_a_new_token(faults_devstack, app_env) -> None:
     """Tokens live 3599 s; with a 3597 s margin a 3-second-old token is too old for an invocation,
     although MSAL's own 300 s rule would still serve it from the cache."""
