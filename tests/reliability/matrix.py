@@ -216,12 +216,22 @@ def dead_letters(stack: DevstackProcess) -> list[dict[str, Any]]:
     return found
 
 
-def injected_faults(stack: DevstackProcess) -> dict[str, int]:
-    """Faults the emulator fired (``fault 429``, ``fault reset``...) and the 401s it answered."""
+OUTAGE_SERVERS = {"DEVSTACK_KEY_VAULT_URL": ("keyvault", "Key Vault"), "DEVSTACK_ENTRA_URL": ("entra", "Entra")}
+
+
+def injected_faults(stack: DevstackProcess, outages: tuple[str, ...]) -> dict[str, int]:
+    """Faults Dataverse fired (``fault 429``, ``fault reset``...), the 401s it answered, and the 503s the
+    servers taken down answered."""
     stats = stack.stats("dataverse")
     fired = {k.removeprefix("fault "): int(v) for k, v in stats.get("counters", {}).items() if k.startswith("fault ")}
     unauthorized = sum(int(codes.get("401", 0)) for codes in stats.get("requests", {}).values())
-    return {**fired, **({"401": unauthorized} if unauthorized else {})}
+    if unauthorized:
+        fired["401"] = unauthorized
+    for setting in outages:
+        server, label = OUTAGE_SERVERS[setting]
+        requests_by_route = stack.stats(server).get("requests", {}).values()
+        fired[f"{label} 503"] = sum(int(codes.get("503", 0)) for codes in requests_by_route)
+    return fired
 
 
 def outage(stack: DevstackProcess, setting: str, seconds: float) -> None:
@@ -351,7 +361,7 @@ def run_row(
         stop_watch.set()
         watcher.join(timeout=RUN_TIMEOUT_S)
         stack.control("dataverse", {"faults": [], "max_token_age_s": None})
-        outcome.injected = injected_faults(stack)
+        outcome.injected = injected_faults(stack, fault.outages)
 
         counts = account_counts(stack, prefix)
         expected_keys = {f"{prefix}{i:06}" for i in range(rows) if i % BAD_EVERY != BAD_EVERY - 1}
@@ -405,6 +415,14 @@ def _mid_run(
         hosts.append(hosts[0])
 
 
+def failures(failed_runs: list[str]) -> list[str]:
+    """``3 runs failed first: <reason>``, once per distinct reason."""
+    counted: dict[str, int] = {}
+    for reason in failed_runs:
+        counted[reason] = counted.get(reason, 0) + 1
+    return [f"{n} run{'s' if n > 1 else ''} failed first: {reason}" for reason, n in counted.items()]
+
+
 def fired(injected: dict[str, int]) -> str:
     return ", ".join(f"{n} × {kind}" for kind, n in sorted(injected.items())) or "-"
 
@@ -426,7 +444,7 @@ def render(outcomes: list[Outcome], command: str, seconds: float) -> str:
             f" {tick(o.webhook_round_trip)} | {tick(o.expiry_sweep)} | {fired(o.injected)} | {o.seconds:.0f} |"
         )
     notes = [
-        f"- {o.fault}: {'; '.join([*o.events, *(f'a run failed first: {r}' for r in o.failed_runs)])}"
+        f"- {o.fault}: {'; '.join([*o.events, *failures(o.failed_runs)])}"
         for o in outcomes
         if o.events or o.failed_runs
     ]
