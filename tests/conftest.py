@@ -60,8 +60,12 @@ def _record_error_messages() -> None:
 
     def recording_init(self: DvbridgeError, *args: object, **kwargs: object) -> None:
         original(self, *args, **kwargs)
+        try:
+            text = f"{type(self).__name__}: {self}\n{self!r}\n"
+        except Exception:  # a subclass's repr may need attributes it sets after this call
+            text = f"{type(self).__name__}: {self.args!r}\n"
         with ERROR_MESSAGES.open("a", encoding="utf-8") as out:
-            out.write(f"{type(self).__name__}: {self}\n{self!r}\n")
+            out.write(text)
 
     recording_init._records = True  # type: ignore[attr-defined]
     DvbridgeError.__init__ = recording_init  # type: ignore[method-assign]
@@ -73,7 +77,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    text = [report.longreprtext] + [content for _, content in report.sections]
+    # Captured log sections are left out: every record already reaches TEST_LOG through the root handler.
+    text = [report.longreprtext] + [content for title, content in report.sections if "log" not in title]
     if any(text):
         with TEST_REPORTS.open("a", encoding="utf-8") as out:
             out.write(f"== {report.nodeid} ({report.when}, {report.outcome})\n" + "\n".join(text) + "\n")
