@@ -6,10 +6,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +14,8 @@ import pytest
 import requests
 
 from tests.dataverse_api import api_for
-from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess, subprocess_env
+from tests.devstack_process import ROOT, DevstackProcess
+from tests.host_process import HostProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -40,30 +37,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]
     process.stop()
 
 
-def start_host(stack: DevstackProcess) -> tuple[subprocess.Popen[str], str, str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devstack",
-            "host",
-            "--env-file",
-            str(stack.directory / "env"),
-            "--state-dir",
-            str(stack.directory),
-        ],
-        cwd=ROOT,
-        env=subprocess_env({"SYNC_LEASE_DURATION_S": str(LEASE_S)}),
-        stdout=subprocess.PIPE,
-        stderr=(ARTIFACTS / "host-sync_crash.log").open("a"),  # scanned by the secret-hygiene test
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("host ready"), line
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    _, _, url, key = line.split()
-    return proc, url, key
+def start_host(stack: DevstackProcess) -> HostProcess:
+    return HostProcess(stack, "sync_crash", {"SYNC_LEASE_DURATION_S": str(LEASE_S)})
 
 
 def count_accounts(stack: DevstackProcess) -> dict[str, int]:
@@ -93,27 +68,26 @@ def test_sigkill_mid_run_then_restart(stack: DevstackProcess, app_env) -> None:
         container.create_container()
     container.upload_blob("accounts/crash.csv", buffer.getvalue().encode(), overwrite=True)
 
-    host, url, key = start_host(stack)
+    host = start_host(stack)
 
     def doomed_run() -> None:
         with contextlib.suppress(requests.ConnectionError):  # this host is about to be killed mid-request
-            requests.post(f"{url}/api/sync/accounts/run", headers={"x-functions-key": key}, timeout=600)
+            host.post("/api/sync/accounts/run", timeout=600)
 
     threading.Thread(target=doomed_run, daemon=True).start()
     deadline = time.monotonic() + 120
     while len(count_accounts(stack)) < ROWS // 5:  # well into the run
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.2)
-    os.kill(host.pid, signal.SIGKILL)
-    host.wait(timeout=10)
+    host.kill()
     partial = len(count_accounts(stack))
     assert 0 < partial < ROWS
 
-    host, url, key = start_host(stack)
+    host = start_host(stack)
     try:
         deadline = time.monotonic() + LEASE_S + 120
         while True:
-            r = requests.post(f"{url}/api/sync/accounts/run", headers={"x-functions-key": key}, timeout=600)
+            r = host.post("/api/sync/accounts/run", timeout=600)
             if r.status_code == 200:
                 break
             assert r.status_code == 409, r.text  # the killed run's lease has not expired yet
@@ -123,8 +97,7 @@ def test_sigkill_mid_run_then_restart(stack: DevstackProcess, app_env) -> None:
         assert report["status"] == "succeeded"
         assert report["written"] + report["unchanged"] == ROWS
     finally:
-        host.terminate()
-        host.wait(timeout=20)
+        host.stop()
     final = count_accounts(stack)
     assert len(final) == ROWS  # nothing lost
     assert set(final.values()) == {1}  # nothing duplicated

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -15,7 +12,8 @@ import pytest
 import requests
 
 from tests.dataverse_api import api_for
-from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess, subprocess_env
+from tests.devstack_process import ROOT, DevstackProcess
+from tests.host_process import HostProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -41,31 +39,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]
     process.stop()
 
 
-class Host:
-    def __init__(self, stack: DevstackProcess) -> None:
-        command = [sys.executable, "-m", "devstack", "host", "--env-file", str(stack.directory / "env")]
-        command += ["--state-dir", str(stack.directory)]
-        self.proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=subprocess_env(ONE_CHUNK_AT_A_TIME),
-            stdout=subprocess.PIPE,
-            stderr=(ARTIFACTS / "host-sync_fanout.log").open("a"),  # scanned by the secret-hygiene test
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("host ready"), line
-        _, _, self.url, self.key = line.split()
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()  # type: ignore[arg-type]
-
-    def chunks_done(self) -> int:
-        return sum("Executed 'Functions.sync_chunk' (Succeeded" in line for line in self.lines)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+def chunks_done(host: HostProcess) -> int:
+    return sum("Executed 'Functions.sync_chunk' (Succeeded" in line for line in host.lines)
 
 
 def test_fan_out_over_two_hosts(stack: DevstackProcess, app_env) -> None:
@@ -83,7 +58,7 @@ def test_fan_out_over_two_hosts(stack: DevstackProcess, app_env) -> None:
         container.create_container()
     container.upload_blob("accounts/fanout.csv", buffer.getvalue().encode(), overwrite=True)
 
-    hosts = [Host(stack), Host(stack)]
+    hosts = [HostProcess(stack, "sync_fanout", ONE_CHUNK_AT_A_TIME) for _ in range(2)]
     try:
         planned = requests.post(
             f"{hosts[0].url}/api/sync/accounts/run", headers={"x-functions-key": hosts[0].key}, timeout=300
@@ -101,7 +76,7 @@ def test_fan_out_over_two_hosts(stack: DevstackProcess, app_env) -> None:
             time.sleep(1)
         assert report.get("status") == "succeeded", report
         assert (report["written"], report["failed"], report["dead_lettered"], report["rows_read"]) == (ROWS, 0, 0, ROWS)
-        done = [h.chunks_done() for h in hosts]
+        done = [chunks_done(h) for h in hosts]
         assert sum(done) == 10, done
         assert min(done) >= 1, done  # both hosts took work from the one queue
     finally:

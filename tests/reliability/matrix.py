@@ -23,7 +23,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,8 @@ from typing import Any
 
 import requests
 
-from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess, subprocess_env
+from tests.devstack_process import ROOT, DevstackProcess
+from tests.host_process import HostProcess
 
 LEASE_S = 15  # the shortest blob lease: a killed host's run frees the job this fast
 BATCH_SIZE = 100  # per UpsertMultiple: 400 requests for 40k rows, so that 1 % of requests is several faults
@@ -127,47 +127,8 @@ class Outcome:
         )
 
 
-class Host:
-    """A separate local Functions host process (so it can be killed without devstack)."""
-
-    def __init__(self, stack: DevstackProcess, jobs_file: Path) -> None:
-        self.stack = stack
-        self.jobs_file = jobs_file
-        log = (ARTIFACTS / f"host-{stack.log_path.stem}.log").open("a")  # scanned by the secret-hygiene test
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devstack", "host", "--env-file", str(stack.directory / "env"),
-             "--state-dir", str(stack.directory)],
-            cwd=ROOT, env=subprocess_env({"SYNC_LEASE_DURATION_S": str(LEASE_S), "SYNC_JOBS_FILE": str(jobs_file)}),
-            stdout=subprocess.PIPE, stderr=log, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("host ready"):
-            raise RuntimeError(f"the host did not start: {line!r}")
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout or []], daemon=True).start()
-        _, _, self.url, self.key = line.split()
-
-    def function_key(self, name: str) -> str:
-        keys = json.loads((self.stack.directory / "host-keys.json").read_text())
-        return str(keys["functions"][name]["default"])
-
-    def post(self, path: str, *, timeout: float, **kwargs: Any) -> requests.Response:
-        return requests.post(f"{self.url}{path}", headers={"x-functions-key": self.key}, timeout=timeout, **kwargs)
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(f"{self.url}{path}", headers={"x-functions-key": self.key}, timeout=60)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def host_env(jobs_file: Path) -> dict[str, str]:
+    return {"SYNC_LEASE_DURATION_S": str(LEASE_S), "SYNC_JOBS_FILE": str(jobs_file)}
 
 
 def erp_csv(rows: int, prefix: str) -> tuple[bytes, int]:
@@ -242,7 +203,7 @@ def outage(stack: DevstackProcess, setting: str, seconds: float) -> None:
 
 
 def run_until_succeeded(
-    host_ref: list[Host], stack: DevstackProcess, deadline: float, outcome: Outcome
+    host_ref: list[HostProcess], stack: DevstackProcess, deadline: float, outcome: Outcome
 ) -> dict[str, Any]:
     """POST the run, as the timer fires it, until one succeeds; a 409 means a killed run's lease is live."""
     while True:
@@ -267,7 +228,7 @@ def run_until_succeeded(
         time.sleep(RETRY_PAUSE_S)
 
 
-def webhook_round_trip(stack: DevstackProcess, host: Host, prefix: str) -> bool:
+def webhook_round_trip(stack: DevstackProcess, host: HostProcess, prefix: str) -> bool:
     """Register a service endpoint on the host, change three accounts, find three processed events."""
     from azure.storage.blob import BlobServiceClient
 
@@ -296,7 +257,7 @@ def webhook_round_trip(stack: DevstackProcess, host: Host, prefix: str) -> bool:
     return False
 
 
-def expiry_sweep(host: Host) -> bool:
+def expiry_sweep(host: HostProcess) -> bool:
     if host.post("/admin/functions/expiry_sweep", json={}, timeout=60).status_code != 202:
         return False
     deadline = time.monotonic() + 60
@@ -326,7 +287,7 @@ def run_row(
     stack = DevstackProcess(
         ROOT / "devstack" / "scenarios" / "default.yaml", workdir / slug, f"matrix-{slug}", "--time-scale", "1"
     )
-    hosts: list[Host] = []
+    hosts: list[HostProcess] = []
     try:
         if apply_env is None:
             os.environ.update(stack.app_settings())
@@ -349,12 +310,13 @@ def run_row(
         jobs_file = stack.directory / "sync_jobs.yaml"
         shipped = (ROOT / "sync_jobs.yaml").read_text()
         jobs_file.write_text(shipped.replace("batch_size: 1000", f"batch_size: {BATCH_SIZE}"))
-        hosts.append(Host(stack, jobs_file))  # cold: the first run reads Key Vault and Entra, maybe during the outage
+        env = host_env(jobs_file)
+        hosts.append(HostProcess(stack, stack.log_path.stem, env))  # cold: reads Key Vault and Entra first
         if fault.dataverse:
             stack.control("dataverse", fault.dataverse)
 
         stop_watch = threading.Event()
-        watched = (fault, stack, hosts, baseline, rows, stop_watch, outcome.events)
+        watched = (fault, stack, hosts, env, baseline, rows, stop_watch, outcome.events)
         watcher = threading.Thread(target=_mid_run, args=watched, daemon=True)
         watcher.start()
         report = run_until_succeeded(hosts, stack, time.monotonic() + RUN_TIMEOUT_S, outcome)
@@ -391,7 +353,8 @@ def run_row(
 def _mid_run(
     fault: Fault,
     stack: DevstackProcess,
-    hosts: list[Host],
+    hosts: list[HostProcess],
+    env: dict[str, str],
     baseline: int,
     rows: int,
     done: threading.Event,
@@ -411,7 +374,7 @@ def _mid_run(
     if "host-kill" in fault.mid_run:
         hosts[0].kill()
         events.append(f"host SIGKILLed at {written:,} rows written")
-        hosts[0] = Host(stack, hosts[0].jobs_file)
+        hosts[0] = HostProcess(stack, stack.log_path.stem, env)
         hosts.append(hosts[0])
 
 
