@@ -58,12 +58,16 @@ def jobs() -> dict[str, InboundJob | OutboundJob]:
     return loaded
 
 
+def _summaries(defined: dict[str, InboundJob | OutboundJob]) -> dict[str, JobSummary]:
+    return {name: JobSummary(job.direction, job.schedule) for name, job in defined.items()}
+
+
 def validate_jobs_file(path: Path, *, stamp: bool = False) -> Path | None:
     """Validate fully (ConfigError naming file, job and field); with ``stamp``, record it for indexing."""
     from shared.sync.jobs import load_jobs
 
-    summary = {name: JobSummary(job.direction, job.schedule)._asdict() for name, job in load_jobs(path).items()}
-    return write_stamp(path, JOBS_VALIDATORS, summary) if stamp else None
+    index = _summaries(load_jobs(path))
+    return write_stamp(path, JOBS_VALIDATORS, {n: s._asdict() for n, s in index.items()}) if stamp else None
 
 
 def job_index() -> dict[str, JobSummary]:
@@ -72,9 +76,7 @@ def job_index() -> dict[str, JobSummary]:
     path = jobs_file()
     summary = read_stamp(path, JOBS_VALIDATORS) if path.exists() else None
     if summary is None:
-        from shared.sync.jobs import load_jobs
-
-        return {name: JobSummary(job.direction, job.schedule) for name, job in load_jobs(path).items()}
+        return _summaries(jobs())  # validated now; the models stay cached for the first run
     return {name: JobSummary(str(job["direction"]), str(job["schedule"])) for name, job in summary.items()}
 
 
