@@ -9,12 +9,12 @@ requests. Within one token lifetime each should be one for the whole series, wha
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import requests
 
+from bench.cli import run_benchmark
 from tests.devstack_process import ROOT, DevstackProcess
 
 
@@ -49,15 +49,13 @@ def measure(invocations: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--invocations", type=int, default=100)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    result = measure(args.invocations)
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(
+    run_benchmark(
+        __doc__, lambda args: measure(args.invocations), describe, {"--invocations": {"type": int, "default": 100}}
+    )
+
+
+def describe(result: dict[str, Any]) -> str:
+    return (
         f"{result['invocations']} warm sync invocations through the host: managed-identity token requests"
         f" {result['managed_identity_token_requests']}, Key Vault reads of the credential {result['key_vault_reads']},"
         f" Entra token requests {result['entra_token_requests']} (Key Vault by path: {result['key_vault_paths']})"

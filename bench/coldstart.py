@@ -10,13 +10,12 @@ so that machine noise hits both alike; medians and their ratio are reported.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 
+from bench.cli import run_benchmark
 from tests.devstack_process import ROOT, subprocess_env
 
 BASELINE = "import azure.functions"
@@ -41,16 +40,12 @@ def measure(runs: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--json", action="store_true", help="print one JSON line (for bench.report)")
-    args = parser.parse_args()
-    result = measure(args.runs)
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(
-        f"{args.runs} fresh processes each: import azure.functions {result['azure_functions_ms']:.0f} ms,"
+    run_benchmark(__doc__, lambda args: measure(args.runs), describe, {"--runs": {"type": int, "default": 20}})
+
+
+def describe(result: dict[str, float]) -> str:
+    return (
+        f"{result['runs']:.0f} fresh processes each: import azure.functions {result['azure_functions_ms']:.0f} ms,"
         f" index function_app {result['indexing_ms']:.0f} ms (medians) -> {result['ratio']:.2f}x"
         f" (target <= {TARGET_RATIO}x)"
     )

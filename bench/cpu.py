@@ -12,13 +12,13 @@ Two measures for bulk (UpsertMultiple, 1,000 per request) and ``$batch`` (50 per
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 import uuid
 from typing import Any
 
+from bench.cli import run_benchmark
 from tests.devstack_process import ROOT, DevstackProcess
 
 BULK_CHUNK = 1000
@@ -103,19 +103,17 @@ def measure(count: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    result = measure(args.records)
-    if args.json:
-        print(json.dumps(result))
-        return
-    for kind in ("bulk", "batch"):
-        print(
-            f"{kind:<5}: encode {result['encode_us'][kind]:6.1f} µs/record, whole client"
-            f" {result['client_us'][kind]:6.1f} µs/record (target <= {TARGET_US:.0f} µs for planning and encoding)"
-        )
+    run_benchmark(
+        __doc__, lambda args: measure(args.records), describe, {"--records": {"type": int, "default": 20_000}}
+    )
+
+
+def describe(result: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{kind:<5}: encode {result['encode_us'][kind]:6.1f} µs/record, whole client"
+        f" {result['client_us'][kind]:6.1f} µs/record (target <= {TARGET_US:.0f} µs for planning and encoding)"
+        for kind in ("bulk", "batch")
+    )
 
 
 if __name__ == "__main__":

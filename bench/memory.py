@@ -9,12 +9,12 @@ Each size runs in a fresh interpreter (so peaks do not mix), streaming generated
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 
+from bench.cli import run_benchmark
 from tests.devstack_process import ROOT, DevstackProcess, subprocess_env
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -63,19 +63,15 @@ def measure(sizes: tuple[int, ...] = SIZES) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    result = measure()
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(f"Machine: {os.cpu_count()} CPUs")
-    print("| records | written | peak RSS (MiB) |")
-    print("|---|---|---|")
-    for r in result["sizes"]:  # type: ignore[attr-defined]
-        print(f"| {r['records']:,} | {r['ok']:,} | {r['peak_rss_mib']:.1f} |")
-    print(f"\npeak RSS ratio 1M / 10k = {result['ratio']:.2f} (target <= {LIMIT_RATIO})")
+    run_benchmark(__doc__, lambda _: measure(), describe)
+
+
+def describe(result: dict[str, object]) -> str:
+    rows = [f"| {r['records']:,} | {r['ok']:,} | {r['peak_rss_mib']:.1f} |" for r in result["sizes"]]  # type: ignore[attr-defined]
+    return "\n".join([
+        f"Machine: {os.cpu_count()} CPUs", "| records | written | peak RSS (MiB) |", "|---|---|---|", *rows,
+        f"\npeak RSS ratio 1M / 10k = {result['ratio']:.2f} (target <= {LIMIT_RATIO})",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 
 import requests
 
+from bench.cli import run_benchmark
 from bench.throughput import DOP, EXECUTION_MS_PER_WINDOW, REQUESTS_PER_WINDOW, WINDOW_S, Config
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
@@ -358,23 +359,26 @@ def measure(count: int, time_box: float, time_scale: float, sync_count: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--sync-records", type=int, default=100_000)
-    parser.add_argument("--time-box", type=float, default=None, help="real seconds (default: two windows)")
-    parser.add_argument("--time-scale", type=float, default=0.1)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    time_box = args.time_box or 2 * WINDOW_S * args.time_scale
-    result = measure(args.records, time_box, args.time_scale, args.sync_records)
-    if args.json:
-        print(json.dumps(result))
-        return
-    for row in [*result["runs"], *result["sweep"]]:
-        print(
-            f"{row['name']:<50} {row['records']:>7} rec {row['model_rate']:8.1f} rec/s (model) {row['fraction']:6.1%}"
-            f" of {row['ceiling']:7.1f}; {row['requests']} requests, {row['throttles']} 429s, {row['cpu_s']:.1f} s CPU"
-        )
+    options: dict[str, dict[str, Any]] = {
+        "--records": {"type": int, "default": 100_000},
+        "--sync-records": {"type": int, "default": 100_000},
+        "--time-box": {"type": float, "default": None, "help": "real seconds (default: two windows)"},
+        "--time-scale": {"type": float, "default": 0.1},
+    }
+
+    def run(args: argparse.Namespace) -> dict[str, Any]:
+        time_box = args.time_box or 2 * WINDOW_S * args.time_scale
+        return measure(args.records, time_box, args.time_scale, args.sync_records)
+
+    run_benchmark(__doc__, run, describe, options)
+
+
+def describe(result: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{row['name']:<50} {row['records']:>7} rec {row['model_rate']:8.1f} rec/s (model) {row['fraction']:6.1%}"
+        f" of {row['ceiling']:7.1f}; {row['requests']} requests, {row['throttles']} 429s, {row['cpu_s']:.1f} s CPU"
+        for row in [*result["runs"], *result["sweep"], *result["production"]["runs"]]
+    )
 
 
 if __name__ == "__main__":
