@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
@@ -82,14 +83,7 @@ def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
         return func.HttpResponse(
             json.dumps({"error": f"no job named {name!r}", "jobs": sorted(JOBS)}), status_code=404, mimetype=JSON
         )
-    try:
-        report = run_job(name)
-    except DvbridgeError as exc:  # e.g. Key Vault or Entra unreachable before the run could start
-        log_event(logger, "sync_run_not_started", logging.ERROR, job=name, error=type(exc).__name__)
-        body = {"job": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        return func.HttpResponse(json.dumps(body), status_code=503, mimetype=JSON)
-    status = 409 if report["status"] == "skipped" else 200
-    return func.HttpResponse(json.dumps(report), status_code=status, mimetype=JSON)
+    return _report_response(name, lambda: run_job(name))
 
 
 @bp.route(route="sync/{job}/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
@@ -104,10 +98,22 @@ def sync_replay(req: func.HttpRequest) -> func.HttpResponse:
         return func.HttpResponse(
             json.dumps({"error": f"no inbound job named {name!r}"}), status_code=404, mimetype=JSON
         )
-    report = replay_dead_letters(name, job, sync_context(), run_id=req.params.get("run")).to_dict()
-    return func.HttpResponse(
-        json.dumps(report), status_code=409 if report["status"] == "skipped" else 200, mimetype=JSON
+    return _report_response(
+        name, lambda: replay_dead_letters(name, job, sync_context(), run_id=req.params.get("run")).to_dict()
     )
+
+
+def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpResponse:
+    """200 with the run report, 409 when another run holds the job, 503 with the cause when the run could
+    not start (Key Vault or Entra unreachable while the worker builds its Dataverse client)."""
+    try:
+        report = run()
+    except DvbridgeError as exc:
+        log_event(logger, "sync_run_not_started", logging.ERROR, job=name, error=type(exc).__name__)
+        body = {"job": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return func.HttpResponse(json.dumps(body), status_code=503, mimetype=JSON)
+    status = 409 if report["status"] == "skipped" else 200
+    return func.HttpResponse(json.dumps(report), status_code=status, mimetype=JSON)
 
 
 @bp.queue_trigger(arg_name="item", queue_name="sync-chunks", connection="AzureWebJobsStorage")
