@@ -15,7 +15,6 @@ from starlette.responses import JSONResponse, Response
 from devstack.dataverse.metadata import Table
 from devstack.dataverse.odata import ODataSyntaxError, parse_key_segment
 from devstack.dataverse.server import (
-    _SEGMENT,
     JSON_TYPE,
     ApplicationUser,
     DataverseContext,
@@ -24,6 +23,7 @@ from devstack.dataverse.server import (
     check_required,
     check_unique_keys,
     convert_body,
+    entity_reference,
     find,
     require,
 )
@@ -109,14 +109,11 @@ def _create(ctx: DataverseContext, table: Table, target: dict[str, Any]) -> str:
 def _target_key(ctx: DataverseContext, table: Table, target: dict[str, Any]) -> str | dict[str, Any] | None:
     odata_id = target.get("@odata.id")
     if odata_id:
-        text = str(odata_id)
-        if text.startswith(ctx.root):
-            text = text[len(ctx.root) :]
-        match = _SEGMENT.match(text.lstrip("/"))
-        if match is None or match.group("name") != table.entity_set or match.group("key") is None:
+        name, key_text = entity_reference(ctx, str(odata_id))
+        if name != table.entity_set or key_text is None:
             raise DataverseFault(400, "0x80040203", f"Invalid @odata.id '{odata_id}'.")
         try:
-            return parse_key_segment(match.group("key"))
+            return parse_key_segment(key_text)
         except ODataSyntaxError as exc:
             raise DataverseFault(400, "0x0", str(exc)) from exc
     if target.get(table.primary_id):

@@ -7,6 +7,7 @@ are case-insensitive, as Dataverse's collation is.
 from __future__ import annotations
 
 import re
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -65,6 +66,29 @@ def _tokens(text: str) -> list[tuple[str, Any, int]]:
         tokens.append((kind, value, start))
         pos = match.end()
     return tokens
+
+
+QUERY_SYNTAX_ERROR = "Bad Request - Error in query syntax."  # Dataverse's words (odata.net#1708)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def decode_resource_path(raw: str | bytes) -> list[str]:
+    """A resource path as Dataverse reads it: percent-decoded once (UTF-8), then split into segments.
+
+    Dataverse's web layer decodes the path before OData splits it, so an encoded ``/`` (``%2F``) still
+    separates segments, and ``\\`` counts as ``/`` (odata.net#1708, MicrosoftDocs/powerapps-docs#117):
+    a key value holding either breaks its segment. The same reading is applied to ``$batch`` request
+    lines and to ``@odata.bind``/``@odata.id`` values (UNCONFIRMED for those two; the reports above cover
+    the top-level path and ``@odata.bind``). A control character in the decoded path is refused
+    (UNCONFIRMED: IIS request filtering refuses it before Dataverse sees the request)."""
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8")
+    try:
+        text = urllib.parse.unquote_to_bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ODataSyntaxError(f"{QUERY_SYNTAX_ERROR} The path is not UTF-8 after percent-decoding.") from exc
+    if _CONTROL.search(text):
+        raise ODataSyntaxError(f"{QUERY_SYNTAX_ERROR} The path contains a control character.")
+    return text.replace("\\", "/").split("/")
 
 
 def normalize_datetime(text: str) -> str:

@@ -36,7 +36,14 @@ from devstack.dataverse.faults import (
 )
 from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import Attribute, Table, entity_definition, picklist_definition
-from devstack.dataverse.odata import ODataSyntaxError, compile_filter, normalize_datetime, parse_key_segment
+from devstack.dataverse.odata import (
+    QUERY_SYNTAX_ERROR,
+    ODataSyntaxError,
+    compile_filter,
+    decode_resource_path,
+    normalize_datetime,
+    parse_key_segment,
+)
 from devstack.dataverse.store import Record, Store
 from devstack.dataverse.webhooks import Registration, WebhookDispatcher
 from devstack.outage import service_middleware
@@ -200,8 +207,30 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
         }
         return JSONResponse(snapshot)
 
+    async def changes(request: Request) -> Response:
+        """Test-only: every row written or deleted after store version ``since``, in every table, read from
+        the store itself (not through OData), so a test can see every effect of a write it is testing."""
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return JSONResponse({"error": "since must be a store version (an integer)"}, status_code=400)
+        version = ctx.store.current_version()
+        written = {
+            name: [{"id": r.id, "version": r.version, "data": r.data} for r in ctx.store.changed_since(name, since)]
+            for name in ctx.tables
+        }
+        deleted = {name: ctx.store.deleted_since(name, since) for name in ctx.tables}
+        return JSONResponse(
+            {
+                "version": version,
+                "written": {k: v for k, v in written.items() if v},
+                "deleted": {k: v for k, v in deleted.items() if v},
+            }
+        )
+
     routes = [
         Route("/_devstack/stats", stats, methods=["GET"]),
+        Route("/_devstack/changes", changes, methods=["GET"]),
         Route("/_devstack/control", control, methods=["POST"]),
         Route(API_PREFIX + "/{path:path}", dispatch, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         Route(API_PREFIX, dispatch, methods=["GET"]),
@@ -285,13 +314,14 @@ _SEGMENT = re.compile(r"^(?P<name>[^()/]+)(?:\((?P<key>.*)\))?$", re.S)
 
 
 async def route(ctx: DataverseContext, request: Request, user: ApplicationUser) -> Response:
-    path = request.path_params.get("path", "")
+    segments = resource_segments(request)
     method = request.method
-    if path in ("", "/"):
+    if segments in ([], [""]):
         return JSONResponse({"@odata.context": f"{ctx.root}/$metadata", "value": []}, media_type=JSON_TYPE)
-    segments = path.split("/")
     match = _SEGMENT.match(segments[0])
     if match is None:
+        if "(" in segments[0]:  # a key value holding '/' (or '%2F') was split off: Dataverse's answer
+            raise DataverseFault(400, "0x8006088a", QUERY_SYNTAX_ERROR)
         raise not_found_segment(segments[0])
     name, key_text = match.group("name"), match.group("key")
     if name == "WhoAmI":
@@ -354,6 +384,32 @@ async def route(ctx: DataverseContext, request: Request, user: ApplicationUser) 
             ctx.store.delete(record)
         return Response(status_code=204)
     raise DataverseFault(405, "0x80040227", f"The requested operation is not supported on '{name}'.")
+
+
+_API_DEPTH = len(API_PREFIX.strip("/").split("/"))
+
+
+def resource_segments(request: Request) -> list[str]:
+    """The path below the Web API root, decoded from the raw request target as Dataverse decodes it."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    try:
+        segments = decode_resource_path(raw)
+    except ODataSyntaxError as exc:
+        raise DataverseFault(400, "0x8006088a", str(exc)) from exc
+    return segments[1 + _API_DEPTH :]  # "", "api", "data", "v9.2"
+
+
+def entity_reference(ctx: DataverseContext, value: str) -> tuple[str, str | None]:
+    """``/accounts(accountnumber='A%2B1')`` (an ``@odata.bind`` or ``@odata.id``) -> (entity set, key text)."""
+    text = value[len(ctx.root) :] if value.startswith(ctx.root) else value
+    try:
+        segments = decode_resource_path(text.lstrip("/"))
+    except ODataSyntaxError as exc:
+        raise DataverseFault(400, "0x8006088a", str(exc)) from exc
+    match = _SEGMENT.match(segments[0])
+    if len(segments) > 1 or match is None:
+        raise DataverseFault(400, "0x8006088a", QUERY_SYNTAX_ERROR)
+    return match.group("name"), match.group("key")
 
 
 def not_found_segment(segment: str) -> DataverseFault:
@@ -561,14 +617,12 @@ def coerce(table: Table, attr: Attribute, value: Any) -> Any:
 def resolve_bind(ctx: DataverseContext, attr: Attribute, value: Any) -> str:
     """``/accounts(<guid>)``, ``accounts(<guid>)`` or ``/accounts(accountnumber='A1')`` -> the target id."""
     text = str(value)
-    if text.startswith(ctx.root):
-        text = text[len(ctx.root) :]
-    m = _SEGMENT.match(text.lstrip("/"))
     target = ctx.tables[attr.target or ""]
-    if m is None or m.group("key") is None or m.group("name") != target.entity_set:
+    name, key_text = entity_reference(ctx, text)
+    if key_text is None or name != target.entity_set:
         raise DataverseFault(400, "0x80048d19", payload_error(target, f"Invalid @odata.bind value '{text}'."))
     try:
-        key = parse_key_segment(m.group("key"))
+        key = parse_key_segment(key_text)
     except ODataSyntaxError as exc:
         raise DataverseFault(400, "0x0", str(exc)) from exc
     record = find(ctx, target, key, must_exist=True)
@@ -630,7 +684,9 @@ def prefers(request: Request) -> dict[str, str]:
 
 
 def entity_url(ctx: DataverseContext, table: Table, record: Record, key_text: str | None = None) -> str:
-    return f"{ctx.root}/{table.entity_set}({key_text if key_text is not None else record.id})"
+    # The key text was decoded from the request: percent-encode it again, as a URL in a header must be.
+    key = urllib.parse.quote(key_text, safe="=',") if key_text is not None else record.id
+    return f"{ctx.root}/{table.entity_set}({key})"
 
 
 def created_response(

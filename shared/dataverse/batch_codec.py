@@ -29,6 +29,8 @@ ROLLED_BACK = "RolledBack"  # our code for a change-set member undone by another
 UNKNOWN_OUTCOME = "UnknownOutcome"  # our code: the reply does not say what happened to this operation
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
 _STATUS = re.compile(r"^HTTP/\d\.\d\s+(\d{3})")
+_NOT_IN_REQUEST_LINE = re.compile(r"[^\x21-\x7e]")  # request-target: visible ASCII only
+_NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class BatchDecodeError(DvbridgeError, ValueError):
@@ -101,7 +103,18 @@ def new_boundary(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4()}"
 
 
+def _check_request_line(op: Operation) -> None:
+    """Data reaches a request line only through shared.dataverse.addressing, which percent-encodes it;
+    anything else here (a space, a line break, a non-ASCII character) would change the request's shape."""
+    if not op.url or _NOT_IN_REQUEST_LINE.search(op.url):
+        raise ValueError(f"{op.method} request URL is not percent-encoded: {op.url[:80]!r}")
+    for name, value in op.headers.items():
+        if _NOT_IN_HEADER.search(name) or _NOT_IN_HEADER.search(str(value)) or ":" in name:
+            raise ValueError(f"header {name[:40]!r} of a {op.method} part has a line break or control character")
+
+
 def _render_operation(op: Operation) -> str:
+    _check_request_line(op)
     head = ["Content-Type: application/http", "Content-Transfer-Encoding: binary"]
     if op.content_id is not None:
         head.append(f"Content-ID: {op.content_id}")

@@ -8,17 +8,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from shared import __version__
+from shared.dataverse.addressing import entity_path, identifier
 from shared.dataverse.batch_codec import BatchItem, OperationResult, decode_batch, encode_batch, match_results
 from shared.dataverse.governor import ThrottleGovernor
 from shared.errors import DataverseError, ThrottledError
@@ -63,22 +62,6 @@ class ClientOptions:
     retry_deadline_s: float = RETRY_DEADLINE_S
     verify: str | bool | None = None  # None: requests' default (honours REQUESTS_CA_BUNDLE)
     extra_headers: dict[str, str] = field(default_factory=dict)
-
-
-def format_key(key: Mapping[str, Any] | str) -> str:
-    """``{"accountnumber": "O'Brien"}`` -> ``accountnumber='O''Brien'``; a GUID stays bare."""
-    if isinstance(key, str):
-        return key
-    parts = []
-    for name, value in key.items():
-        if isinstance(value, bool):
-            rendered = "true" if value else "false"
-        elif isinstance(value, int | float | uuid.UUID) or (name.startswith("_") and name.endswith("_value")):
-            rendered = str(value)
-        else:
-            rendered = "'" + str(value).replace("'", "''") + "'"
-        parts.append(f"{name}={rendered}")
-    return ",".join(parts)
 
 
 class DataverseClient:
@@ -148,6 +131,9 @@ class DataverseClient:
     ) -> requests.Response:
         """Send with retries on 429/502/503/504 and connection errors (honouring Retry-After); refresh once on 401."""
         url = path if path.startswith("https://") or path.startswith("http://") else f"{self.root}/{path.lstrip('/')}"
+        if not url.startswith(self.root + "/") and url != self.root:
+            # A next or delta link names another host: never send it our bearer token.
+            raise DataverseError(0, "ForeignUrl", f"refused to send a Dataverse request outside {self.root}")
         timeout = (CONNECT_TIMEOUT_S, BULK_READ_TIMEOUT_S if long_running else READ_TIMEOUT_S)
         deadline = time.monotonic() + self.options.retry_deadline_s
         # After a connection breaks mid-response a POST may have been applied: re-send only what is safe.
@@ -223,9 +209,7 @@ class DataverseClient:
         self, entity_set: str, key: Mapping[str, Any] | str, *, select: Sequence[str] = ()
     ) -> dict[str, Any] | None:
         params = {"$select": ",".join(select)} if select else None
-        response = self.request(
-            "GET", f"{entity_set}({quote(format_key(key), safe=',=')})", params=params, raise_for_status=False
-        )
+        response = self.request("GET", entity_path(entity_set, key), params=params, raise_for_status=False)
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
@@ -253,7 +237,7 @@ class DataverseClient:
         if top is not None:
             params["$top"] = str(top)
         prefer = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}"} if top is None else None
-        link: str | None = entity_set
+        link: str | None = identifier(entity_set, "entity set")
         first = True
         while link:
             response = self.request("GET", link, params=params if first else None, headers=prefer)
@@ -271,7 +255,7 @@ class DataverseClient:
         changed: list[dict[str, Any]] = []
         deleted: list[str] = []
         headers = {"Prefer": "odata.track-changes"}
-        link: str | None = delta_link or entity_set
+        link: str | None = delta_link or identifier(entity_set, "entity set")
         params = {"$select": ",".join(select)} if select and delta_link is None else None
         new_link = ""
         while link:
@@ -290,24 +274,24 @@ class DataverseClient:
 
     # -- single writes -----------------------------------------------------------------------------------
     def create(self, entity_set: str, body: Mapping[str, Any]) -> str:
-        response = self.request("POST", entity_set, body=dict(body))
+        response = self.request("POST", identifier(entity_set, "entity set"), body=dict(body))
         entity = response.headers.get("OData-EntityId") or response.headers.get("Location") or ""
         return entity.rsplit("(", 1)[-1].rstrip(")")
 
     def update(
         self, entity_set: str, key: Mapping[str, Any] | str, body: Mapping[str, Any], *, if_match: str = "*"
     ) -> None:
-        self.request("PATCH", f"{entity_set}({format_key(key)})", body=dict(body), headers={"If-Match": if_match})
+        self.request("PATCH", entity_path(entity_set, key), body=dict(body), headers={"If-Match": if_match})
 
     def upsert(self, entity_set: str, key: Mapping[str, Any] | str, body: Mapping[str, Any]) -> bool:
         """Create or update by key; returns True when a record was created."""
         response = self.request(  # PATCH by key: idempotent
-            "PATCH", f"{entity_set}({format_key(key)})", body=dict(body), headers={"Prefer": "return=representation"}
+            "PATCH", entity_path(entity_set, key), body=dict(body), headers={"Prefer": "return=representation"}
         )
         return response.status_code == 201
 
     def delete(self, entity_set: str, key: Mapping[str, Any] | str) -> None:
-        self.request("DELETE", f"{entity_set}({format_key(key)})")
+        self.request("DELETE", entity_path(entity_set, key))
 
     # -- batch and bulk ------------------------------------------------------------------------------------
     def execute_batch(
@@ -334,7 +318,7 @@ class DataverseClient:
         """``CreateMultiple``/``UpdateMultiple``/``UpsertMultiple``; raises DataverseError for the whole request."""
         return self.request(
             "POST",
-            f"{entity_set}/Microsoft.Dynamics.CRM.{action}",
+            f"{identifier(entity_set, 'entity set')}/Microsoft.Dynamics.CRM.{identifier(action, 'action')}",
             body={"Targets": list(targets)},
             long_running=True,
             idempotent=action in ("UpsertMultiple", "UpdateMultiple"),

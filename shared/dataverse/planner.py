@@ -20,8 +20,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.dataverse.addressing import KeyValueRefused, check_key_value, entity_path, key_text
 from shared.dataverse.batch_codec import UNKNOWN_OUTCOME, Operation
-from shared.dataverse.client import DataverseClient, format_key
+from shared.dataverse.client import DataverseClient
 from shared.errors import DataverseError
 
 BULK_ACTIONS = {"upsert": "UpsertMultiple", "create": "CreateMultiple", "update": "UpdateMultiple"}
@@ -209,7 +210,11 @@ class _Run:
                     )
                 )
                 continue
-            marker = format_key(key_values) if key_values is not None else f"#{index}"
+            refused = _refused_key(key_values)
+            if refused is not None:
+                early.append(RecordResult(index, "failed", key_values, code="InvalidKey", message=str(refused)))
+                continue
+            marker = key_text(key_values) if key_values is not None else f"#{index}"
             if marker in items:
                 # Duplicate key inside the chunk: last one wins; the earlier one is reported as collapsed.
                 earlier = items.pop(marker)
@@ -265,7 +270,7 @@ class _Run:
     def _target(self, record: dict[str, Any], key: dict[str, Any] | None) -> dict[str, Any]:
         target = {"@odata.type": f"Microsoft.Dynamics.CRM.{self.table}"}
         if self.operation == "upsert" and key is not None and not self._is_primary_key():
-            target["@odata.id"] = f"{self.entity_set}({format_key(key)})"
+            target["@odata.id"] = entity_path(self.entity_set, key)
             # Key columns named by @odata.id must not repeat in the body (the create path fails otherwise).
             target.update({k: v for k, v in record.items() if k not in key})
         else:
@@ -282,7 +287,7 @@ class _Run:
             raise ValueError(f"{self.operation} needs the record's key columns")
         body = {k: v for k, v in record.items() if k not in key} if not self._is_primary_key() else record
         headers = {"If-Match": "*"} if self.operation == "update" else {}
-        return Operation("PATCH", f"{self.entity_set}({format_key(key)})", body, headers)
+        return Operation("PATCH", entity_path(self.entity_set, key), body, headers)
 
     def _batch(self, items: list[tuple[int, dict[str, Any], dict[str, Any] | None]]) -> list[RecordResult]:
         results: dict[int, RecordResult] = {}
@@ -331,3 +336,16 @@ class _Run:
     @staticmethod
     def _failed(index: int, key: Mapping[str, Any] | None, exc: DataverseError) -> RecordResult:
         return RecordResult(index, "failed", key, code=exc.code, message=exc.message)
+
+
+def _refused_key(key: Mapping[str, Any] | None) -> KeyValueRefused | None:
+    """Why no request can address this record by its key (a dead letter for it alone), or None."""
+    if key is None:
+        return None
+    try:
+        for name, value in key.items():
+            check_key_value(name, value)
+        key_text(key)
+    except KeyValueRefused as refused:
+        return refused
+    return None

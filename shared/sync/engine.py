@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.dataverse.client import DataverseClient, format_key
+from shared.dataverse.addressing import key_text, table_definition_path
+from shared.dataverse.client import DataverseClient
 from shared.dataverse.planner import WritePlanner
 from shared.logging import log_event
 from shared.sync.jobs import CsvSource, HttpSource, InboundJob, JsonlSource
@@ -73,12 +74,10 @@ class SyncContext:
     def schema(self, table: str) -> TableSchema:
         """The table's metadata, read once per worker."""
         if table not in self.schemas:
-            entity = self.client.request(
-                "GET", f"EntityDefinitions(LogicalName='{table}')", params={"$expand": "Attributes"}
-            ).json()
+            entity = self.client.request("GET", table_definition_path(table), params={"$expand": "Attributes"}).json()
             picklists = self.client.request(
                 "GET",
-                f"EntityDefinitions(LogicalName='{table}')/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
+                f"{table_definition_path(table)}/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
                 params={"$select": "LogicalName", "$expand": "OptionSet($select=Options)"},
             ).json()
             self.schemas[table] = TableSchema.from_metadata(entity, picklists.get("value", []))
@@ -161,7 +160,7 @@ def _write_file(
                 if progress:
                     progress(1)
                 continue
-            key = format_key({k: result[k] for k in job.key})
+            key = key_text({k: result[k] for k in job.key})
             digest = row_hash(result)
             if hashes.get(key) == digest:
                 report.unchanged += 1

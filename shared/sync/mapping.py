@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.dataverse.addressing import KeyValueRefused, bind_path, check_key_value
 from shared.sync.jobs import ColumnMapping, InboundJob, Transform
 
 TRUE_WORDS = {"true", "yes", "y", "1", "ja", "oui"}
@@ -86,15 +87,20 @@ class Mapper:
                 value = self._value(row, column, spec)
                 if spec.lookup is not None:
                     if value is not None:
-                        escaped = str(value).replace("'", "''")
-                        out[f"{spec.lookup.navigation}@odata.bind"] = (
-                            f"/{spec.lookup.entity_set}({spec.lookup.key}='{escaped}')"
-                        )
+                        try:
+                            target = bind_path(spec.lookup.entity_set, {spec.lookup.key: str(value)})
+                        except KeyValueRefused as refused:
+                            raise _Reject("InvalidLookupKey", f"{column}: {refused.reason}", column) from None
+                        out[f"{spec.lookup.navigation}@odata.bind"] = target
                     continue
                 out[column] = self._validate(column, spec, value)
             for key in self.job.key:
                 if out.get(key) in (None, ""):
                     raise _Reject("MissingKey", f"key column {key!r} is empty (source {self._source_name(key)!r})", key)
+                try:
+                    check_key_value(key, out[key])
+                except KeyValueRefused as refused:
+                    raise _Reject("InvalidKey", f"{refused} (source {self._source_name(key)!r})", key) from None
         except _Reject as rejected:
             return rejected.rejection
         return out

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from shared.dataverse.batch_codec import ChangeSet, Operation
-from shared.dataverse.client import ClientOptions, DataverseClient, format_key
+from shared.dataverse.addressing import entity_path, key_text
+from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.errors import DataverseError
 from shared.identity.worker import token_provider
 from tests.dataverse_api import api_for
@@ -28,8 +29,9 @@ def client(devstack, app_env) -> Iterator[DataverseClient]:
     api_for(devstack).control({"faults": [], "max_token_age_s": None})
 
 
-def test_key_formatting_escapes_quotes() -> None:
-    assert format_key({"accountnumber": "O'Brien", "n": 2, "flag": True}) == "accountnumber='O''Brien',n=2,flag=true"
+def test_key_formatting_escapes_quotes_and_percent_encodes_for_the_url() -> None:
+    assert key_text({"accountnumber": "O'Brien", "n": 2, "flag": True}) == "accountnumber='O''Brien',n=2,flag=true"
+    assert entity_path("accounts", {"accountnumber": "O'Brien 100%"}) == "accounts(accountnumber='O''Brien%20100%25')"
 
 
 def test_reads_writes_and_whoami(client: DataverseClient) -> None:
