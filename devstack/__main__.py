@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 
 from devstack.alerts import AlertSink, alerts_app
 from devstack.azurite import Azurite, start_azurite
+from devstack.common import add_read_timeout_arguments, read_timeouts_from, server_config
 from devstack.dataverse.build import build_dataverse
 from devstack.dataverse.server import dataverse_app
 from devstack.demo import render, run_steps
@@ -146,10 +147,12 @@ async def _serve(args: argparse.Namespace) -> int:
     for value in [*world.every_secret_value(), identity_header]:
         issuer.record(value)
 
+    timeouts = read_timeouts_from(args)
     servers: list[_QuietServer] = []
     for listener in listeners:
-        config = uvicorn.Config(
+        config = server_config(
             listener.app,
+            timeouts,
             log_level=args.log_level,
             access_log=args.log_level == "debug",
             ssl_certfile=str(tls.server_cert_chain) if listener.tls else None,
@@ -241,8 +244,9 @@ async def _serve(args: argparse.Namespace) -> int:
             print(f"devstack failed to start: the app cannot be indexed: {exc}", file=sys.stderr)
             return 1
         host_server = _QuietServer(
-            uvicorn.Config(
+            server_config(
                 host.asgi(),
+                timeouts,
                 log_level=args.log_level,
                 access_log=False,
                 lifespan="off",
@@ -256,6 +260,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await host.start()
         env["FUNCTIONS_BASE_URL"] = base_url
         env["FUNCTIONS_HOST_KEY"] = host.keys.host
+        env["DEVSTACK_HOST_KEYS"] = str(directory / "host-keys.json")  # the master key stays in that file
         _register_webhooks_to_host(scenario, dataverse_ctx, host)
         if (scenario.get("vault") or {}).get("event_grid_to_host", True) and "expiry_event" in host.by_name:
             emitter = VaultEventEmitter(world, vault_url, base_url, host.keys.eventgrid)
@@ -350,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seed-accounts", type=int, default=10_000, help="size of the ERP seed (contacts: 3x; bad rows: 3 %%)"
     )
     parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
+    add_read_timeout_arguments(parser)
     args = parser.parse_args(argv)
     return asyncio.run(_serve(args))
 

@@ -9,7 +9,8 @@
 * **Queues** on Azurite honouring ``host.json`` (batch size, new-batch threshold, polling interval,
   visibility timeout, max dequeue count → ``<queue>-poison``), base64 messages; queue outputs.
 * **Event Grid** at ``POST /runtime/webhooks/eventgrid?functionName=<name>`` (with the validation
-  handshake), and ``POST /admin/functions/<name>`` to run any non-HTTP function now.
+  handshake), and ``POST /admin/functions/<name>`` (master key only, as every ``/admin/`` API) to run any
+  non-HTTP function now.
 * One log line per invocation start and end, in Core Tools' words; ``functionTimeout`` enforced.
 """
 
@@ -54,6 +55,7 @@ QUEUE_DEFAULTS = {
 }
 MIN_POLLING_INTERVAL_S = 0.1  # the host starts polling fast and backs off to maxPollingInterval
 THREAD_POOL_WORKERS = 8
+ADMIN_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 ROUTE_CONSTRAINTS = {"int": r"-?\d+", "alpha": r"[A-Za-z]+", "guid": r"[0-9a-fA-F-]{36}", "bool": r"true|false"}
 
 
@@ -354,15 +356,17 @@ class LocalHost:
 
     # -- HTTP ----------------------------------------------------------------------------------------
     def _authorized(self, request: Request, info: FunctionInfo | None, level: str) -> bool:
+        """``admin`` (an HTTP function's authLevel, and everything under ``/admin/``) takes the master key
+        only, as in Azure; ``function`` also takes a host key or the function's own key."""
         if level == "anonymous":
             return True
         supplied = request.headers.get("x-functions-key") or request.query_params.get("code") or ""
-        allowed = {self.keys.master}
+        allowed = [self.keys.master]
         if level != "admin":
-            allowed |= {self.keys.host}
+            allowed.append(self.keys.host)
             if info is not None:
-                allowed.add(self.keys.functions[info.name])
-        return any(secrets.compare_digest(supplied, k) for k in allowed)
+                allowed.append(self.keys.functions[info.name])
+        return _key_matches(supplied, allowed)
 
     async def http(self, request: Request) -> Response:
         path = request.path_params["path"]
@@ -398,7 +402,7 @@ class LocalHost:
     async def admin_run(self, request: Request) -> Response:
         name = request.path_params["name"]
         info = self.by_name.get(name)
-        if not self._authorized(request, None, "function"):  # Core Tools' default host key opens the admin API
+        if not self._authorized(request, None, "admin"):  # Azure: APIs under /admin/ take the master key only
             return Response(status_code=401)
         if info is None:
             return Response(status_code=404)
@@ -429,13 +433,18 @@ class LocalHost:
             await self.invoke(info, args, "This function was programmatically called via the host APIs.")
             await asyncio.get_running_loop().run_in_executor(self.pool, self._flush_outputs, info, outputs)
 
+    async def admin_other(self, request: Request) -> Response:
+        """The rest of ``/admin/`` (host status, keys, ...) is not emulated; it is still closed to any key
+        but the master key, so no route under it is open by accident."""
+        if not self._authorized(request, None, "admin"):
+            return Response(status_code=401)
+        return Response(status_code=404)
+
     async def eventgrid(self, request: Request) -> Response:
         name = request.query_params.get("functionName", "")
         info = self.by_name.get(name)
         supplied = request.query_params.get("code") or request.headers.get("x-functions-key") or ""
-        if not any(
-            secrets.compare_digest(supplied, k) for k in (self.keys.eventgrid, self.keys.host, self.keys.master)
-        ):
+        if not _key_matches(supplied, [self.keys.eventgrid, self.keys.host, self.keys.master]):
             return Response(status_code=401)
         if info is None or info.trigger_type != "eventGridTrigger":
             return JSONResponse({"error": f"no Event Grid function named {name!r}"}, status_code=404)
@@ -468,6 +477,8 @@ class LocalHost:
                     "/api/{path:path}", self.http, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
                 ),
                 Route("/admin/functions/{name}", self.admin_run, methods=["POST"]),
+                Route("/admin", self.admin_other, methods=ADMIN_METHODS),
+                Route("/admin/{path:path}", self.admin_other, methods=ADMIN_METHODS),
                 Route("/runtime/webhooks/eventgrid", self.eventgrid, methods=["POST"]),
                 Route("/_devstack/functions", functions, methods=["GET"]),
             ]
@@ -597,6 +608,13 @@ class LocalHost:
                         message, pop_receipt=message.pop_receipt, visibility_timeout=visibility
                     ),
                 )
+
+
+def _key_matches(supplied: str, allowed: list[str]) -> bool:
+    """Every key is compared (no early exit), each in constant time, so the answer's timing says nothing;
+    as bytes, because ``compare_digest`` refuses a str with non-ASCII characters (a header can carry them)."""
+    matches = [secrets.compare_digest(supplied.encode(), key.encode()) for key in allowed]
+    return any(matches)
 
 
 def _timer_request(*, past_due: bool, last: datetime | None, next_at: datetime | None) -> Any:

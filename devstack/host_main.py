@@ -11,6 +11,8 @@ import signal
 import sys
 from pathlib import Path
 
+from devstack.common import add_read_timeout_arguments, read_timeouts_from, server_config
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack host", description=__doc__)
@@ -18,6 +20,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--app-dir", default=".")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--state-dir", help="where host keys live (default: next to the env file)")
+    add_read_timeout_arguments(parser)
     args = parser.parse_args(argv)
     env_file = Path(args.env_file).resolve()
     for line in env_file.read_text().splitlines():
@@ -28,19 +31,19 @@ def main(argv: list[str]) -> int:
 
 
 async def _serve(args: argparse.Namespace, env_file: Path) -> int:
-    import uvicorn
-
     from devstack.__main__ import GRACEFUL_SHUTDOWN_S, LOOPBACK, _bind, _QuietServer
     from devstack.host import LocalHost
 
+    timeouts = read_timeouts_from(args)
     sock = _bind(args.port)
     base_url = f"http://{LOOPBACK}:{sock.getsockname()[1]}"
     state = Path(args.state_dir).resolve() if args.state_dir else env_file.parent
     storage = os.environ.get("AzureWebJobsStorage")  # noqa: SIM112 - the platform's spelling
     host = LocalHost(Path(args.app_dir).resolve(), state, storage=storage, base_url=base_url)
     server = _QuietServer(
-        uvicorn.Config(
+        server_config(
             host.asgi(),
+            timeouts,
             log_level="warning",
             access_log=False,
             lifespan="off",

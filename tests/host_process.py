@@ -37,8 +37,13 @@ class HostProcess:
         keys = json.loads((self.stack.directory / "host-keys.json").read_text())
         return str(keys["functions"][name]["default"])
 
-    def post(self, path: str, *, timeout: float, **kwargs: Any) -> requests.Response:
-        return requests.post(f"{self.url}{path}", headers={"x-functions-key": self.key}, timeout=timeout, **kwargs)
+    def master_key(self) -> str:
+        """What ``/admin/*`` takes (a host key does not, as in Azure)."""
+        return str(json.loads((self.stack.directory / "host-keys.json").read_text())["masterKey"])
+
+    def post(self, path: str, *, timeout: float, key: str | None = None, **kwargs: Any) -> requests.Response:
+        headers = {"x-functions-key": key or self.key}
+        return requests.post(f"{self.url}{path}", headers=headers, timeout=timeout, **kwargs)
 
     def get(self, path: str, *, timeout: float = 60) -> requests.Response:
         return requests.get(f"{self.url}{path}", headers={"x-functions-key": self.key}, timeout=timeout)

@@ -163,7 +163,7 @@ def test_admin_endpoint_runs_a_timer_now(stack) -> None:
     assert requests.post(admin, json={"input": ""}, timeout=10).status_code == 401
     assert (
         requests.post(
-            admin, json={"input": ""}, headers={"x-functions-key": stack.env["FUNCTIONS_HOST_KEY"]}, timeout=10
+            admin, json={"input": ""}, headers={"x-functions-key": keys(stack)["masterKey"]}, timeout=10
         ).status_code
         == 202
     )

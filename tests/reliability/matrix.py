@@ -258,7 +258,7 @@ def webhook_round_trip(stack: DevstackProcess, host: HostProcess, prefix: str) -
 
 
 def expiry_sweep(host: HostProcess) -> bool:
-    if host.post("/admin/functions/expiry_sweep", json={}, timeout=60).status_code != 202:
+    if host.post("/admin/functions/expiry_sweep", json={}, timeout=60, key=host.master_key()).status_code != 202:
         return False
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
