@@ -7,14 +7,14 @@ nothing left unencoded but unreserved characters and the quote. Dataverse decode
 then parses the key segment (odata.net#1708), so ``C000%3269`` is sent as ``C000%253269`` and reaches
 the server as itself.
 
-Two kinds of value cannot be addressed at all and are refused before anything is sent
-(:class:`KeyValueRefused`, one record's dead letter, never a request):
+Control characters (U+0000-U+001F, U+007F) cannot be addressed at all and are refused before anything is
+sent (:class:`KeyValueRefused`, one record's dead letter, never a request): a key column is single-line
+text, and a NUL or a line break in a request line or path is a different request.
 
-* control characters (U+0000-U+001F, U+007F): a key column is single-line text, and a NUL or a line
-  break in a request line or path is a different request;
-* ``/`` and ``\\``: Dataverse decodes ``%2F`` before it splits the path into segments, so such a key
-  value breaks the segment ("Bad Request - Error in query syntax", odata.net#1708,
-  MicrosoftDocs/powerapps-docs#117). Such rows must be matched by another key.
+A value holding ``/`` or ``\\`` is a third kind: Dataverse decodes ``%2F`` before it splits the path into
+segments, so such a key value breaks the segment ("Bad Request - Error in query syntax", odata.net#1708,
+MicrosoftDocs/powerapps-docs#117), while a ``$filter`` literal carries it fine. Such a record is addressed
+by a query on its key (:func:`needs_query_addressing`, :func:`key_filter`) and then by its id.
 
 Entity-set and column names come from configuration or from input (a webhook's table name); both are
 checked to be OData identifiers, so no name can add a path segment either.
@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 from shared.errors import DvbridgeError
@@ -74,11 +74,30 @@ def check_key_value(field: str, value: Any, *, in_path: bool = True) -> None:
         if in_path and any(c in value for c in PATH_UNSAFE_CHARACTERS):
             raise KeyValueRefused(
                 field,
-                "the key value contains '/' or '\\', which the Dataverse Web API cannot address in a URL "
-                "(it splits the path there); match these rows by another alternate key",
+                "the key value contains '/' or '\\', which no Dataverse URL path can carry (Dataverse splits "
+                "the path there)",
             )
     elif isinstance(value, float) and not math.isfinite(value):
         raise KeyValueRefused(field, f"{value!r} is not a number Dataverse can store")
+
+
+def needs_query_addressing(key: KeyValues | str) -> TypeGuard[KeyValues]:
+    """True when a key value holds a character no URL path can carry (``/``, ``\\``): find it by query."""
+    return not isinstance(key, str) and any(
+        isinstance(v, str) and any(c in v for c in PATH_UNSAFE_CHARACTERS) for v in key.values()
+    )
+
+
+def key_filter(key: KeyValues) -> str:
+    """``accountnumber eq 'A/1' and …``; the HTTP layer (requests) percent-encodes the query string."""
+    clauses = []
+    for name, value in key.items():
+        identifier(name)
+        if value is None:
+            raise KeyValueRefused(name, "the key value is empty")
+        check_key_value(name, value, in_path=False)
+        clauses.append(f"{name} eq {literal(name, value)}")
+    return " and ".join(clauses)
 
 
 def literal(field: str, value: Any) -> str:
@@ -106,7 +125,7 @@ def key_text(key: KeyValues | str) -> str:
     return ",".join(f"{name}={literal(name, value)}" for name, value in key.items())
 
 
-def key_predicate(key: KeyValues | str, *, in_path: bool = True) -> str:
+def key_predicate(key: KeyValues | str) -> str:
     """The inside of ``(…)`` in a URL: each value checked, rendered and percent-encoded."""
     if isinstance(key, str):
         return guid(key)
@@ -117,7 +136,7 @@ def key_predicate(key: KeyValues | str, *, in_path: bool = True) -> str:
         identifier(name)
         if value is None:
             raise KeyValueRefused(name, "the key value is empty")
-        check_key_value(name, value, in_path=in_path)
+        check_key_value(name, value)
         parts.append(f"{name}={quote(literal(name, value), safe=_LITERAL_SAFE)}")
     return ",".join(parts)
 

@@ -17,7 +17,13 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from shared import __version__
-from shared.dataverse.addressing import entity_path, identifier
+from shared.dataverse.addressing import (
+    KeyValueRefused,
+    entity_path,
+    identifier,
+    key_filter,
+    needs_query_addressing,
+)
 from shared.dataverse.batch_codec import BatchItem, OperationResult, decode_batch, encode_batch, match_results
 from shared.dataverse.governor import ThrottleGovernor
 from shared.errors import DataverseError, ThrottledError
@@ -36,6 +42,9 @@ RETRY_DEADLINE_S = 600.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 MAX_PAGE_SIZE = 5000
+QUERY_ADDRESSING_ROWS = 50  # rows a key query may return (case variants the collation treats as equal)
+DUPLICATE_KEY_CODE = "0x80060892"  # "Entity Key … violated": another writer created this key first
+RECORD_NOT_FOUND_CODE = "0x80040217"  # Dataverse's "Does Not Exist"
 
 
 class TokenSource(Protocol):
@@ -206,8 +215,15 @@ class DataverseClient:
         return dict(self.request("GET", "WhoAmI").json())
 
     def get(
-        self, entity_set: str, key: Mapping[str, Any] | str, *, select: Sequence[str] = ()
+        self, entity_set: str, key: Mapping[str, Any] | str, *, select: Sequence[str] = (), table: str | None = None
     ) -> dict[str, Any] | None:
+        """One record by id or alternate key; None when there is none. ``table`` (the logical name) lets a
+        key that no URL path can carry be found by a query instead (see shared.dataverse.addressing)."""
+        if needs_query_addressing(key):
+            found = self._find_by_query(entity_set, key, table)
+            if found is None:
+                return None
+            key = found
         params = {"$select": ",".join(select)} if select else None
         response = self.request("GET", entity_path(entity_set, key), params=params, raise_for_status=False)
         if response.status_code == 404:
@@ -215,6 +231,20 @@ class DataverseClient:
         if response.status_code >= 400:
             raise _error(response)
         return dict(response.json())
+
+    def _find_by_query(self, entity_set: str, key: Mapping[str, Any], table: str | None) -> str | None:
+        """The id of the record with these key values, found by ``$filter`` (which carries any character).
+
+        String comparison follows the server's collation (case-insensitive on Dataverse), as addressing by
+        key does; of several matches the one equal to the letter is taken."""
+        if table is None:
+            name = next(iter(key))
+            raise KeyValueRefused(name, "a key value with '/' or '\\' is found by a query, which needs the table name")
+        primary_id = f"{identifier(table, 'table')}id"
+        rows = list(self.query(entity_set, select=list(key), filter=key_filter(key), top=QUERY_ADDRESSING_ROWS))
+        exact = [row for row in rows if all(row.get(k) == v for k, v in key.items())]
+        chosen = exact or rows
+        return str(chosen[0][primary_id]) if chosen else None
 
     def pages(
         self,
@@ -279,18 +309,57 @@ class DataverseClient:
         return entity.rsplit("(", 1)[-1].rstrip(")")
 
     def update(
-        self, entity_set: str, key: Mapping[str, Any] | str, body: Mapping[str, Any], *, if_match: str = "*"
+        self,
+        entity_set: str,
+        key: Mapping[str, Any] | str,
+        body: Mapping[str, Any],
+        *,
+        if_match: str = "*",
+        table: str | None = None,
     ) -> None:
+        if needs_query_addressing(key):
+            found = self._find_by_query(entity_set, key, table)
+            if found is None:
+                raise DataverseError(404, RECORD_NOT_FOUND_CODE, f"{entity_set}: no record has this key")
+            body, key = {**body, **key}, found
         self.request("PATCH", entity_path(entity_set, key), body=dict(body), headers={"If-Match": if_match})
 
-    def upsert(self, entity_set: str, key: Mapping[str, Any] | str, body: Mapping[str, Any]) -> bool:
+    def upsert(
+        self, entity_set: str, key: Mapping[str, Any] | str, body: Mapping[str, Any], *, table: str | None = None
+    ) -> bool:
         """Create or update by key; returns True when a record was created."""
+        if needs_query_addressing(key):
+            return self._upsert_by_query(entity_set, key, body, table)
         response = self.request(  # PATCH by key: idempotent
             "PATCH", entity_path(entity_set, key), body=dict(body), headers={"Prefer": "return=representation"}
         )
         return response.status_code == 201
 
-    def delete(self, entity_set: str, key: Mapping[str, Any] | str) -> None:
+    def _upsert_by_query(
+        self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any], table: str | None
+    ) -> bool:
+        """Find, then update by id or create with the key columns in the body. Two writers creating the same
+        key at once: the loser's create fails on the key's uniqueness and it updates the winner's record."""
+        row = {**body, **key}
+        for _ in range(2):
+            found = self._find_by_query(entity_set, key, table)
+            if found is not None:
+                self.request("PATCH", entity_path(entity_set, found), body=row, headers={"If-Match": "*"})
+                return False
+            try:
+                self.create(entity_set, row)
+                return True
+            except DataverseError as exc:
+                if exc.code != DUPLICATE_KEY_CODE:
+                    raise
+        raise DataverseError(412, DUPLICATE_KEY_CODE, f"{entity_set}: the key was created and removed concurrently")
+
+    def delete(self, entity_set: str, key: Mapping[str, Any] | str, *, table: str | None = None) -> None:
+        if needs_query_addressing(key):
+            found = self._find_by_query(entity_set, key, table)
+            if found is None:
+                raise DataverseError(404, RECORD_NOT_FOUND_CODE, f"{entity_set}: no record has this key")
+            key = found
         self.request("DELETE", entity_path(entity_set, key))
 
     # -- batch and bulk ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.dataverse.addressing import KeyValueRefused, check_key_value, entity_path, key_text
+from shared.dataverse.addressing import KeyValueRefused, check_key_value, entity_path, key_text, needs_query_addressing
 from shared.dataverse.batch_codec import UNKNOWN_OUTCOME, Operation
 from shared.dataverse.client import DataverseClient
 from shared.errors import DataverseError
@@ -234,6 +234,11 @@ class _Run:
     def _execute(self, chunk: _Chunk, mode: str) -> list[RecordResult]:
         if not chunk.items:
             return []
+        # A key no URL path can carry is found by a query and written on its own (rare: '/' in a key).
+        by_query = [item for item in chunk.items if item[2] is not None and needs_query_addressing(item[2])]
+        if by_query:
+            rest = [item for item in chunk.items if item not in by_query]
+            return [self._single(*item) for item in by_query] + self._execute(_Chunk(rest, chunk.keys), mode)
         if mode == "single":
             return [self._single(index, record, key) for index, record, key in chunk.items]
         if mode == "batch":
@@ -326,9 +331,9 @@ class _Run:
                 raise ValueError(f"{self.operation} needs the record's key columns")
             body = {k: v for k, v in record.items() if k not in key} if not self._is_primary_key() else record
             if self.operation == "update":
-                self.client.update(self.entity_set, key, body)
+                self.client.update(self.entity_set, key, body, table=self.table)
                 return RecordResult(index, "updated", key)
-            created = self.client.upsert(self.entity_set, key, body)
+            created = self.client.upsert(self.entity_set, key, body, table=self.table)
             return RecordResult(index, "created" if created else "updated", key)
         except DataverseError as exc:
             return self._failed(index, key, exc)
@@ -344,7 +349,7 @@ def _refused_key(key: Mapping[str, Any] | None) -> KeyValueRefused | None:
         return None
     try:
         for name, value in key.items():
-            check_key_value(name, value)
+            check_key_value(name, value, in_path=False)  # a '/' is found by a query instead
         key_text(key)
     except KeyValueRefused as refused:
         return refused

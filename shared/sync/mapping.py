@@ -90,7 +90,10 @@ class Mapper:
                         try:
                             target = bind_path(spec.lookup.entity_set, {spec.lookup.key: str(value)})
                         except KeyValueRefused as refused:
-                            raise _Reject("InvalidLookupKey", f"{column}: {refused.reason}", column) from None
+                            reason = (
+                                f"{column}: {refused.reason}; a lookup binds by a URL path, so match it by another key"
+                            )
+                            raise _Reject("InvalidLookupKey", reason, column) from None
                         out[f"{spec.lookup.navigation}@odata.bind"] = target
                     continue
                 out[column] = self._validate(column, spec, value)
@@ -98,7 +101,7 @@ class Mapper:
                 if out.get(key) in (None, ""):
                     raise _Reject("MissingKey", f"key column {key!r} is empty (source {self._source_name(key)!r})", key)
                 try:
-                    check_key_value(key, out[key])
+                    check_key_value(key, out[key], in_path=False)  # a '/' is found by a query (the planner)
                 except KeyValueRefused as refused:
                     raise _Reject("InvalidKey", f"{refused} (source {self._source_name(key)!r})", key) from None
         except _Reject as rejected:

@@ -4,7 +4,8 @@ whose key equals that string and no other; a key no URL can carry is refused for
 anything is sent. The store is read before and after through the emulator's own change log, not through
 OData, so the path under test cannot hide its effects.
 
-``make test`` runs ``FUZZ_EXAMPLES`` (default 500) examples per path; ``make fuzz`` runs 10,000.
+``make test`` runs ``FUZZ_EXAMPLES`` (default 500) examples per path and ``make fuzz`` 10,000; the sync and
+webhook paths run one run (of up to 25 and 10 keys) per 5 and 10 examples: a run costs a file or a delivery each.
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def key_strings() -> st.SearchStrategy[str]:
 
 
 def refusable(value: str) -> bool:
-    """No URL can carry it to its record (see shared.dataverse.addressing)."""
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) or any(c in value for c in PATH_UNSAFE_CHARACTERS)
+    """No request can carry it to its record: a control character (see shared.dataverse.addressing)."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+
+
+def by_query(value: str) -> bool:
+    """No URL path can carry it: the record is found by a ``$filter`` query and written by its id."""
+    return any(c in value for c in PATH_UNSAFE_CHARACTERS)
 
 
 class Store:
@@ -103,7 +109,7 @@ def assert_exactly_this_record(store: Store, before: int, value: str, marker: st
         assert changes["written"] == {}, f"a refused key changed the store: {changes}"
         assert changes["deleted"] == {}, f"a refused key deleted from the store: {changes}"
         return
-    event("written")
+    event("written by key" if not by_query(value) else "written by id after a query")
     assert not isinstance(outcome, Exception), f"{value!r}: {outcome!r}"
     assert changes["deleted"] == {}, changes
     assert set(changes["written"]) == {"account"}, f"{value!r} wrote to {sorted(changes['written'])}"
@@ -133,10 +139,11 @@ def test_a_single_upsert_writes_exactly_the_record_with_that_key(world: Any, val
     client, store = world
     marker = uuid.uuid4().hex
     before = store.version()
-    outcome = attempt(lambda: client.upsert("accounts", {"accountnumber": value}, {"name": marker}))
+    key = {"accountnumber": value}
+    outcome = attempt(lambda: client.upsert("accounts", key, {"name": marker}, table="account"))
     assert_exactly_this_record(store, before, value, marker, outcome)
     if not refusable(value):
-        found = client.get("accounts", {"accountnumber": value}, select=["name"])
+        found = client.get("accounts", key, select=["name"], table="account")
         assert found is not None
         assert found["name"] == marker
 
@@ -160,3 +167,153 @@ def test_the_planner_writes_exactly_the_record_with_that_key(world: Any, strateg
     if not refusable(value):
         assert result.ok, f"{strategy} {value!r}: {result.code} {result.message}"
     assert_exactly_this_record(store, before, value, marker, outcome)
+
+
+# -- through the sync: a JSONL file of generated keys, one inbound run per example ----------------------
+SYNC_RUNS = max(5, FUZZ_EXAMPLES // 5)  # each run carries up to SYNC_KEYS_PER_RUN keys
+SYNC_KEYS_PER_RUN = 25
+
+
+@pytest.fixture(scope="module")
+def sync_world(world: Any, devstack: DevstackProcess) -> Any:
+    from shared.sync.engine import SyncContext
+    from shared.sync.storage import SyncStorage
+
+    client, store = world
+    storage = SyncStorage(devstack.env["AzureWebJobsStorage"])
+    container = storage.blob_service().get_container_client("erp-import")
+    if not container.exists():
+        container.create_container()
+    return SyncContext(storage, client), store, container
+
+
+@settings(PROPERTY, max_examples=SYNC_RUNS)
+@given(values=st.lists(key_strings(), min_size=1, max_size=SYNC_KEYS_PER_RUN, unique=True))
+@example(values=REGRESSIONS)
+def test_a_sync_run_writes_exactly_the_records_with_those_keys(sync_world: Any, values: list[str]) -> None:
+    import json
+
+    from shared.sync.engine import run_inbound
+    from shared.sync.jobs import InboundJob
+
+    ctx, store, container = sync_world
+    prefix = f"keys-{uuid.uuid4().hex[:8]}"
+    markers = {value: uuid.uuid4().hex for value in values}
+    lines = [json.dumps({"number": value, "name": markers[value]}) for value in values]
+    container.upload_blob(f"{prefix}/rows.jsonl", "\n".join(lines).encode(), overwrite=True)
+    job = InboundJob.model_validate(
+        {
+            "direction": "inbound",
+            "source": {"kind": "blob_jsonl", "container": "erp-import", "prefix": f"{prefix}/"},
+            "table": "account",
+            "entity_set": "accounts",
+            "key": ["accountnumber"],
+            "mapping": {"accountnumber": {"source": "number"}, "name": {"source": "name"}},
+        }
+    )
+    before = store.version()
+    report = run_inbound(prefix, job, ctx)
+    changes = store.since(before)
+
+    def refusal(value: str) -> str | None:
+        if not value.strip():
+            return "MissingKey"
+        if len(value) > ACCOUNT_NUMBER_MAX:
+            return "TooLong"
+        return "InvalidKey" if refusable(value) else None
+
+    written = {v for v in values if refusal(v) is None}
+    letters = {d["record"]["number"]: d["code"] for _, d in ctx.storage.read_dead_letters(prefix, report.run_id)}
+    assert letters == {v: refusal(v) for v in values if v not in written}
+    assert report.written == len(written), report
+    assert changes["deleted"] == {}
+    assert set(changes["written"]) <= {"account"}, f"the run wrote to {sorted(changes['written'])}"
+    landed = {r["data"]["accountnumber"]: r["data"]["name"] for r in changes["written"].get("account", [])}
+    assert landed == {v: markers[v] for v in written}  # each key's own row, and no other record
+    event("every key written" if not letters else "some keys dead-lettered, the others written")
+
+
+# -- through the signed-webhook route of the local host: one delivery per key --------------------------
+WEBHOOK_RUNS = max(3, FUZZ_EXAMPLES // 10)
+WEBHOOK_KEYS_PER_RUN = 10
+WEBHOOK_SETTLE_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def webhook_world(hooks_stack: DevstackProcess) -> Any:
+    import json
+
+    from shared.identity.worker import reset_worker, secret_store
+    from shared.sync.storage import SyncStorage
+
+    saved = dict(os.environ)
+    os.environ.update(hooks_stack.app_settings())
+    reset_worker()
+    try:
+        secret = secret_store().get("erp-webhook-secret").value
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_worker()
+    keys = json.loads((hooks_stack.directory / "host-keys.json").read_text())
+    url = f"{hooks_stack.env['FUNCTIONS_BASE_URL']}/api/webhooks/erp"
+    function_key = {"x-functions-key": keys["functions"]["signed_webhook"]["default"]}
+    letters = SyncStorage(hooks_stack.env["AzureWebJobsStorage"]).container("webhook-deadletters")
+    return secret, url, function_key, Store(hooks_stack), letters
+
+
+@settings(PROPERTY, max_examples=WEBHOOK_RUNS)
+@given(values=st.lists(key_strings(), min_size=1, max_size=WEBHOOK_KEYS_PER_RUN, unique_by=lambda v: v.strip()))
+@example(values=REGRESSIONS)
+def test_signed_webhooks_write_exactly_the_records_with_those_keys(webhook_world: Any, values: list[str]) -> None:
+    import json
+    import time
+
+    from shared.webhooks.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+    secret, url, function_key, store, letters = webhook_world
+    run = uuid.uuid4().hex
+    markers = {value: f"{run}-{i}" for i, value in enumerate(values)}
+    before = store.version()
+    for value in values:
+        body = json.dumps({"customer_no": value, "name": markers[value]}).encode()
+        moment, nonce = int(time.time()), uuid.uuid4().hex
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: str(moment),
+            NONCE_HEADER: nonce,
+            SIGNATURE_HEADER: sign(secret, moment, nonce, body),
+            **function_key,
+        }
+        answer = requests.post(url, data=body, headers=headers, timeout=30)
+        assert answer.status_code == 202, (value, answer.status_code, answer.text)
+
+    def refusal(value: str) -> str | None:  # the route trims customer_no (webhook_routes.yaml)
+        trimmed = value.strip()
+        if not trimmed:
+            return "MissingKey"
+        if len(trimmed) > ACCOUNT_NUMBER_MAX:
+            return "TooLong"
+        return "InvalidKey" if refusable(trimmed) else None
+
+    expected_landed = {v.strip(): markers[v] for v in values if refusal(v) is None}
+    expected_letters = {markers[v]: refusal(v) for v in values if refusal(v) is not None}
+    deadline = time.monotonic() + WEBHOOK_SETTLE_S
+    while True:
+        changes = store.since(before)
+        landed = {r["data"]["accountnumber"]: r["data"]["name"] for r in changes["written"].get("account", [])}
+        found: dict[str, str] = {}
+        for blob in letters.list_blobs(name_starts_with="erp/"):
+            letter = json.loads(letters.download_blob(blob.name).readall())
+            if str(letter["record"].get("name", "")).startswith(run):
+                found[letter["record"]["name"]] = letter["code"]
+        if (len(landed) >= len(expected_landed) and len(found) >= len(expected_letters)) or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.2)
+    assert changes["deleted"] == {}
+    assert set(changes["written"]) <= {"account"}, f"the deliveries wrote to {sorted(changes['written'])}"
+    assert landed == expected_landed  # each key's own row, and no other record
+    assert found == expected_letters
+    event("every key written" if not found else "some keys dead-lettered, the others written")

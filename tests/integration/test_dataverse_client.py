@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.dataverse.batch_codec import ChangeSet, Operation
 from shared.dataverse.addressing import entity_path, key_text
+from shared.dataverse.batch_codec import ChangeSet, Operation
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.errors import DataverseError
 from shared.identity.worker import token_provider
