@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -58,8 +59,23 @@ def iter_http(
                 return
             params[source.cursor_param] = str(cursor)
         else:
-            url = payload.get(source.next_link_field) or None
+            url = _same_origin(source.url, payload.get(source.next_link_field) or None)
             params = {}  # a next link carries its own query
+
+
+def _same_origin(base: str, link: Any) -> str | None:
+    """The API's next link, resolved against its URL; a link to another origin is refused, because every
+    request carries the source's auth header (a Key Vault secret) and must never reach another host."""
+    if link is None:
+        return None
+    resolved = urljoin(base, str(link))
+    origin, target = urlsplit(base), urlsplit(resolved)
+    if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
+        raise ValueError(
+            f"the source API's next link leaves {origin.scheme}://{origin.netloc}; "
+            "refused, so the auth header is never sent elsewhere"
+        )
+    return resolved
 
 
 def _get(session: requests.Session, url: str, headers: dict[str, str], params: dict[str, str]) -> dict[str, Any]:
