@@ -75,8 +75,9 @@ typecheck: $(STAMP)
 reliability: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m tests.reliability.matrix --rows 40000 --write RELIABILITY.md
 
-# make test runs 500 examples per fuzz target; this runs 10,000 each (about N minutes on 2 cores).
-fuzz: $(STAMP)
+# make test runs 500 examples per fuzz target; this runs 10,000 each. The key-addressing properties
+# (tests/fuzz/test_key_addressing.py) write through devstack, so Azurite and the local host are needed.
+fuzz: $(STAMP) $(NODE_STAMP) stamps
 	FUZZ_EXAMPLES=10000 $(PY) -m pytest tests/fuzz -q --hypothesis-show-statistics
 
 unit: $(STAMP)
