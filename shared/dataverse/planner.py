@@ -20,7 +20,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.dataverse.addressing import KeyValueRefused, check_key_value, entity_path, key_text, needs_query_addressing
+from shared.dataverse.addressing import (
+    KeyValueRefused,
+    check_key_value,
+    entity_path,
+    identifier,
+    key_text,
+    needs_query_addressing,
+)
 from shared.dataverse.batch_codec import UNKNOWN_OUTCOME, Operation
 from shared.dataverse.client import DataverseClient
 from shared.errors import DataverseError
@@ -114,6 +121,8 @@ class WritePlanner:
             raise ValueError(f"operation must be one of {sorted(BULK_ACTIONS)}, not {operation!r}")
         if operation == "upsert" and not key:
             raise ValueError("an upsert needs key=(<alternate key columns>) or key=(<primary id column>,)")
+        identifier(table, "table")  # names reach URLs and @odata.type: letters, digits and '_' only
+        identifier(entity_set, "entity set")
         summary = WriteSummary(strategy=strategy)
         run = _Run(self, table, entity_set, operation, tuple(key), strategy, batch_size, max_concurrency, summary)
         return WriteRun(run.results(records), summary)
