@@ -1,4 +1,5 @@
-"""Storage for syncs: streamed blob sources, processed-file records, watermarks, dead letters, leases.
+"""Storage for syncs and webhooks: streamed blob sources, processed-file records, watermarks, dead letters,
+leases, queues (with the message size check), single blobs.
 
 One :class:`SyncStorage` per worker wraps the blob, table and queue clients of ``AzureWebJobsStorage``
 (a connection string locally; in Azure, ``AzureWebJobsStorage__accountName`` with the managed identity).
@@ -11,6 +12,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -38,7 +40,16 @@ LEASE_CONTAINER = "sync-leases"
 LEASE_DURATION_S = int(os.environ.get("SYNC_LEASE_DURATION_S", "60"))  # 15-60 s; renewed while the run lasts
 LEASE_RENEW_S = max(5, LEASE_DURATION_S // 3)  # a crashed run frees the job within one lease duration
 DEAD_LETTER_FLUSH_LINES = 500
+QUEUE_MESSAGE_LIMIT_BYTES = 64 * 1024  # Azure Storage's limit on one message as stored (here: base64 text)
+QUEUE_MESSAGE_MARGIN_BYTES = 1024  # headroom below the limit, so that no message sits at its edge
 _KEY_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f]")
+
+
+def queue_message_fits(text: str) -> bool:
+    """Whether ``text`` fits in one queue message once base64-encoded (as :meth:`SyncStorage.enqueue_text`
+    sends it: the Functions queue trigger expects base64), with the margin left."""
+    encoded = 4 * math.ceil(len(text.encode("utf-8")) / 3)
+    return encoded <= QUEUE_MESSAGE_LIMIT_BYTES - QUEUE_MESSAGE_MARGIN_BYTES
 
 
 def table_key(text: str) -> str:
@@ -122,6 +133,30 @@ class SyncStorage:
                 container.create_container()
             self._known_containers.add(name)
         return container
+
+    # -- single blobs ------------------------------------------------------------------------------------
+    def put_blob(self, container: str, name: str, data: bytes) -> None:
+        """Write (or overwrite) one blob: writers of the same name write the same content."""
+        self.container(container).upload_blob(name, data, overwrite=True)
+
+    def get_blob(self, container: str, name: str) -> bytes | None:
+        """One blob's content, or None when there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return bytes(self.container(container).download_blob(name).readall())
+        except ResourceNotFoundError:
+            return None
+
+    def delete_blob(self, container: str, name: str) -> bool:
+        """Delete one blob; False when it was already gone."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.container(container).delete_blob(name)
+        except ResourceNotFoundError:
+            return False
+        return True
 
     # -- sources ---------------------------------------------------------------------------------------
     def list_source_blobs(self, container: str, prefix: str) -> list[tuple[str, str]]:
@@ -238,7 +273,11 @@ class SyncStorage:
         return client
 
     def enqueue(self, queue: str, message: dict[str, Any]) -> None:
-        self._queue(queue).send_message(json.dumps(message))
+        self.enqueue_text(queue, json.dumps(message))
+
+    def enqueue_text(self, queue: str, text: str) -> None:
+        """Send text already serialised (callers that checked :func:`queue_message_fits` keep one dump)."""
+        self._queue(queue).send_message(text)
 
     def move_messages(self, source: str, target: str) -> int:
         """Move every message from one queue to another (replaying a poison queue); returns the count.

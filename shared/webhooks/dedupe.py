@@ -1,7 +1,20 @@
-"""Seen-before marks for webhook deliveries, nonces and processed events, in Table Storage with a TTL.
+"""Claims on webhook deliveries, nonces and processed events, in Table Storage with a TTL.
 
-Marks are written *after* the work they stand for (the enqueue, the effect), never before: a crash in
-between can repeat the work, which idempotent handlers absorb, but can never lose an event.
+Of N copies of one delivery, exactly one wins: a claim is one conditional write, an insert-if-absent
+(``create_entity``; the loser gets ``ResourceExistsError``) or, to take over a claim that expired or whose
+holder stopped renewing it, an ETag-conditional replace (``IfNotModified``; the loser gets a 412). A check
+followed by a separate write would let every copy that reads before the first write see "not seen".
+
+A claim row moves ``<in progress>`` (with a lease) -> ``<settled>`` (no lease), both with ``Expires``:
+
+* the receiver claims ``pending``, enqueues, then settles ``accepted``; it gives up (deletes) its claim
+  when the enqueue fails, so the sender's retry can win;
+* the processor claims ``processing``, runs the handlers, then settles ``done``; it gives up its claim
+  when a handler fails, so the queue's retry can win.
+
+Nothing is lost: a claim is settled only *after* the work it stands for, and a holder that crashed in
+between leaves an in-progress claim that any copy takes over once its lease has run out. What a crash can
+cost is a repetition of idempotent work, never the event.
 """
 
 from __future__ import annotations
@@ -9,35 +22,182 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 DEDUPE_TABLE = "webhookdedupe"
 DEDUPE_TTL_S = int(os.environ.get("WEBHOOK_DEDUPE_TTL_S", str(24 * 3600)))  # Dataverse retries within minutes
+# A claim row churning between delete and insert (holders giving up while others arrive) is re-read at
+# most this many times per attempt before the caller is told it is busy.
+CONTENTION_ATTEMPTS = 4
+POLL_FIRST_S = 0.05  # a holder usually settles within a few storage calls
+POLL_MAX_S = 0.5
 
 
 def processed_scope(source: str) -> str:
-    """The scope of "this event's effects are done" marks, written by the processor."""
+    """The scope of "this event's effects are done" claims, written by the processor."""
     return f"processed-{source}"
+
+
+def received_scope(source: str) -> str:
+    """The scope of "this delivery is on the queue" claims, written by the Dataverse receiver."""
+    return f"received-{source}"
+
+
+def nonce_scope(source: str) -> str:
+    """The scope of "this nonce was used" claims, written by the signed receiver."""
+    return f"nonce-{source}"
 
 
 def _row_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:40]  # fixed length, no characters Table keys forbid
 
 
-class Dedupe:
-    def __init__(self, table_client: Any) -> None:
-        self._table = table_client
+@dataclass(frozen=True)
+class Claim:
+    """A claim this caller won. Its ETag lets the caller settle or give it up only while nobody has taken
+    it over (a takeover changes the ETag)."""
 
-    def seen(self, scope: str, key: str, *, now: float | None = None) -> bool:
-        """True when ``key`` was marked in ``scope`` and the mark has not expired."""
-        from azure.core.exceptions import ResourceNotFoundError
+    scope: str
+    row_key: str
+    etag: str
+    claimed_at: float
+
+
+@dataclass(frozen=True)
+class Held:
+    """A claim another copy holds, as read. ``in_progress``: its holder has neither settled nor given it up
+    and its lease has not run out (else this caller would have taken it over)."""
+
+    state: str
+    in_progress: bool
+
+
+class ClaimLost(Exception):
+    """The claim was taken over (or deleted) since this caller won it: the ETag no longer matches."""
+
+
+class Dedupe:
+    def __init__(
+        self,
+        table_client: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._table = table_client
+        self._clock = clock
+        self._sleep = sleep
+
+    def claim(self, scope: str, key: str, *, state: str, lease_s: float, wait_s: float = 0.0) -> Claim | Held:
+        """Win ``key`` in ``scope`` with an in-progress ``state`` held for ``lease_s``, or say who holds it.
+
+        An absent row, an expired one (``Expires`` passed) and an in-progress one whose lease ran out are
+        won; a settled row is returned as :class:`Held` at once. An in-progress row held by another copy is
+        polled for up to ``wait_s``: until it is settled (returned), given up (claimed again) or its lease
+        runs out (taken over). After ``wait_s`` it is returned as in progress."""
+        row = _row_key(key)
+        deadline = time.monotonic() + wait_s
+        delay = POLL_FIRST_S
+        while True:
+            outcome = self._try_claim(scope, row, state, lease_s)
+            if isinstance(outcome, Claim) or not outcome.in_progress:
+                return outcome
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return outcome
+            self._sleep(min(delay, remaining))
+            delay = min(delay * 2, POLL_MAX_S)
+
+    def _try_claim(self, scope: str, row: str, state: str, lease_s: float) -> Claim | Held:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        for _ in range(CONTENTION_ATTEMPTS):
+            now = self._clock()
+            entity = {
+                "PartitionKey": scope,
+                "RowKey": row,
+                "State": state,
+                "ClaimedAt": now,
+                "LeaseUntil": now + lease_s,
+                "Expires": now + DEDUPE_TTL_S,
+            }
+            try:
+                return self._won(scope, row, self._table.create_entity(entity), now)
+            except ResourceExistsError:
+                pass
+            try:
+                current = self._table.get_entity(scope, row)
+            except ResourceNotFoundError:
+                continue  # given up between our insert and our read: insert again
+            if not _stale(current, now):
+                return Held(str(current.get("State", "settled")), _leased(current))
+            try:  # expired, or its holder stopped before settling: one taker wins the ETag
+                metadata = self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue  # another copy took it over or gave it up first: read again
+            return self._won(scope, row, metadata, now)
+        return Held(state, True)  # churning: busy, as far as this caller can tell
+
+    @staticmethod
+    def _won(scope: str, row: str, metadata: dict[str, Any], now: float) -> Claim:
+        return Claim(scope, row, str(metadata["etag"]), now)
+
+    def settle(self, claim: Claim, state: str) -> Claim:
+        """Move a won claim to a settled ``state`` (no lease), renewing its TTL. Raises :class:`ClaimLost`
+        when another copy took it over meanwhile; other storage errors propagate."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        now = self._clock()
+        entity = {
+            "PartitionKey": claim.scope,
+            "RowKey": claim.row_key,
+            "State": state,
+            "ClaimedAt": claim.claimed_at,
+            "LeaseUntil": 0.0,
+            "Expires": now + DEDUPE_TTL_S,
+        }
+        try:
+            metadata = self._table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise ClaimLost(f"the {claim.scope} claim was taken over before it was settled") from exc
+        return Claim(claim.scope, claim.row_key, str(metadata["etag"]), claim.claimed_at)
+
+    def release(self, claim: Claim) -> bool:
+        """Give up a won claim (delete it) unless another copy took it over; True when it was deleted.
+
+        Deleting an absent row succeeds, so True can also mean that it was already gone."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
 
         try:
-            entity = self._table.get_entity(scope, _row_key(key))
-        except ResourceNotFoundError:
+            self._table.delete_entity(
+                claim.scope, claim.row_key, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceModifiedError:
             return False
-        return float(entity.get("Expires", 0)) > (time.time() if now is None else now)
+        return True
 
-    def mark(self, scope: str, key: str, *, now: float | None = None) -> None:
-        current = time.time() if now is None else now
-        self._table.upsert_entity({"PartitionKey": scope, "RowKey": _row_key(key), "Expires": current + DEDUPE_TTL_S})
+
+def _leased(entity: Any) -> bool:
+    """In progress: a lease was taken and not yet cleared by settling. Rows written before claims existed
+    (only ``Expires``) count as settled."""
+    return float(entity.get("LeaseUntil", 0) or 0) > 0
+
+
+def _stale(entity: Any, now: float) -> bool:
+    if float(entity.get("Expires", 0) or 0) <= now:
+        return True
+    return _leased(entity) and float(entity["LeaseUntil"]) <= now

@@ -1,7 +1,10 @@
-"""The webhook blueprint: receive, authenticate, validate, deduplicate, enqueue, 202; process from the queue.
+"""The webhook blueprint: receive, authenticate, validate, claim, enqueue, 202; process from the queue.
 
 Receivers never answer 500: bad input is 400/401/413 with the reason; an internal failure (storage down)
-is 503, which Dataverse and well-behaved senders retry.
+is 503, which Dataverse and well-behaved senders retry. Of simultaneous copies of one delivery exactly
+one is enqueued (shared.webhooks.dedupe): the others are answered as replays, or 503 while the winner's
+outcome is still open. A message too large for the queue travels as a claim-check blob
+(shared.webhooks.processor.enqueue_event).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
@@ -19,14 +22,27 @@ from shared.logging import log_event
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
+if TYPE_CHECKING:
+    from shared.sync.storage import SyncStorage
+    from shared.webhooks.dedupe import Claim, Dedupe
+
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
+PENDING, ACCEPTED = "pending", "accepted"  # the receiver's claim states
+# Claim -> enqueue -> settle takes a few storage calls; a holder that has not settled within the lease is
+# taken for crashed and its claim taken over. A holder still alive then has only lost exclusivity: its
+# taker enqueues a second copy, which the processor's claim reduces to one effect.
+CLAIM_LEASE_S = 30
+# A copy that finds another copy's claim pending waits this long for its outcome (holding a worker thread)
+# before answering 503: long enough for a holder's storage calls, short next to senders' timeouts.
+REPLAY_WAIT_S = 5.0
+RETRY_AFTER_S = 5  # the Retry-After of that 503
 check_routes_at_start_up()  # a broken routes file stops the app, naming file and field
 
 
-def _answer(status: int, body: dict[str, Any]) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON)
+def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON, headers=headers)
 
 
 def _secret(name: str) -> str:
@@ -36,47 +52,85 @@ def _secret(name: str) -> str:
     return secret_store().get(name).value
 
 
-def _enqueue(key: str, message: dict[str, Any]) -> None:
-    from shared.sync.worker import storage
-    from shared.webhooks.processor import EVENT_QUEUE
-
-    storage().enqueue(EVENT_QUEUE, {**message, "key": key, "received_at": time.time()})
-
-
-def _dedupe() -> Any:
+def _dedupe() -> Dedupe:
     from shared.sync.worker import storage
     from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
 
     return Dedupe(storage().table(DEDUPE_TABLE))
 
 
-def _accept_dataverse(key: str, message: dict[str, Any]) -> func.HttpResponse:
-    """A delivery already processed (Dataverse's retry after a lost 202) is acknowledged and dropped. A retry
-    racing its first copy is enqueued again and skipped by the processor, which marks an event processed
-    only after its effects: one table read here instead of a read and a write per delivery (p99
-    acknowledgement 308 -> 227 ms at 100/s on 2 cores, see README), and no path that can lose an event."""
-    from shared.webhooks.dedupe import processed_scope
+def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse | None:
+    """Claim ``key`` in ``scope`` (one conditional write decides which copy of a delivery wins), enqueue,
+    settle the claim as accepted: 202. None when another copy was accepted (the caller answers the replay).
 
-    if _dedupe().seen(processed_scope("dataverse"), key):
+    The claim is written *before* the enqueue, so that two copies can never both enqueue; it is settled
+    only *after* it, so that a copy arriving meanwhile waits for the outcome instead of being answered as a
+    replay of something that may yet fail. A failed enqueue gives the claim up (503, the sender's retry can
+    win); a holder that crashed before settling leaves a claim that a retry takes over after its lease."""
+    from shared.sync.worker import storage
+    from shared.webhooks.dedupe import Claim
+    from shared.webhooks.processor import enqueue_event
+
+    dedupe = _dedupe()
+    claim = dedupe.claim(scope, key, state=PENDING, lease_s=CLAIM_LEASE_S, wait_s=REPLAY_WAIT_S)
+    if not isinstance(claim, Claim):
+        if claim.in_progress:
+            log_event(logger, "webhook_claim_busy", logging.WARNING, scope=scope)
+            return _answer(
+                503,
+                {"error": "an identical delivery is being accepted right now; retry"},
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return None
+    store = storage()
+    try:
+        blob = enqueue_event(store, {**message, "key": key, "received_at": time.time()})
+    except Exception:
+        _give_up(dedupe, claim, store, str(message["source"]), key)
+        raise
+    try:
+        dedupe.settle(claim, ACCEPTED)
+    except Exception as exc:  # queued is what counts: a copy arriving later takes the claim over after its
+        # lease and enqueues once more, which the processor's own claim reduces to one effect
+        log_event(logger, "webhook_settle_failed", logging.WARNING, scope=scope, error=type(exc).__name__)
+    if blob:
+        log_event(logger, "webhook_claim_checked", source=str(message["source"]))
+    return _answer(202, {"accepted": True})
+
+
+def _give_up(dedupe: Dedupe, claim: Claim, store: SyncStorage, source: str, key: str) -> None:
+    """After a failed enqueue: delete the claim so that the sender's retry can win, and the claim-check
+    blob this copy may have written, unless another copy took the claim over (its message may need it).
+    Best effort: the answer is a 503 either way, and a claim left behind is taken over after its lease."""
+    from shared.webhooks.processor import CLAIM_CONTAINER, claim_blob_name
+
+    try:
+        if dedupe.release(claim):
+            store.delete_blob(CLAIM_CONTAINER, claim_blob_name(source, key))
+    except Exception as exc:
+        log_event(logger, "webhook_claim_release_failed", logging.WARNING, source=source, error=type(exc).__name__)
+
+
+def _accept_dataverse(key: str, message: dict[str, Any]) -> func.HttpResponse:
+    """A copy of a delivery already accepted (Dataverse's retry after a lost 202, or a retry racing its
+    first copy) is acknowledged and dropped."""
+    from shared.webhooks.dedupe import received_scope
+
+    accepted = _accept(received_scope("dataverse"), key, message)
+    if accepted is None:
         log_event(logger, "webhook_duplicate", source="dataverse")
         return _answer(202, {"accepted": True, "duplicate": True})
-    _enqueue(key, message)
-    return _answer(202, {"accepted": True})
+    return accepted
 
 
 def _accept_signed(source: str, nonce: str, message: dict[str, Any]) -> func.HttpResponse:
-    """A nonce is good once: checked, enqueued, then marked. A crash between enqueue and mark lets the
-    sender's retry enqueue again (the processor skips what it already did); marking first could lose it."""
-    dedupe = _dedupe()
-    scope = f"nonce-{source}"
-    if dedupe.seen(scope, nonce):
+    """A nonce is good once: the copy that wins its claim is enqueued, every other copy is a replay."""
+    from shared.webhooks.dedupe import nonce_scope
+
+    accepted = _accept(nonce_scope(source), nonce, message)
+    if accepted is None:
         raise WebhookRejected(401, "this nonce was already used (a replayed delivery)")
-    _enqueue(nonce, message)
-    try:
-        dedupe.mark(scope, nonce)
-    except Exception as exc:  # queued is what counts: a retry would be skipped by the processor
-        log_event(logger, "webhook_mark_failed", logging.WARNING, scope=scope, error=type(exc).__name__)
-    return _answer(202, {"accepted": True})
+    return accepted
 
 
 @bp.route(route="webhooks/dataverse", methods=["POST"])

@@ -1,8 +1,16 @@
 """Queue-side processing of acknowledged webhooks: dispatch by (source, table, message) to handlers.
 
-Handlers are idempotent, so a redelivery (queue retry, replay) has one effect: the blob handler writes one
-blob per event key (overwrite), the upsert handler upserts by key, and the HTTP forwarder signs each
-delivery with the event key as its nonce so the receiver can deduplicate.
+Of N copies of one event (a sender's retry racing its first copy, a replayed poison message, a queue
+redelivery), one runs the handlers: the processor claims the event key (shared.webhooks.dedupe) before it
+runs them and settles the claim after their effects. Handlers are idempotent all the same, because a crash
+between effects and settling repeats them: the blob handler writes one blob per event key (overwrite), the
+upsert handler upserts by key, and the HTTP forwarder signs each delivery with the event key as its nonce
+so the receiver can deduplicate.
+
+Events too large for a queue message (claim check): the receiver writes the message to a blob in
+``webhook-claims`` named by the hash of source and event key, and enqueues a reference
+``{"claim": <blob name>, "source", "key"}``. The processor reads the blob, and deletes it once the event is
+settled as done (a copy that finds the event done deletes it too).
 """
 
 from __future__ import annotations
@@ -19,33 +27,107 @@ from shared.logging import log_event
 from shared.sync.engine import SyncContext
 from shared.sync.jobs import InboundJob
 from shared.sync.mapping import Mapper, Rejection
+from shared.sync.storage import SyncStorage, queue_message_fits
+from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, processed_scope
 from shared.webhooks.routes import BlobHandler, HttpForwardHandler, RoutesFile, UpsertHandler
 
 logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = "webhook-events"
 DEAD_LETTER_CONTAINER = "webhook-deadletters"
+CLAIM_CONTAINER = "webhook-claims"  # claim-check blobs: messages too large for the queue
 FORWARD_ATTEMPTS = 4
 FORWARD_BACKOFF_S = 0.5
+PROCESSING, DONE = "processing", "done"  # the processed-scope claim's states
+# A holder that has not settled within the lease is taken for crashed and its claim taken over; a holder
+# still alive at that point (a slow forward) then runs alongside its taker, which idempotent handlers
+# absorb. Shorter than the queue's retries (visibilityTimeout x maxDequeueCount in host.json), so that the
+# redelivery of a crashed holder's message takes its claim over before the message is poisoned.
+PROCESS_LEASE_S = 60
+# A copy that finds another copy processing waits this long for it to settle before asking the queue to
+# deliver it again later (one worker thread is held meanwhile).
+PROCESS_WAIT_S = 5.0
 _entity_sets: dict[str, str] = {}
+
+
+class EventInProgress(RuntimeError):
+    """Another copy of this event is being processed: raised so that the queue delivers this one again
+    later, when that copy has settled (then it is skipped) or given up (then this one runs)."""
+
+
+def claim_blob_name(source: str, key: str) -> str:
+    """A claim-check blob's name: a hash of source and event key (never raw input), fixed length."""
+    return hashlib.sha256(f"{source}\n{key}".encode()).hexdigest() + ".json"
+
+
+def enqueue_event(storage: SyncStorage, message: dict[str, Any]) -> str | None:
+    """Put an event message on the queue; one too large for a queue message goes to a blob and the queue
+    carries a reference to it. Returns the blob's name when one was written."""
+    text = json.dumps(message)
+    if queue_message_fits(text):
+        storage.enqueue_text(EVENT_QUEUE, text)
+        return None
+    source, key = str(message["source"]), str(message["key"])
+    name = claim_blob_name(source, key)
+    storage.put_blob(CLAIM_CONTAINER, name, text.encode())
+    storage.enqueue(EVENT_QUEUE, {"claim": name, "source": source, "key": key})
+    return name
 
 
 def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> list[str]:
     """Run every handler routed for this event once; return what each did. Raises to have the queue retry.
 
-    An event already processed (a second copy enqueued by a sender's retry racing the first) is skipped.
-    The mark is written after the effects, so a crash in between repeats them, idempotently."""
-    from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe, processed_scope
-
+    An event another copy already processed is skipped; one another copy is processing raises
+    :class:`EventInProgress` (after waiting briefly for it). A handler's failure gives the claim up and
+    propagates, so the queue's retry runs the event again."""
     source = str(message["source"])
     key = str(message["key"])
-    done = Dedupe(ctx.storage.table(DEDUPE_TABLE))
-    if done.seen(processed_scope(source), key):
+    blob = claim_blob_name(source, key) if message.get("claim") else None  # derived, never taken as given
+    claims = Dedupe(ctx.storage.table(DEDUPE_TABLE))
+    claim = claims.claim(processed_scope(source), key, state=PROCESSING, lease_s=PROCESS_LEASE_S, wait_s=PROCESS_WAIT_S)
+    if not isinstance(claim, Claim):
+        if claim.in_progress:
+            raise EventInProgress(f"another copy of this {source} event is being processed; the queue retries")
         log_event(logger, "webhook_already_processed", source=source)
+        if blob:
+            _drop_claim_blob(ctx.storage, blob)
         return []
-    effects = _run_handlers(source, key, message, routes, ctx)
-    done.mark(processed_scope(source), key)
+    try:
+        full = _load(ctx.storage, blob) if blob else message
+        effects = _run_handlers(source, key, full, routes, ctx)
+    except BaseException:
+        _give_up(claims, claim, source)
+        raise
+    try:  # another storage error propagates: the retry finds our lease, waits it out, repeats idempotently
+        claims.settle(claim, DONE)
+    except ClaimLost:  # our lease ran out and a copy took over: it settles (and drops the blob) instead
+        log_event(logger, "webhook_claim_taken_over", logging.WARNING, source=source)
+        return effects
+    if blob:
+        _drop_claim_blob(ctx.storage, blob)
     return effects
+
+
+def _load(storage: SyncStorage, blob: str) -> dict[str, Any]:
+    data = storage.get_blob(CLAIM_CONTAINER, blob)
+    if data is None:  # written before the reference was enqueued and deleted only after "done": not ours
+        raise RuntimeError(f"the claim-check blob {CLAIM_CONTAINER}/{blob} is missing")
+    loaded: dict[str, Any] = json.loads(data)
+    return loaded
+
+
+def _give_up(claims: Dedupe, claim: Claim, source: str) -> None:
+    try:
+        claims.release(claim)
+    except Exception as exc:  # the lease runs out instead: the retry waits for it, then takes over
+        log_event(logger, "webhook_claim_release_failed", logging.WARNING, source=source, error=type(exc).__name__)
+
+
+def _drop_claim_blob(storage: SyncStorage, blob: str) -> None:
+    try:
+        storage.delete_blob(CLAIM_CONTAINER, blob)
+    except Exception as exc:  # the event is done; a leftover blob costs storage, not correctness
+        log_event(logger, "webhook_claim_blob_left", logging.WARNING, error=type(exc).__name__)
 
 
 def _run_handlers(source: str, key: str, message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> list[str]:
