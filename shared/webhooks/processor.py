@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
 
+from shared.dataverse.addressing import KeyValueRefused, guid, table_definition_path
 from shared.errors import DataverseError
 from shared.logging import log_event
 from shared.sync.engine import SyncContext
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 EVENT_QUEUE = "webhook-events"
 DEAD_LETTER_CONTAINER = "webhook-deadletters"
+_SAFE_NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 CLAIM_CONTAINER = "webhook-claims"  # claim-check blobs: messages too large for the queue
 FORWARD_ATTEMPTS = 4
 FORWARD_BACKOFF_S = 0.5
@@ -138,6 +141,9 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
     if handlers and event.get("size_exceeded") and verb != "Delete":
         try:
             event["attributes"] = _fetch(ctx, str(table), str(event["record_id"]))  # the context was stripped
+        except KeyValueRefused as refused:  # a table or id no URL may carry: every retry would fail the same way
+            _dead_letter(ctx, source, key, event, Rejection("invalid_reference", str(refused), refused.field))
+            return [f"dead-lettered (invalid_reference {refused.field})"]
         except DataverseError as exc:
             if exc.status != 404:
                 raise  # throttling, outage: the queue retries
@@ -161,11 +167,9 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
 
 def _fetch(ctx: SyncContext, table: str, record_id: str) -> dict[str, Any]:
     if table not in _entity_sets:
-        metadata = ctx.client.request(
-            "GET", f"EntityDefinitions(LogicalName='{table}')", params={"$select": "EntitySetName"}
-        )
+        metadata = ctx.client.request("GET", table_definition_path(table), params={"$select": "EntitySetName"})
         _entity_sets[table] = str(metadata.json()["EntitySetName"])
-    record = ctx.client.get(_entity_sets[table], record_id)
+    record = ctx.client.get(_entity_sets[table], guid(record_id, "PrimaryEntityId"))
     return {k: v for k, v in (record or {}).items() if not k.startswith("@")}
 
 
@@ -173,9 +177,18 @@ def _event_name(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def _name_part(value: Any) -> str:
+    """A blob-name segment from event data: kept when plainly safe, else its hash, so a payload's
+    ``table`` or ``record_id`` can never climb out of its folder (``..``) or add segments."""
+    text = str(value)
+    if _SAFE_NAME_PART.fullmatch(text) and text not in (".", ".."):
+        return text
+    return "h-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
 def _to_blob(ctx: SyncContext, handler: BlobHandler, source: str, key: str, body: dict[str, Any]) -> str:
     container = ctx.storage.container(handler.container)
-    subject = f"{body.get('table', source)}/{body.get('record_id', _event_name(key))}"
+    subject = f"{_name_part(body.get('table', source))}/{_name_part(body.get('record_id', _event_name(key)))}"
     name = f"{source}/{subject}/{_event_name(key)}.json"
     container.upload_blob(name, json.dumps({"key": key, "event": body}, default=str).encode(), overwrite=True)
     return f"blob {handler.container}/{name}"
@@ -227,7 +240,7 @@ def _upsert(ctx: SyncContext, handler: UpsertHandler, source: str, key: str, row
         return f"dead-lettered ({columns.code})"
     record_key = {k: columns[k] for k in handler.key}
     body = {k: v for k, v in columns.items() if k not in handler.key}
-    created = ctx.client.upsert(handler.entity_set, record_key, body)
+    created = ctx.client.upsert(handler.entity_set, record_key, body, table=handler.table)
     return f"{'created' if created else 'updated'} {handler.table} {record_key}"
 
 

@@ -123,3 +123,16 @@ def test_a_slash_key_without_the_table_name_is_refused_before_sending() -> None:
     with pytest.raises(KeyValueRefused, match="table name"):
         client.upsert("accounts", {"accountnumber": "A/1"}, {"name": "x"})
     assert session.sent == []
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [("account", True), (ID, True), ("..", False), ("a/../b", False), ("x" * 101, False), ("", False)],
+)
+def test_event_data_becomes_a_blob_name_segment_only_when_plainly_safe(value: str, kept: bool) -> None:
+    from shared.webhooks.processor import _name_part
+
+    part = _name_part(value)
+    assert (part == value) is kept
+    assert "/" not in part
+    assert part not in (".", "..")
