@@ -10,6 +10,7 @@
     │   └── ThrottledError        429 after every retry; .retry_after_s
     ├── BatchDecodeError          a $batch reply is not well-formed multipart (shared.dataverse.batch_codec)
     ├── EventRejected             an Event Grid event we do not act on (shared.expiry.eventgrid)
+    ├── RequestRejected           an HTTP route's input is refused; .status (400/413), .reason (shared.http_input)
     └── WebhookRejected           an incoming webhook is refused; .status (400/401/413), .reason
 
 Every error message is safe to log: no secret value or token is ever put into one.

@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.functions as func
 
 from shared.expiry.settings import DEFAULT_SWEEP_SCHEDULE, ExpirySettings
+from shared.http_input import (
+    RequestRejected,
+    is_outage,
+    json_object,
+    number_field,
+    outage_reason,
+    preview,
+    query,
+    text_field,
+    time_field,
+)
 from shared.logging import log_event
 
 logger = logging.getLogger(__name__)
@@ -18,6 +30,17 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
 SWEEP_SCHEDULE_SETTING = "EXPIRY_SWEEP_SCHEDULE"
 MAX_SILENCE_BODY_BYTES = 4 * 1024  # {"by": ..., "until": ...}: a few dozen bytes; anything large is not ours
+SILENCE_FIELDS = ("by", "until", "days")
+SILENCE_EXAMPLES = {
+    "ack": '{"by": "ops@contoso.com", "days": 3}',
+    "snooze": '{"until": "2026-12-01T00:00:00Z"} or {"days": 3}',
+}
+# Longer than any credential lifetime the sweep watches (Entra caps secrets at 2 years): beyond it a
+# silence is switching the monitor off, and the datetime arithmetic stays far from year 9999.
+MAX_SILENCE_DAYS = 3660
+MAX_BY_CHARS = 256  # a name or an e-mail address (RFC 5321 caps an address at 254)
+MAX_CREDENTIAL_ID_CHARS = 512  # "entra-password:<app id>:<key id>" is 88; Table Storage caps a RowKey at 1 KiB
+_ID_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # characters Table Storage forbids in a RowKey
 os.environ.setdefault(SWEEP_SCHEDULE_SETTING, DEFAULT_SWEEP_SCHEDULE)  # the deployment may set another
 ExpirySettings.from_env()  # validated at start-up: a bad threshold list stops the app with the fix
 
@@ -60,10 +83,20 @@ def credentials_list(req: func.HttpRequest) -> func.HttpResponse:
     from shared.expiry.policy import current_level
     from shared.expiry.worker import monitor
 
-    watch = monitor()
-    now = watch.clock()
+    try:
+        query(req.params, ())
+        watch = monitor()
+        now = watch.clock()
+        listed = watch.states.all()
+    except RequestRejected as exc:
+        return _answer(exc.status, {"error": exc.reason})
+    except Exception as exc:
+        if not is_outage(exc):
+            raise  # a bug: the host's 500
+        log_event(logger, "credentials_list_unavailable", logging.ERROR, error=type(exc).__name__)
+        return _answer(503, {"error": outage_reason(exc)})
     rows = []
-    for state, row in watch.states.all():
+    for state, row in listed:
         days = (state.expires_on - now).total_seconds() / 86400 if state.expires_on else None
         level = None
         if state.expires_on is not None:
@@ -89,42 +122,73 @@ def _idle_state(state: Any, row: dict[str, Any]) -> str:
     return "ok" if state.expires_on else "no expiry"
 
 
-def _until(body: dict[str, Any], now: datetime) -> datetime | None:
-    if "until" in body:
-        value = datetime.fromisoformat(str(body["until"]).replace("Z", "+00:00"))
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if "days" in body:
-        return now + timedelta(days=float(body["days"]))
-    return None
+def _silence_request(req: func.HttpRequest, action: str) -> tuple[str, dict[str, Any]]:
+    """The credential id and the checked body, before any dependency is called: bad input is a 400 even
+    while storage is down. Every refusal names the field; ``_silence`` adds a good body to it."""
+    query(req.params, ())
+    credential_id = req.route_params.get("id", "")
+    if not credential_id or len(credential_id) > MAX_CREDENTIAL_ID_CHARS or _ID_UNSAFE.search(credential_id):
+        raise RequestRejected(
+            400,
+            f"id must be a credential id of 1..{MAX_CREDENTIAL_ID_CHARS} characters without / \\ # ? or control"
+            f" characters, got {preview(credential_id)}; GET /api/credentials lists the ids",
+        )
+    body = json_object(
+        req.get_body(), limit_bytes=MAX_SILENCE_BODY_BYTES, fields=SILENCE_FIELDS, example=SILENCE_EXAMPLES[action]
+    )
+    checked: dict[str, Any] = {
+        "by": text_field(body, "by", max_chars=MAX_BY_CHARS, what="who silences it (a name or e-mail)"),
+        "until": time_field(body, "until"),
+        "days": number_field(body, "days", above=0, at_most=MAX_SILENCE_DAYS, unit="days"),
+    }
+    if checked["until"] is not None and checked["days"] is not None:
+        raise RequestRejected(400, "send either until or days, not both")
+    if action == "ack" and checked["by"] is None:
+        raise RequestRejected(400, "field 'by' is required: who acknowledges (a name or e-mail)")
+    if action == "snooze" and checked["until"] is None and checked["days"] is None:
+        raise RequestRejected(400, "field 'until' or 'days' is required")
+    # The wall clock, which the worker's monitor also keeps (shared.expiry.worker builds it without one).
+    now = datetime.now(UTC)
+    until = checked["until"]
+    if until is not None and not now < until <= now + timedelta(days=MAX_SILENCE_DAYS):
+        raise RequestRejected(
+            400, f"until must be after now ({now:%Y-%m-%dT%H:%M:%SZ}) and at most {MAX_SILENCE_DAYS} days away,"
+            f" got {until:%Y-%m-%dT%H:%M:%SZ}",
+        )  # fmt: skip
+    return credential_id, checked
+
+
+def _until(checked: dict[str, Any], now: datetime) -> datetime | None:
+    """The end of the silence: ``until``, or ``days`` from the monitor's now (None: the monitor's default)."""
+    return now + timedelta(days=checked["days"]) if checked["days"] is not None else checked["until"]
 
 
 def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
+    from shared.expiry.state import StateConflict
     from shared.expiry.worker import monitor
 
-    credential_id = req.route_params.get("id", "")
-    raw = req.get_body()
-    if len(raw) > MAX_SILENCE_BODY_BYTES:
-        return _answer(413, {"error": f"the body is {len(raw):,} bytes; at most {MAX_SILENCE_BODY_BYTES:,}"})
     try:
-        body = json.loads(raw) if raw else {}
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
+        credential_id, checked = _silence_request(req, action)  # before any dependency: bad input is a 400
         watch = monitor()
-        until = _until(body, watch.clock())
-    except (ValueError, OverflowError, RecursionError) as exc:  # OverflowError: {"days": 1e300}
-        return _answer(400, {"error": f'{exc}; send {{"until": "2026-12-01T00:00:00Z"}} or {{"days": 3}}'})
-    if action == "ack":
-        by = str(body.get("by") or "").strip()
-        if not by:
-            return _answer(400, {"error": "field 'by' is required: who acknowledges (a name or e-mail)"})
-        state = watch.acknowledge(credential_id, by, until)
-    else:
-        if until is None:
-            return _answer(400, {"error": "field 'until' or 'days' is required"})
-        state = watch.snooze(credential_id, until)
+        until = _until(checked, watch.clock())
+        if action == "ack":
+            state = watch.acknowledge(credential_id, checked["by"], until)
+        elif until is not None:  # always, for a snooze: _silence_request required until or days
+            state = watch.snooze(credential_id, until)
+        else:
+            raise RequestRejected(400, "field 'until' or 'days' is required")
+    except RequestRejected as exc:  # a 400 also shows a good body
+        example = SILENCE_EXAMPLES[action]
+        fix = f"; send {example}" if exc.status == 400 and example not in exc.reason else ""
+        return _answer(exc.status, {"error": exc.reason + fix})
+    except Exception as exc:
+        if not (is_outage(exc) or isinstance(exc, StateConflict)):  # StateConflict: lost every claim race
+            raise  # a bug, not the caller's input and not an outage: the host's 500
+        log_event(logger, f"credential_{action}_unavailable", logging.ERROR, error=type(exc).__name__)
+        return _answer(503, {"error": outage_reason(exc)})
     if state is None:
-        return _answer(404, {"error": f"no credential {credential_id!r}; GET /api/credentials lists the ids"})
-    log_event(logger, f"credential_{action}", credential=credential_id, by=str(body.get("by") or "-"))
+        return _answer(404, {"error": f"no credential {preview(credential_id)}; GET /api/credentials lists the ids"})
+    log_event(logger, f"credential_{action}", credential=credential_id, by=checked["by"] or "-")
     silence = {k: getattr(state, k) for k in ("acknowledged_by", "acknowledged_until", "snoozed_until")}
     return _answer(200, {"id": state.id, **silence})
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from shared.errors import DvbridgeError
+from shared.http_input import RequestRejected, int_param, is_outage, outage_reason, preview, query, text_param
 from shared.logging import log_event
 from shared.sync.worker import job_index, schedule_setting
 
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
+DEFAULT_RUNS_LIMIT = 20  # reports per GET /api/sync/runs
+MAX_RUNS_LIMIT = 500  # reports are a few KB each: a page stays well under a megabyte
+# Run ids as the engine makes them ("20261201T195925-3f2a1b", "replay-…"); letters, digits, . _ - only,
+# because a run id becomes a blob name prefix.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RUN_ID_SHAPE = "a run id such as 20261201T195925-3f2a1b (letters, digits, . _ -; 1..100 characters)"
 JOBS = job_index()  # validated at start-up: a broken file raises ConfigError naming file, job and field
 
 
@@ -66,23 +73,40 @@ for _name in JOBS:
     _timer(_name)
 
 
+def _answer(status: int, body: Any) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON)
+
+
 @bp.route(route="sync/runs", methods=["GET"])
 def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
-    """Recent run reports, newest first."""
-    from shared.sync.worker import sync_context
+    """Recent run reports, newest first (``?limit=`` of them, 1..MAX_RUNS_LIMIT)."""
+    from shared.sync.worker import storage
 
-    limit = int(req.params.get("limit", "20"))
-    return func.HttpResponse(json.dumps(sync_context().storage.recent_reports(limit)), mimetype=JSON)
+    try:
+        params = query(req.params, ("limit",))
+        limit = int_param(params, "limit", low=1, high=MAX_RUNS_LIMIT, default=DEFAULT_RUNS_LIMIT)
+        # Storage alone: the reports stay readable while the Dataverse credential is broken.
+        reports = storage().recent_reports(limit)
+    except RequestRejected as exc:
+        return _answer(exc.status, {"error": exc.reason})
+    except Exception as exc:
+        if not is_outage(exc):
+            raise  # a bug: the host's 500
+        log_event(logger, "sync_runs_unavailable", logging.ERROR, error=type(exc).__name__)
+        return _answer(503, {"error": outage_reason(exc)})
+    return _answer(200, reports)
 
 
 @bp.route(route="sync/{job}/run", methods=["POST"])
 def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
     """Run a job now; 200 with its report, 404 for an unknown job, 409 when another run holds it."""
-    name = req.route_params["job"]
+    name = req.route_params.get("job", "")
+    try:
+        query(req.params, ())
+    except RequestRejected as exc:
+        return _answer(exc.status, {"error": exc.reason})
     if name not in JOBS:
-        return func.HttpResponse(
-            json.dumps({"error": f"no job named {name!r}", "jobs": sorted(JOBS)}), status_code=404, mimetype=JSON
-        )
+        return _answer(404, {"error": f"no job named {preview(name)}", "jobs": sorted(JOBS)})
     return _report_response(name, lambda: run_job(name))
 
 
@@ -92,28 +116,42 @@ def sync_replay(req: func.HttpRequest) -> func.HttpResponse:
     from shared.sync.engine import replay_dead_letters
     from shared.sync.worker import sync_context
 
-    name = req.route_params["job"]
-    job = _inbound_job(name)
-    if job is None:
-        return func.HttpResponse(
-            json.dumps({"error": f"no inbound job named {name!r}"}), status_code=404, mimetype=JSON
-        )
-    return _report_response(
-        name, lambda: replay_dead_letters(name, job, sync_context(), run_id=req.params.get("run")).to_dict()
-    )
+    name = req.route_params.get("job", "")
+    try:
+        # An empty ?run= is refused rather than read as "no run given", which would replay every run.
+        run_id = text_param(query(req.params, ("run",)), "run", pattern=RUN_ID, shape=RUN_ID_SHAPE)
+    except RequestRejected as exc:
+        return _answer(exc.status, {"error": exc.reason})
+    if name not in JOBS:  # before the job models load: an unknown name costs no file read
+        return _answer(404, {"error": f"no inbound job named {preview(name)}"})
+
+    def replay() -> dict[str, Any]:
+        job = _inbound_job(name)
+        if job is None:
+            raise _NotInbound(name)
+        return replay_dead_letters(name, job, sync_context(), run_id=run_id).to_dict()
+
+    return _report_response(name, replay)
+
+
+class _NotInbound(Exception):
+    """The job exists but is outbound: nothing to replay (a 404, like an unknown job)."""
 
 
 def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpResponse:
     """200 with the run report, 409 when another run holds the job, 503 with the cause when the run could
-    not start (Key Vault or Entra unreachable while the worker builds its Dataverse client)."""
+    not start (Key Vault or Entra unreachable while the worker builds its Dataverse client, storage down)."""
     try:
         report = run()
-    except DvbridgeError as exc:
+    except _NotInbound:
+        return _answer(404, {"error": f"no inbound job named {preview(name)}"})
+    except Exception as exc:
+        if not is_outage(exc):
+            raise  # a bug: the host's 500
         log_event(logger, "sync_run_not_started", logging.ERROR, job=name, error=type(exc).__name__)
-        body = {"job": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        return func.HttpResponse(json.dumps(body), status_code=503, mimetype=JSON)
+        return _answer(503, {"job": name, "status": "failed", "error": outage_reason(exc)})
     status = 409 if report["status"] == "skipped" else 200
-    return func.HttpResponse(json.dumps(report), status_code=status, mimetype=JSON)
+    return _answer(status, report)
 
 
 @bp.queue_trigger(arg_name="item", queue_name="sync-chunks", connection="AzureWebJobsStorage")

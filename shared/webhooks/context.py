@@ -3,22 +3,38 @@
 Values arrive WCF-serialised: ``{"__type": "EntityReference:…", "Id": …}``, ``OptionSetValue``, ``Money``,
 ``"/Date(ms±hhmm)/"``. They become plain values: references as ``{"id", "logical_name", "name"}``, choices
 and money as numbers, dates as ISO-8601 UTC. Anything malformed raises :class:`WebhookRejected` (400)
-with the reason, never another exception.
+with the reason, naming the field or attribute (``Target.revenue: …``), never another exception: the
+receiver answers any other exception with 503, and Dataverse would retry input that can never succeed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.errors import WebhookRejected
 
 MAX_BODY_BYTES = 1024 * 1024  # Dataverse strips contexts above 256 KB; anything near 1 MB is not from it
-_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+# Value nesting below an attribute (EntityCollection > Entity > attribute > list ...): Dataverse's own go a
+# handful of levels deep; a bound refuses a hostile one with its path instead of a RecursionError.
+MAX_VALUE_NESTING = 32
+# JSON number literals longer than this are refused before conversion: int() of thousands of digits raises
+# (Python's int max-str-digits) and costs quadratic time; no Dataverse number needs more than 20 digits.
+MAX_NUMBER_CHARS = 64
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # whole number columns, option set values, Depth/Stage/Mode
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the widest Dataverse whole number (BigInt)
+MONEY_LIMIT = 922_337_203_685_477  # Dataverse's currency range is ± this
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# /Date(ms)/ counts milliseconds from the epoch; what Python's datetime holds (years 1..9999):
+DATE_MS_MIN = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+DATE_MS_MAX = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+_DATE = re.compile(r"/Date\((-?[0-9]+)([+-][0-9]{4})?\)/")  # ASCII digits only: \d admits other scripts
+_GUID = re.compile(r"\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?")
+PREVIEW_CHARS = 60  # how much of a refused value a reason quotes
 REQUIRED = ("MessageName", "PrimaryEntityName", "PrimaryEntityId")
 
 
@@ -51,39 +67,151 @@ class DataverseEvent:
         return dict(self.__dict__)
 
 
-def convert_value(value: Any) -> Any:
-    """One WCF-serialised value -> a plain one."""
-    if isinstance(value, str):
-        match = _DATE.match(value)
-        if match:
-            moment = datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
-            return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return value
-    if isinstance(value, dict):
-        kind = str(value.get("__type", "")).split(":", 1)[0]
-        if kind == "EntityReference" or ("LogicalName" in value and "Id" in value and "Attributes" not in value):
-            return {
-                "id": _guid(value.get("Id"), "EntityReference.Id"),
-                "logical_name": value.get("LogicalName"),
-                "name": value.get("Name"),
-            }
-        if kind in ("OptionSetValue", "Money"):
-            return value.get("Value")
-        if kind == "Entity" or "Attributes" in value:
-            return entity_attributes(value)
-        return {k: convert_value(v) for k, v in value.items() if k != "__type"}
-    if isinstance(value, list):
-        return [convert_value(v) for v in value]
+@dataclass(frozen=True)
+class _BadNumber:
+    """A JSON number that cannot become a Python number safely; refused, with its path, where it is used."""
+
+    text: str
+    why: str
+
+
+def _parse_int(text: str) -> int | _BadNumber:
+    if len(text) > MAX_NUMBER_CHARS:
+        return _BadNumber(_clip(text), f"has {len(text):,} characters; at most {MAX_NUMBER_CHARS} are accepted")
+    return int(text)
+
+
+def _parse_float(text: str) -> float | _BadNumber:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to inf
+        return _BadNumber(_clip(text), "is beyond the range of a 64-bit floating-point number")
     return value
 
 
-def entity_attributes(entity: Any) -> dict[str, Any]:
+def _clip(text: str) -> str:
+    return text[:PREVIEW_CHARS] + "..." if len(text) > PREVIEW_CHARS else text
+
+
+def _parse_constant(text: str) -> _BadNumber:
+    return _BadNumber(text, "is not a JSON number (NaN and Infinity are not JSON)")
+
+
+def _preview(value: Any) -> str:
+    """A refused value as a reason quotes it: short; containers by their kind (they can be huge or deep)."""
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "a list"
+    if isinstance(value, _BadNumber):
+        return value.text
+    text = _clip(value if isinstance(value, str) else json.dumps(value))  # null, true, 12.5 as JSON spells them
+    return repr(text) if isinstance(value, str) else text
+
+
+def _reject(path: str, problem: str) -> WebhookRejected:
+    return WebhookRejected(400, f"{path}: {problem}")
+
+
+def convert_value(value: Any, path: str = "value", nesting: int = 0) -> Any:
+    """One WCF-serialised value -> a plain one; ``path`` names it in a refusal (``Target.revenue``)."""
+    if nesting > MAX_VALUE_NESTING:
+        raise _reject(path, f"nested more than {MAX_VALUE_NESTING} levels deep")
+    if isinstance(value, _BadNumber):
+        raise _reject(path, f"the number {value.text} {value.why}")
+    if isinstance(value, str):
+        return _date(value, path) if value.startswith("/Date(") else value
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise _reject(path, f"the whole number {_preview(value)} is outside Dataverse's 64-bit range")
+        return value
+    if isinstance(value, float):
+        return value  # finite: the parser refused the rest
+    if isinstance(value, list):
+        return [convert_value(v, f"{path}[{i}]", nesting + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return _convert_object(value, path, nesting)
+    raise _reject(path, f"unexpected value of type {type(value).__name__}")  # json.loads makes none other
+
+
+def _convert_object(value: dict[str, Any], path: str, nesting: int) -> Any:
+    kind_text = value.get("__type", "")
+    if not isinstance(kind_text, str):
+        raise _reject(f"{path}.__type", "must be a string such as 'Money:http://schemas.microsoft.com/...'")
+    kind = kind_text.split(":", 1)[0]
+    if kind == "EntityReference" or ("LogicalName" in value and "Id" in value and "Attributes" not in value):
+        return {
+            "id": _guid(value.get("Id"), f"{path}.Id"),
+            "logical_name": _optional_text(value.get("LogicalName"), f"{path}.LogicalName"),
+            "name": _optional_text(value.get("Name"), f"{path}.Name"),
+        }
+    if kind == "OptionSetValue":
+        return _whole(value.get("Value"), f"{path}.Value", INT32_MIN, INT32_MAX)
+    if kind == "Money":
+        return _money(value.get("Value"), f"{path}.Value")
+    if kind == "Entity" or "Attributes" in value:
+        return entity_attributes(value, path, nesting + 1)
+    return {k: convert_value(v, f"{path}.{_name(k)}", nesting + 1) for k, v in value.items() if k != "__type"}
+
+
+def _date(value: str, path: str) -> str:
+    """``/Date(ms±hhmm)/``: milliseconds since the epoch in UTC; the offset is the sender's zone, not a shift."""
+    match = _DATE.fullmatch(value)
+    if match is None:
+        return value  # a text column may hold anything; only the WCF date form is converted
+    digits = match.group(1)
+    # Range first, on the text: thousands of digits must not reach int() (max-str-digits, quadratic time).
+    if len(digits.lstrip("-")) > len(str(DATE_MS_MAX)) or not DATE_MS_MIN <= int(digits) <= DATE_MS_MAX:
+        raise _reject(path, f"the date {_preview(value)} is out of range (years 0001..9999)")
+    moment = _EPOCH + timedelta(milliseconds=int(digits))
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _whole(value: Any, path: str, low: int, high: int) -> int:
+    if isinstance(value, _BadNumber):
+        raise _reject(path, f"the number {value.text} {value.why}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _reject(path, f"must be a whole number, got {_preview(value)}")
+    if not low <= value <= high:
+        raise _reject(path, f"must be between {low:,} and {high:,}, got {_preview(value)}")
+    return value
+
+
+def _money(value: Any, path: str) -> int | float:
+    if isinstance(value, _BadNumber):
+        raise _reject(path, f"the number {value.text} {value.why}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _reject(path, f"must be a number (an amount), got {_preview(value)}")
+    if not -MONEY_LIMIT <= value <= MONEY_LIMIT:
+        raise _reject(path, f"the amount {_preview(value)} is outside Dataverse's currency range ±{MONEY_LIMIT:,}")
+    return value
+
+
+def _optional_text(value: Any, path: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _reject(path, f"must be a string or null, got {_preview(value)}")
+
+
+def _name(key: str) -> str:
+    """An attribute name as a refusal quotes it: short, and printable."""
+    return key[:PREVIEW_CHARS] if key.isprintable() else repr(key[:PREVIEW_CHARS])
+
+
+def entity_attributes(entity: Any, path: str = "Entity", nesting: int = 0) -> dict[str, Any]:
     if not isinstance(entity, dict):
-        raise WebhookRejected(400, "an Entity must be a JSON object")
-    pairs = entity.get("Attributes") or []
+        raise _reject(path, f"must be an Entity (a JSON object with Attributes), got {_preview(entity)}")
+    pairs = entity.get("Attributes")
+    if pairs is None:
+        return {}
     if not isinstance(pairs, list):
-        raise WebhookRejected(400, "Entity.Attributes must be a list of key/value pairs")
-    return {str(p["key"]): convert_value(p.get("value")) for p in pairs if isinstance(p, dict) and "key" in p}
+        raise _reject(f"{path}.Attributes", "must be a list of key/value pairs")
+    attributes: dict[str, Any] = {}
+    for i, pair in enumerate(pairs):
+        key = pair.get("key") if isinstance(pair, dict) else None
+        if not isinstance(key, str):
+            raise _reject(f"{path}.Attributes[{i}]", 'must be a pair {"key": "<column name>", "value": ...}')
+        attributes[key] = convert_value(pair.get("value"), f"{path}.{_name(key)}", nesting + 1)
+    return attributes
 
 
 def _pairs(value: Any, name: str) -> list[dict[str, Any]]:
@@ -95,21 +223,24 @@ def _pairs(value: Any, name: str) -> list[dict[str, Any]]:
 
 
 def _guid(value: Any, name: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except (ValueError, TypeError, AttributeError):
-        raise WebhookRejected(400, f"{name} is not a GUID: {str(value)[:60]!r}") from None
+    if not isinstance(value, str) or _GUID.fullmatch(value) is None:
+        raise WebhookRejected(400, f"{name} is not a GUID: {_preview(value)}")
+    return value.strip("{}").lower()
 
 
 def _optional_guid(value: Any, name: str) -> str | None:
-    return None if value in (None, "") else _guid(value, name)
+    return None if value is None or value == "" else _guid(value, name)
 
 
-def _int(value: Any, name: str, default: int | None) -> int | None:
+def _int(value: Any, name: str, default: int | None, low: int = INT32_MIN) -> int | None:
     if value is None:
         return default
+    if isinstance(value, _BadNumber):
+        raise WebhookRejected(400, f"{name}: the number {value.text} {value.why}")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise WebhookRejected(400, f"{name} must be a whole number")
+        raise WebhookRejected(400, f"{name} must be a whole number, got {_preview(value)}")
+    if not low <= value <= INT32_MAX:
+        raise WebhookRejected(400, f"{name} must be between {low:,} and {INT32_MAX:,}, got {_preview(value)}")
     return value
 
 
@@ -117,7 +248,7 @@ def parse_remote_execution_context(body: bytes, headers: dict[str, str] | None =
     """Validate and convert; raise WebhookRejected(413/400) with the reason."""
     try:
         return _parse(body, headers)
-    except RecursionError:
+    except RecursionError:  # json.loads' own limit, below MAX_VALUE_NESTING's reach
         raise WebhookRejected(400, "the body is nested too deeply") from None
 
 
@@ -125,7 +256,12 @@ def _parse(body: bytes, headers: dict[str, str] | None) -> DataverseEvent:
     if len(body) > MAX_BODY_BYTES:
         raise WebhookRejected(413, f"the body is {len(body):,} bytes; at most {MAX_BODY_BYTES:,} are accepted")
     try:
-        context = json.loads(body.decode("utf-8-sig"))
+        context = json.loads(
+            body.decode("utf-8-sig"),
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise WebhookRejected(400, f"the body is not JSON: {str(exc)[:120]}") from None
     if not isinstance(context, dict):
@@ -135,7 +271,7 @@ def _parse(body: bytes, headers: dict[str, str] | None) -> DataverseEvent:
         raise WebhookRejected(400, f"missing required field(s): {', '.join(missing)}")
     for name in ("MessageName", "PrimaryEntityName"):
         if not isinstance(context[name], str):
-            raise WebhookRejected(400, f"{name} must be a string")
+            raise WebhookRejected(400, f"{name} must be a string, got {_preview(context[name])}")
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     stripped = "x-ms-dynamics-msg-size-exceeded" in lowered
     attributes: dict[str, Any] = {}
@@ -145,7 +281,7 @@ def _parse(body: bytes, headers: dict[str, str] | None) -> DataverseEvent:
             if isinstance(target, dict) and (
                 "Attributes" in target or str(target.get("__type", "")).startswith("Entity:")
             ):
-                attributes = entity_attributes(target)
+                attributes = entity_attributes(target, "Target")
     return DataverseEvent(
         message=context["MessageName"],
         table=context["PrimaryEntityName"],
@@ -158,16 +294,17 @@ def _parse(body: bytes, headers: dict[str, str] | None) -> DataverseEvent:
         operation_id=_optional_guid(context.get("OperationId"), "OperationId"),
         user_id=_optional_guid(context.get("UserId"), "UserId"),
         initiating_user_id=_optional_guid(context.get("InitiatingUserId"), "InitiatingUserId"),
-        depth=_int(context.get("Depth"), "Depth", 1) or 1,
+        depth=_int(context.get("Depth"), "Depth", 1, low=0) or 1,
         stage=_int(context.get("Stage"), "Stage", None),
         mode=_int(context.get("Mode"), "Mode", None),
         organization_id=_optional_guid(context.get("OrganizationId"), "OrganizationId"),
-        organization_name=str(context["OrganizationName"]) if context.get("OrganizationName") is not None else None,
+        organization_name=_optional_text(context.get("OrganizationName"), "OrganizationName"),
         size_exceeded=stripped,
     )
 
 
 def _first_image(value: Any, name: str) -> dict[str, Any]:
     for pair in _pairs(value, name):
-        return entity_attributes(pair.get("value"))
+        label = pair.get("key")
+        return entity_attributes(pair.get("value"), f"{name}[{_name(label) if isinstance(label, str) else 0}]")
     return {}

@@ -9,6 +9,7 @@ replaced), which reach far deeper into a parser than random bytes alone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from shared.webhooks.signing import sign, verify
 from tests.unit.test_batch_codec import REFERENCE_RESPONSE
 from tests.unit.test_batch_codec import B as BATCH_BOUNDARY
 from tests.unit.test_expiry_payloads import DOCS_SAMPLE, TOPIC
+from tests.unit.test_webhook_parsing import ACCOUNT_ID as ACCOUNT_GUID
 from tests.unit.test_webhook_parsing import SAMPLE as CONTEXT_SAMPLE
 
 pytestmark = pytest.mark.unit
@@ -145,6 +147,122 @@ def test_dataverse_deliveries_parse_or_are_refused_with_400_or_413(body: bytes, 
         return
     assert isinstance(parsed, DataverseEvent)
     json.dumps(parsed.to_dict())  # what the receiver enqueues must serialise
+
+
+# -- the context's value conversions ------------------------------------------------------------------------
+# Values built as JSON text, so that literals Python cannot write reach the parser as a sender would send
+# them: numbers of thousands of digits, 1e400, NaN, dates far outside any calendar.
+RAW_NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.integers(1, 6000).map(lambda n: "9" * n),  # past Python's 4,300-digit int limit
+    st.sampled_from(["1e400", "-1e400", "1e308", "-0", "0.0", "NaN", "Infinity", "-Infinity", "1E-400", "2.5e-324"]),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+DATE_TEXT = st.one_of(RAW_NUMBERS, st.integers(-(2**64), 2**64).map(str)).flatmap(
+    lambda ms: st.sampled_from(["", "+0000", "-0700", "+9999"]).map(lambda zone: json.dumps(f"/Date({ms}{zone})/"))
+)
+GUID_TEXT = st.sampled_from([json.dumps(ACCOUNT_GUID), json.dumps("{" + ACCOUNT_GUID.upper() + "}"), '"nope"', "12",
+                             json.dumps(ACCOUNT_GUID + "_"), json.dumps(ACCOUNT_GUID.replace("-", ""))])  # fmt: skip
+WCF_KINDS = ["Money", "OptionSetValue", "EntityReference", "Entity", "EntityCollection", "AliasedValue", "Other"]
+
+
+def wcf_values() -> st.SearchStrategy[str]:
+    """JSON text for an attribute value: plain JSON, raw numbers, dates, and WCF-typed objects of them."""
+    plain_values = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=12)
+    leaves = st.one_of(plain_values.map(json.dumps), JSON_VALUES.map(json.dumps), RAW_NUMBERS, DATE_TEXT, GUID_TEXT)
+
+    def extend(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        kind = st.sampled_from(WCF_KINDS).map(
+            lambda k: json.dumps(f"{k}:http://schemas.microsoft.com/xrm/2011/Contracts")
+        )
+        members = st.dictionaries(
+            st.sampled_from(["__type", "Value", "Id", "LogicalName", "Name", "Attributes", "Entities", "key", "value"])
+            | st.text(max_size=6),
+            children | kind,
+            max_size=4,
+        )
+        return st.one_of(
+            st.lists(children, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
+            members.map(lambda m: "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in m.items()) + "}"),
+            st.tuples(kind, children).map(lambda kv: f'{{"__type": {kv[0]}, "Value": {kv[1]}}}'),
+            st.tuples(GUID_TEXT | children, children).map(
+                lambda ref: f'{{"__type": "EntityReference:c", "Id": {ref[0]}, "LogicalName": {ref[1]}}}'
+            ),
+            st.lists(st.tuples(st.text(max_size=6).map(json.dumps) | children, children), max_size=3).map(
+                lambda pairs: '{"Attributes": [' + ", ".join(f'{{"key": {k}, "value": {v}}}' for k, v in pairs) + "]}"
+            ),
+        )
+
+    return st.recursive(leaves, extend, max_leaves=12)
+
+
+# Where a fuzzed value goes in the sample, and what a refusal's reason must name.
+PLACES = {
+    "Target attribute": "Target.fuzzed",
+    "Target Attributes": "Target",
+    "post image attribute": "PostEntityImages[Image].fuzzed",
+    "post image": "PostEntityImages[Image]",
+    "pre image attribute": "PreEntityImages[Pre].fuzzed",
+    **{f"field {name}": name for name in ("PrimaryEntityId", "RequestId", "CorrelationId", "Depth", "Stage", "Mode",
+                                          "OrganizationName", "MessageName")},
+}  # fmt: skip
+
+
+def placed(place: str, value_json: str) -> bytes:
+    """The reference sample with the value at ``place``, as JSON text."""
+    context = json.loads(CONTEXT_SAMPLE)
+    target = context["InputParameters"][0]["value"]
+    marker = "__fuzzed__"
+    pair = {"key": "fuzzed", "value": marker}
+    if place == "Target attribute":
+        target["Attributes"].append(pair)
+    elif place == "Target Attributes":
+        target["Attributes"] = marker
+    elif place == "post image attribute":
+        context["PostEntityImages"][0]["value"]["Attributes"].append(pair)
+    elif place == "post image":
+        context["PostEntityImages"][0]["value"] = marker
+    elif place == "pre image attribute":
+        context["PreEntityImages"] = [{"key": "Pre", "value": {"Attributes": [pair]}}]
+    else:
+        context[place.removeprefix("field ")] = marker
+    return json.dumps(context).replace(json.dumps(marker), value_json).encode()
+
+
+def plain(value: Any) -> bool:
+    """What the processor may receive: JSON without NaN or infinities, whole numbers within 64 bits."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(plain(v) for v in value)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return isinstance(value, float) and math.isfinite(value)
+
+
+@FUZZ
+@given(
+    # Attribute positions take any plain JSON, so they are drawn more often than the typed fields.
+    place=st.sampled_from([p for p in PLACES if "attribute" in p]) | st.sampled_from(sorted(PLACES)),
+    value_json=wcf_values(),
+)
+@example("Target attribute", '"/Date(' + "9" * 5000 + ')/"')  # found (issue 15): int max-str-digits -> 503
+@example("Target attribute", '"/Date(99999999999999999)/"')  # found (issue 15): year out of range -> 503
+@example("post image attribute", "1e400")  # accepted as inf before
+def test_context_values_convert_or_are_refused_naming_where(place: str, value_json: str) -> None:
+    parsed = attempt(lambda: parse_remote_execution_context(placed(place, value_json)), WebhookRejected)
+    record(parsed)
+    if isinstance(parsed, WebhookRejected):
+        assert parsed.status == 400
+        assert PLACES[place] in parsed.reason, parsed.reason
+        assert len(parsed.reason) < 400  # a 5,000-digit value is quoted, not echoed
+        return
+    assert isinstance(parsed, DataverseEvent)
+    event_ = parsed.to_dict()
+    assert plain(event_), event_
+    json.dumps(event_, allow_nan=False)  # what the receiver enqueues must serialise as strict JSON
 
 
 # -- signed generic webhooks -------------------------------------------------------------------------------
