@@ -244,6 +244,40 @@ def _int(value: Any, name: str, default: int | None, low: int = INT32_MIN) -> in
     return value
 
 
+def parse_json_payload(body: bytes) -> dict[str, Any]:
+    """A signed webhook's body: a JSON object whose numbers Dataverse can take; raise WebhookRejected(400).
+
+    The same number rules as a context's values (no NaN or Infinity, no overflowing or overlong numbers),
+    so bad input is refused at the receiver rather than failing at Dataverse after it was acknowledged."""
+    try:
+        payload = json.loads(
+            body.decode("utf-8-sig"), parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WebhookRejected(400, f"the body is not JSON: {str(exc)[:120]}") from None
+    except RecursionError:
+        raise WebhookRejected(400, "the body is nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise WebhookRejected(400, "the body must be a JSON object")
+    _check_numbers(payload, "body", 0)
+    return payload
+
+
+def _check_numbers(value: Any, path: str, nesting: int) -> None:
+    if nesting > MAX_VALUE_NESTING:
+        raise _reject(path, f"nested more than {MAX_VALUE_NESTING} levels deep")
+    if isinstance(value, _BadNumber):
+        raise _reject(path, f"the number {value.text} {value.why}")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise _reject(path, f"the whole number {_preview(value)} is outside Dataverse's 64-bit range")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{path}[{i}]", nesting + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, f"{path}.{_clip(str(key))}", nesting + 1)
+
+
 def parse_remote_execution_context(body: bytes, headers: dict[str, str] | None = None) -> DataverseEvent:
     """Validate and convert; raise WebhookRejected(413/400) with the reason."""
     try:

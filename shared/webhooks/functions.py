@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from shared.errors import WebhookRejected
+from shared.http_input import is_outage, outage_reason, preview
 from shared.logging import log_event
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
@@ -161,24 +162,20 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="webhooks/{source}", methods=["POST"])
 def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Signed generic webhooks: HMAC-SHA256 over timestamp, nonce and body with the source's secret."""
+    from shared.webhooks.context import parse_json_payload
     from shared.webhooks.signing import verify
 
     source = req.route_params.get("source", "")
     try:
         spec = routes().sources.get(source)
         if spec is None:
-            return _answer(404, {"error": f"no webhook source named {source!r}"})
+            return _answer(404, {"error": f"no webhook source named {preview(source)}"})
         body = req.get_body()
         if len(body) > MAX_BODY_BYTES:
             raise WebhookRejected(413, f"the body is {len(body):,} bytes; at most {MAX_BODY_BYTES:,} are accepted")
         secret = _secret(spec.secret)
         nonce = verify(secret, dict(req.headers), body)
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError):
-            raise WebhookRejected(400, "the body is not JSON") from None
-        if not isinstance(payload, dict):
-            raise WebhookRejected(400, "the body must be a JSON object")
+        payload = parse_json_payload(body)  # numbers Dataverse cannot take are a 400 here, not a dead end later
         return _accept_signed(source, nonce, {"source": source, "payload": payload})
     except WebhookRejected as exc:
         log_event(logger, "webhook_rejected", logging.WARNING, source=source, status=exc.status, reason=exc.reason)
@@ -203,5 +200,11 @@ def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
     from shared.sync.worker import storage
     from shared.webhooks.processor import EVENT_QUEUE
 
-    moved = storage().move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
+    try:
+        moved = storage().move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        log_event(logger, "webhook_replay_unavailable", logging.ERROR, error=type(exc).__name__)
+        return _answer(503, {"error": outage_reason(exc)})
     return _answer(200, {"replayed": moved})

@@ -141,8 +141,6 @@ def test_no_route_answers_bad_input_with_a_5xx(name: str, data: st.DataObject, d
     assert up < 500, (up, up_body)
     if up >= 400:
         error_of(up_body)  # every refusal is JSON {"error": "<the reason>"}
-    if name == "webhook_replay":  # its outage escapes as the host's 500: tests/unit/test_http_surface.py xfails it
-        return
     deps.down = True
     down, down_body = call(name, **request)
     event(f"down: {'503' if down == 503 and up != 503 else 'same answer'}")
