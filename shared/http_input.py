@@ -11,6 +11,7 @@ Only the standard library at module level: the blueprints import this while the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Collection, Mapping
@@ -18,12 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import DvbridgeError
+from shared.logging import log_event
 
 FUNCTION_KEY_PARAM = "code"  # the Functions host's ?code=<key>: every keyed route receives it in its query
 PREVIEW_CHARS = 40  # how much of a refused value or name a reason quotes
 # A JSON number literal longer than this is no count of days or items: refused before int() sees it
 # (Python refuses ints of more than 4,300 digits with a ValueError, and converting them is quadratic).
 MAX_NUMBER_CHARS = 32
+logger = logging.getLogger(__name__)
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: int() also takes " 5", "+5", "5_0" and other scripts' digits
 
 
@@ -178,3 +181,12 @@ def outage_reason(exc: BaseException) -> str:
     or a request, so only its type is named."""
     detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, DvbridgeError) else type(exc).__name__
     return f"temporarily unavailable ({detail}); retry"
+
+
+def outage_answer(exc: BaseException, event: str, **log_fields: Any) -> str:
+    """For an outage, log ``event`` and return the 503's reason; anything else is re-raised (a bug: the
+    host's 500, never disguised as something a retry can fix)."""
+    if not is_outage(exc):
+        raise exc
+    log_event(logger, event, logging.ERROR, error=type(exc).__name__, **log_fields)
+    return outage_reason(exc)

@@ -129,6 +129,22 @@ def limits_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsta
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def erp_secret(hooks_stack: DevstackProcess) -> str:
+    """The erp source's HMAC key, read from Key Vault with the app's identity (as the receiver does)."""
+    from shared.identity.worker import reset_worker, secret_store
+
+    saved = dict(os.environ)
+    os.environ.update(hooks_stack.app_settings())
+    reset_worker()
+    try:
+        return secret_store().get("erp-webhook-secret").value
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_worker()
+
+
 @pytest.fixture
 def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """Apply a devstack's app settings (plus overrides) to os.environ, as a fresh worker would see them."""

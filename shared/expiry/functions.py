@@ -17,6 +17,7 @@ from shared.http_input import (
     is_outage,
     json_object,
     number_field,
+    outage_answer,
     outage_reason,
     preview,
     query,
@@ -91,10 +92,7 @@ def credentials_list(req: func.HttpRequest) -> func.HttpResponse:
     except RequestRejected as exc:
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
-        if not is_outage(exc):
-            raise  # a bug: the host's 500
-        log_event(logger, "credentials_list_unavailable", logging.ERROR, error=type(exc).__name__)
-        return _answer(503, {"error": outage_reason(exc)})
+        return _answer(503, {"error": outage_answer(exc, "credentials_list_unavailable")})
     rows = []
     for state, row in listed:
         days = (state.expires_on - now).total_seconds() / 86400 if state.expires_on else None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from shared.http_input import RequestRejected, int_param, is_outage, outage_reason, preview, query, text_param
+from shared.http_input import RequestRejected, int_param, outage_answer, preview, query, text_param
 from shared.logging import log_event
 from shared.sync.worker import job_index, schedule_setting
 
@@ -90,10 +90,7 @@ def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
     except RequestRejected as exc:
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
-        if not is_outage(exc):
-            raise  # a bug: the host's 500
-        log_event(logger, "sync_runs_unavailable", logging.ERROR, error=type(exc).__name__)
-        return _answer(503, {"error": outage_reason(exc)})
+        return _answer(503, {"error": outage_answer(exc, "sync_runs_unavailable")})
     return _answer(200, reports)
 
 
@@ -146,10 +143,9 @@ def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpR
     except _NotInbound:
         return _answer(404, {"error": f"no inbound job named {preview(name)}"})
     except Exception as exc:
-        if not is_outage(exc):
-            raise  # a bug: the host's 500
-        log_event(logger, "sync_run_not_started", logging.ERROR, job=name, error=type(exc).__name__)
-        return _answer(503, {"job": name, "status": "failed", "error": outage_reason(exc)})
+        return _answer(
+            503, {"job": name, "status": "failed", "error": outage_answer(exc, "sync_run_not_started", job=name)}
+        )
     status = 409 if report["status"] == "skipped" else 200
     return _answer(status, report)
 

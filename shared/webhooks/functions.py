@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from shared.errors import WebhookRejected
-from shared.http_input import is_outage, outage_reason, preview
+from shared.http_input import outage_answer, preview
 from shared.logging import log_event
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
@@ -203,8 +203,5 @@ def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
     try:
         moved = storage().move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
     except Exception as exc:
-        if not is_outage(exc):
-            raise
-        log_event(logger, "webhook_replay_unavailable", logging.ERROR, error=type(exc).__name__)
-        return _answer(503, {"error": outage_reason(exc)})
+        return _answer(503, {"error": outage_answer(exc, "webhook_replay_unavailable")})
     return _answer(200, {"replayed": moved})

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from shared.dataverse.client import ClientOptions, DataverseClient
-from shared.identity.worker import secret_store, token_provider
+from shared.identity.worker import token_provider
 from shared.sync.storage import SyncStorage
 from shared.webhooks.dedupe import DEDUPE_TABLE, _row_key, nonce_scope, processed_scope, received_scope
 from tests.devstack_process import DevstackProcess
@@ -104,23 +104,6 @@ def wait_for_account(client: DataverseClient, number: str) -> list[dict[str, Any
         time.sleep(0.2)
         rows = accounts_numbered(client, number)
     return rows
-
-
-@pytest.fixture(scope="module")
-def erp_secret(hooks_stack: DevstackProcess) -> str:
-    import os
-
-    from shared.identity.worker import reset_worker
-
-    saved = dict(os.environ)
-    os.environ.update(hooks_stack.app_settings())
-    reset_worker()
-    try:
-        return secret_store().get("erp-webhook-secret").value
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_worker()
 
 
 def test_twenty_simultaneous_copies_of_a_signed_delivery_are_accepted_once_with_one_effect(

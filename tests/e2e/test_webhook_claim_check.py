@@ -22,7 +22,6 @@ from tests.e2e.test_webhook_atomicity import (
     accounts_numbered,
     claim_state,
     client_for,
-    erp_secret,  # noqa: F401 - the fixture
     wait_for_account,
 )
 from tests.e2e.test_webhooks_receivers import dataverse_url, key_header, post_signed, signed_headers
@@ -97,7 +96,7 @@ def test_a_200_kb_dataverse_delivery_is_acknowledged_processed_and_its_blob_remo
 
 def test_a_large_signed_delivery_is_upserted_and_its_blob_removed(
     hooks_stack: DevstackProcess,
-    erp_secret: str,  # noqa: F811 - the fixture imported above
+    erp_secret: str,
     app_env: Any,
 ) -> None:
     stack = hooks_stack

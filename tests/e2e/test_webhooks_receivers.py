@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shared.dataverse.client import ClientOptions, DataverseClient
-from shared.identity.worker import secret_store, token_provider
+from shared.identity.worker import token_provider
 from shared.webhooks.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.devstack_process import DevstackProcess
 
@@ -62,24 +62,6 @@ def signed_headers(
         NONCE_HEADER: nonce,
         SIGNATURE_HEADER: sign(secret, moment, nonce, body),
     }
-
-
-@pytest.fixture(scope="module")
-def erp_secret(hooks_stack: DevstackProcess) -> str:
-    """The erp source's HMAC key, read from Key Vault with the app's identity (as the receiver does)."""
-    import os
-
-    from shared.identity.worker import reset_worker
-
-    saved = dict(os.environ)
-    os.environ.update(hooks_stack.app_settings())
-    reset_worker()
-    try:
-        return secret_store().get("erp-webhook-secret").value
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_worker()
 
 
 def test_the_dataverse_receiver_needs_its_function_key(hooks_stack: DevstackProcess) -> None:

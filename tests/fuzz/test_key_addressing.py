@@ -240,26 +240,13 @@ WEBHOOK_SETTLE_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def webhook_world(hooks_stack: DevstackProcess) -> Any:
-    import json
-
-    from shared.identity.worker import reset_worker, secret_store
+def webhook_world(hooks_stack: DevstackProcess, erp_secret: str) -> Any:
     from shared.sync.storage import SyncStorage
+    from tests.e2e.test_webhooks_receivers import key_header
 
-    saved = dict(os.environ)
-    os.environ.update(hooks_stack.app_settings())
-    reset_worker()
-    try:
-        secret = secret_store().get("erp-webhook-secret").value
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        reset_worker()
-    keys = json.loads((hooks_stack.directory / "host-keys.json").read_text())
     url = f"{hooks_stack.env['FUNCTIONS_BASE_URL']}/api/webhooks/erp"
-    function_key = {"x-functions-key": keys["functions"]["signed_webhook"]["default"]}
     letters = SyncStorage(hooks_stack.env["AzureWebJobsStorage"]).container("webhook-deadletters")
-    return secret, url, function_key, Store(hooks_stack), letters
+    return erp_secret, url, key_header(hooks_stack, "signed_webhook"), Store(hooks_stack), letters
 
 
 @settings(PROPERTY, max_examples=WEBHOOK_RUNS)
@@ -269,7 +256,7 @@ def test_signed_webhooks_write_exactly_the_records_with_those_keys(webhook_world
     import json
     import time
 
-    from shared.webhooks.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+    from tests.e2e.test_webhooks_receivers import signed_headers
 
     secret, url, function_key, store, letters = webhook_world
     run = uuid.uuid4().hex
@@ -277,15 +264,7 @@ def test_signed_webhooks_write_exactly_the_records_with_those_keys(webhook_world
     before = store.version()
     for value in values:
         body = json.dumps({"customer_no": value, "name": markers[value]}).encode()
-        moment, nonce = int(time.time()), uuid.uuid4().hex
-        headers = {
-            "Content-Type": "application/json",
-            TIMESTAMP_HEADER: str(moment),
-            NONCE_HEADER: nonce,
-            SIGNATURE_HEADER: sign(secret, moment, nonce, body),
-            **function_key,
-        }
-        answer = requests.post(url, data=body, headers=headers, timeout=30)
+        answer = requests.post(url, data=body, headers=signed_headers(secret, body) | function_key, timeout=30)
         assert answer.status_code == 202, (value, answer.status_code, answer.text)
 
     def refusal(value: str) -> str | None:  # the route trims customer_no (webhook_routes.yaml)
