@@ -67,6 +67,10 @@ def guid(value: Any, field: str = "id") -> str:
 def check_key_value(field: str, value: Any, *, in_path: bool = True) -> None:
     """Refuse what Dataverse cannot store in a key or carry in a path (see the module docstring)."""
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (from JSON's "\ud800"): no UTF-8, so no URL
+            raise KeyValueRefused(field, "the key value is not valid Unicode text (a lone surrogate)") from None
         if _CONTROL.search(value):
             raise KeyValueRefused(
                 field, "the key value contains a control character (tab, line break, NUL...); remove it at the source"

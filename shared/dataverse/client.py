@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Protocol
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -45,6 +46,7 @@ MAX_PAGE_SIZE = 5000
 QUERY_ADDRESSING_ROWS = 50  # rows a key query may return (case variants the collation treats as equal)
 DUPLICATE_KEY_CODE = "0x80060892"  # "Entity Key … violated": another writer created this key first
 RECORD_NOT_FOUND_CODE = "0x80040217"  # Dataverse's "Does Not Exist"
+QUERY_ADDRESSING_ATTEMPTS = 3  # find-then-write rounds before concurrent writers are reported
 
 
 class TokenSource(Protocol):
@@ -140,7 +142,7 @@ class DataverseClient:
     ) -> requests.Response:
         """Send with retries on 429/502/503/504 and connection errors (honouring Retry-After); refresh once on 401."""
         url = path if path.startswith("https://") or path.startswith("http://") else f"{self.root}/{path.lstrip('/')}"
-        if not url.startswith(self.root + "/") and url != self.root:
+        if not _within(url, self.root):
             # A next or delta link names another host: never send it our bearer token.
             raise DataverseError(0, "ForeignUrl", f"refused to send a Dataverse request outside {self.root}")
         timeout = (CONNECT_TIMEOUT_S, BULK_READ_TIMEOUT_S if long_running else READ_TIMEOUT_S)
@@ -236,15 +238,13 @@ class DataverseClient:
         """The id of the record with these key values, found by ``$filter`` (which carries any character).
 
         String comparison follows the server's collation (case-insensitive on Dataverse), as addressing by
-        key does; of several matches the one equal to the letter is taken."""
-        if table is None:
-            name = next(iter(key))
-            raise KeyValueRefused(name, "a key value with '/' or '\\' is found by a query, which needs the table name")
-        primary_id = f"{identifier(table, 'table')}id"
+        key does; of several matches the one equal to the letter is taken. The id is the one column a
+        response carries besides the selected key columns (Dataverse always returns the primary key), so no
+        table's naming is assumed (``task`` keys on ``activityid``); ``table`` is only a fallback hint."""
         rows = list(self.query(entity_set, select=list(key), filter=key_filter(key), top=QUERY_ADDRESSING_ROWS))
         exact = [row for row in rows if all(row.get(k) == v for k, v in key.items())]
         chosen = exact or rows
-        return str(chosen[0][primary_id]) if chosen else None
+        return _primary_id(chosen[0], key, table) if chosen else None
 
     def pages(
         self,
@@ -321,7 +321,7 @@ class DataverseClient:
             found = self._find_by_query(entity_set, key, table)
             if found is None:
                 raise DataverseError(404, RECORD_NOT_FOUND_CODE, f"{entity_set}: no record has this key")
-            body, key = {**body, **key}, found
+            body, key = {**body, **_writable(key)}, found
         self.request("PATCH", entity_path(entity_set, key), body=dict(body), headers={"If-Match": if_match})
 
     def upsert(
@@ -338,21 +338,26 @@ class DataverseClient:
     def _upsert_by_query(
         self, entity_set: str, key: Mapping[str, Any], body: Mapping[str, Any], table: str | None
     ) -> bool:
-        """Find, then update by id or create with the key columns in the body. Two writers creating the same
-        key at once: the loser's create fails on the key's uniqueness and it updates the winner's record."""
-        row = {**body, **key}
-        for _ in range(2):
+        """Find, then update by id or create with the key columns in the body. A concurrent writer is
+        absorbed: a create that loses to another create of the key updates the winner's record, an update
+        whose record was deleted meanwhile creates it."""
+        row = {**body, **_writable(key)}
+        for _ in range(QUERY_ADDRESSING_ATTEMPTS):
             found = self._find_by_query(entity_set, key, table)
-            if found is not None:
-                self.request("PATCH", entity_path(entity_set, found), body=row, headers={"If-Match": "*"})
-                return False
             try:
+                if found is not None:
+                    self.request("PATCH", entity_path(entity_set, found), body=row, headers={"If-Match": "*"})
+                    return False
+                if len(_writable(key)) < len(key):  # a lookup column is part of the key
+                    raise KeyValueRefused(
+                        next(iter(key)), "a record keyed by a lookup column and a '/' value cannot be created by id"
+                    )
                 self.create(entity_set, row)
                 return True
             except DataverseError as exc:
-                if exc.code != DUPLICATE_KEY_CODE:
+                if not (exc.code == DUPLICATE_KEY_CODE or (found is not None and exc.status == 404)):
                     raise
-        raise DataverseError(412, DUPLICATE_KEY_CODE, f"{entity_set}: the key was created and removed concurrently")
+        raise DataverseError(409, "KeyContended", f"{entity_set}: the key kept changing under concurrent writers")
 
     def delete(self, entity_set: str, key: Mapping[str, Any] | str, *, table: str | None = None) -> None:
         if needs_query_addressing(key):
@@ -392,6 +397,34 @@ class DataverseClient:
             long_running=True,
             idempotent=action in ("UpsertMultiple", "UpdateMultiple"),
         )
+
+
+def _within(url: str, root: str) -> bool:
+    """Whether ``url`` is below ``root``: same scheme, host (any case) and port (default or not), path."""
+    target, base = urlsplit(url), urlsplit(root)
+    default = {"https": 443, "http": 80}
+
+    def origin(parts: SplitResult) -> tuple[str, str, int | None]:
+        return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default.get(parts.scheme.lower())
+
+    path, prefix = target.path.rstrip("/"), base.path.rstrip("/")
+    return origin(target) == origin(base) and (path == prefix or path.startswith(prefix + "/"))
+
+
+def _writable(key: Mapping[str, Any]) -> dict[str, Any]:
+    """The key columns a body may carry, so a record written by id keeps the key's exact text; a lookup
+    column's ``_x_value`` is read-only and stays out."""
+    return {name: value for name, value in key.items() if not (name.startswith("_") and name.endswith("_value"))}
+
+
+def _primary_id(row: Mapping[str, Any], key: Mapping[str, Any], table: str | None) -> str:
+    extra = [name for name in row if "@" not in name and name not in key]
+    if len(extra) == 1:
+        return str(row[extra[0]])
+    hint = f"{table}id" if table else None
+    if hint and hint in row:
+        return str(row[hint])
+    raise DataverseError(0, "NoPrimaryId", f"a key query answered columns {sorted(extra)[:5]}: which is the id?")
 
 
 class _NoCookies(DefaultCookiePolicy):

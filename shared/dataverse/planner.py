@@ -301,7 +301,11 @@ class _Run:
             raise ValueError(f"{self.operation} needs the record's key columns")
         body = {k: v for k, v in record.items() if k not in key} if not self._is_primary_key() else record
         headers = {"If-Match": "*"} if self.operation == "update" else {}
-        return Operation("PATCH", entity_path(self.entity_set, key), body, headers)
+        return Operation("PATCH", entity_path(self.entity_set, self._address(key)), body, headers)
+
+    def _address(self, key: dict[str, Any]) -> dict[str, Any] | str:
+        """A primary key is addressed by its bare GUID (``accounts(<id>)``), an alternate key by name."""
+        return str(key[self.key[0]]) if self._is_primary_key() else key
 
     def _batch(self, items: list[tuple[int, dict[str, Any], dict[str, Any] | None]]) -> list[RecordResult]:
         results: dict[int, RecordResult] = {}
@@ -340,12 +344,14 @@ class _Run:
                 raise ValueError(f"{self.operation} needs the record's key columns")
             body = {k: v for k, v in record.items() if k not in key} if not self._is_primary_key() else record
             if self.operation == "update":
-                self.client.update(self.entity_set, key, body, table=self.table)
+                self.client.update(self.entity_set, self._address(key), body, table=self.table)
                 return RecordResult(index, "updated", key)
-            created = self.client.upsert(self.entity_set, key, body, table=self.table)
+            created = self.client.upsert(self.entity_set, self._address(key), body, table=self.table)
             return RecordResult(index, "created" if created else "updated", key)
         except DataverseError as exc:
             return self._failed(index, key, exc)
+        except KeyValueRefused as refused:
+            return RecordResult(index, "failed", key, code="InvalidKey", message=str(refused))
 
     @staticmethod
     def _failed(index: int, key: Mapping[str, Any] | None, exc: DataverseError) -> RecordResult:

@@ -90,9 +90,9 @@ class Mapper:
                         try:
                             target = bind_path(spec.lookup.entity_set, {spec.lookup.key: str(value)})
                         except KeyValueRefused as refused:
-                            reason = (
-                                f"{column}: {refused.reason}; a lookup binds by a URL path, so match it by another key"
-                            )
+                            reason = f"{column}: {refused.reason}"
+                            if "URL path" in refused.reason:  # a '/': a bind is a path, with no query form
+                                reason += "; a lookup binds by URL: match it by another key"
                             raise _Reject("InvalidLookupKey", reason, column) from None
                         out[f"{spec.lookup.navigation}@odata.bind"] = target
                     continue

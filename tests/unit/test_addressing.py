@@ -117,14 +117,6 @@ def test_a_next_link_to_another_host_never_gets_the_bearer_token() -> None:
     assert session.sent == ["https://org.example/api/data/v9.2/accounts"]
 
 
-def test_a_slash_key_without_the_table_name_is_refused_before_sending() -> None:
-    session = _RecordingSession()
-    client = DataverseClient("https://org.example", _Tokens(), session=session, options=ClientOptions())
-    with pytest.raises(KeyValueRefused, match="table name"):
-        client.upsert("accounts", {"accountnumber": "A/1"}, {"name": "x"})
-    assert session.sent == []
-
-
 @pytest.mark.parametrize(
     ("value", "kept"),
     [("account", True), (ID, True), ("..", False), ("a/../b", False), ("x" * 101, False), ("", False)],
@@ -136,3 +128,26 @@ def test_event_data_becomes_a_blob_name_segment_only_when_plainly_safe(value: st
     assert (part == value) is kept
     assert "/" not in part
     assert part not in (".", "..")
+
+
+def test_a_lone_surrogate_is_refused_not_a_crash() -> None:
+    with pytest.raises(KeyValueRefused, match="lone surrogate"):
+        entity_path("accounts", {"accountnumber": "a\ud800"})
+
+
+@pytest.mark.parametrize(
+    ("url", "inside"),
+    [
+        ("https://org.example/api/data/v9.2/accounts?$skiptoken=1", True),
+        ("https://ORG.example:443/api/data/v9.2/accounts", True),
+        ("https://org.example/api/data/v9.2", True),
+        ("https://org.example/api/data/v9.20/accounts", False),
+        ("https://org.example.evil/api/data/v9.2/accounts", False),
+        ("http://org.example/api/data/v9.2/accounts", False),
+        ("https://org.example:8443/api/data/v9.2/accounts", False),
+    ],
+)
+def test_the_client_stays_below_its_web_api_root(url: str, inside: bool) -> None:
+    from shared.dataverse.client import _within
+
+    assert _within(url, "https://Org.Example/api/data/v9.2") is inside

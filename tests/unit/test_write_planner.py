@@ -211,3 +211,37 @@ def test_two_chunks_with_the_same_key_are_never_in_flight_together() -> None:
     run = planner.write("account", "accounts", rows, "upsert", key=("accountnumber",), strategy="bulk", batch_size=2)
     assert all(r.ok for r in run)
     assert overlaps == []
+
+
+def test_a_primary_key_is_addressed_by_its_bare_guid_in_single_and_batch_writes() -> None:
+    record_id = "0e6a24e1-0000-0000-0000-0000000000a1"
+
+    def handler(method: str, url: str, body: Any, data: bytes | None) -> requests.Response:
+        if url.endswith("$batch"):
+            assert data is not None
+            assert f"PATCH accounts({record_id}) HTTP/1.1".encode() in data
+            return response(400, {"error": {"code": "0x0", "message": "stop"}})
+        return response(204)
+
+    planner, session, _ = planner_for(handler)
+    rows = [{"accountid": record_id, "name": "By id"}]
+    [single] = planner.write("account", "accounts", rows, key=("accountid",), strategy="single")
+    assert single.ok
+    list(planner.write("account", "accounts", rows, key=("accountid",), strategy="batch"))
+    assert (session.calls[0][0], session.calls[0][1].rsplit("/", 1)[-1]) == ("PATCH", f"accounts({record_id})")
+
+
+def test_a_slash_key_is_found_by_a_query_and_written_by_the_id_the_response_carries() -> None:
+    activity = "0e6a24e1-0000-0000-0000-0000000000b2"
+
+    def handler(method: str, url: str, body: Any, data: bytes | None) -> requests.Response:
+        if method == "GET":  # a task's primary key is activityid, not taskid
+            return response(200, {"value": [{"@odata.etag": 'W/"1"', "subject": "T/1", "activityid": activity}]})
+        return response(204)
+
+    planner, session, _ = planner_for(handler)
+    [result] = planner.write("task", "tasks", [{"subject": "T/1", "description": "x"}], key=("subject",))
+    assert result.ok, result
+    assert session.calls[-1][0] == "PATCH"
+    assert session.calls[-1][1].endswith(f"/tasks({activity})")
+    assert "%2F" not in session.calls[-1][1]
