@@ -24,7 +24,6 @@ from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
 if TYPE_CHECKING:
-    from shared.sync.storage import SyncStorage
     from shared.webhooks.dedupe import Claim, Dedupe
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse 
     try:
         blob = enqueue_event(store, {**message, "key": key, "received_at": time.time()})
     except Exception:
-        _give_up(dedupe, claim, store, str(message["source"]), key)
+        _give_up(dedupe, claim, str(message["source"]))
         raise
     try:
         dedupe.settle(claim, ACCEPTED)
@@ -99,15 +98,12 @@ def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse 
     return _answer(202, {"accepted": True})
 
 
-def _give_up(dedupe: Dedupe, claim: Claim, store: SyncStorage, source: str, key: str) -> None:
-    """After a failed enqueue: delete the claim so that the sender's retry can win, and the claim-check
-    blob this copy may have written, unless another copy took the claim over (its message may need it).
-    Best effort: the answer is a 503 either way, and a claim left behind is taken over after its lease."""
-    from shared.webhooks.processor import CLAIM_CONTAINER, claim_blob_name
-
+def _give_up(dedupe: Dedupe, claim: Claim, source: str) -> None:
+    """After a failed enqueue: delete the claim so that the sender's retry can win (enqueue_event removed
+    its own claim-check blob). Best effort: the answer is a 503 either way, and a claim left behind is
+    taken over after its lease."""
     try:
-        if dedupe.release(claim):
-            store.delete_blob(CLAIM_CONTAINER, claim_blob_name(source, key))
+        dedupe.release(claim)
     except Exception as exc:
         log_event(logger, "webhook_claim_release_failed", logging.WARNING, source=source, error=type(exc).__name__)
 

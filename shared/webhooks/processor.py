@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 EVENT_QUEUE = "webhook-events"
 DEAD_LETTER_CONTAINER = "webhook-deadletters"
 _SAFE_NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_CLAIM_BLOB = re.compile(r"[0-9a-f]{64}-[0-9a-f]{32}\.json")
 CLAIM_CONTAINER = "webhook-claims"  # claim-check blobs: messages too large for the queue
 FORWARD_ATTEMPTS = 4
 FORWARD_BACKOFF_S = 0.5
@@ -59,13 +60,28 @@ class EventInProgress(RuntimeError):
 
 
 def claim_blob_name(source: str, key: str) -> str:
-    """A claim-check blob's name: a hash of source and event key (never raw input), fixed length."""
-    return hashlib.sha256(f"{source}\n{key}".encode()).hexdigest() + ".json"
+    """A new claim-check blob's name: a hash of source and event key (never raw input), then a part of its
+    own, so that two copies of one delivery never share a blob and neither can delete the other's."""
+    return f"{_event_hash(source, key)}-{uuid.uuid4().hex}.json"
+
+
+def _event_hash(source: str, key: str) -> str:
+    return hashlib.sha256(f"{source}\n{key}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _claim_blob(message: dict[str, Any], source: str, key: str) -> str | None:
+    """The claim-check blob a queue message names, accepted only if it is a blob of this very event."""
+    name = message.get("claim")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _CLAIM_BLOB.fullmatch(name) or not name.startswith(_event_hash(source, key)):
+        raise ValueError("the message names a claim-check blob that is not this event's")
+    return name
 
 
 def enqueue_event(storage: SyncStorage, message: dict[str, Any]) -> str | None:
     """Put an event message on the queue; one too large for a queue message goes to a blob and the queue
-    carries a reference to it. Returns the blob's name when one was written."""
+    carries a reference to it. Returns the blob's name when one was written; a failed enqueue removes it."""
     text = json.dumps(message)
     if queue_message_fits(text):
         storage.enqueue_text(EVENT_QUEUE, text)
@@ -73,7 +89,11 @@ def enqueue_event(storage: SyncStorage, message: dict[str, Any]) -> str | None:
     source, key = str(message["source"]), str(message["key"])
     name = claim_blob_name(source, key)
     storage.put_blob(CLAIM_CONTAINER, name, text.encode())
-    storage.enqueue(EVENT_QUEUE, {"claim": name, "source": source, "key": key})
+    try:
+        storage.enqueue(EVENT_QUEUE, {"claim": name, "source": source, "key": key})
+    except BaseException:
+        _drop_claim_blob(storage, name)  # this copy's own blob: nothing else references it
+        raise
     return name
 
 
@@ -85,7 +105,7 @@ def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> li
     propagates, so the queue's retry runs the event again."""
     source = str(message["source"])
     key = str(message["key"])
-    blob = claim_blob_name(source, key) if message.get("claim") else None  # derived, never taken as given
+    blob = _claim_blob(message, source, key)
     claims = Dedupe(ctx.storage.table(DEDUPE_TABLE))
     claim = claims.claim(processed_scope(source), key, state=PROCESSING, lease_s=PROCESS_LEASE_S, wait_s=PROCESS_WAIT_S)
     if not isinstance(claim, Claim):

@@ -6,6 +6,7 @@ The same paths over real sockets (Azurite, the local host) are in tests/e2e/test
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import uuid
@@ -306,9 +307,10 @@ def test_a_message_too_large_for_the_queue_travels_as_a_blob_reference() -> None
     assert json.loads(fake.queue[-1]) == small
     large = {"source": "dataverse", "key": "k-large", "event": {"pad": "x" * 200_000}}
     name = processor.enqueue_event(fake, large)  # type: ignore[arg-type]
-    assert name == processor.claim_blob_name("dataverse", "k-large")
-    assert "k-large" not in name  # a hash, never the key itself
-    assert len(name) == 64 + len(".json")
+    assert name is not None
+    assert name.startswith(hashlib.sha256(b"dataverse\nk-large").hexdigest() + "-")  # a hash, never the key
+    assert name != processor.claim_blob_name("dataverse", "k-large")  # each copy writes a blob of its own
+    assert len(name) == 64 + 1 + 32 + len(".json")
     assert json.loads(fake.blobs[(processor.CLAIM_CONTAINER, name)]) == large
     assert json.loads(fake.queue[-1]) == {"claim": name, "source": "dataverse", "key": "k-large"}
 
@@ -380,6 +382,19 @@ def test_a_claim_check_blob_is_read_then_deleted_once_the_event_is_done(handlers
     assert ctx.storage.blobs == {}
     # A second copy (written again by a takeover at the receiver) finds the event done and drops its blob.
     processor.enqueue_event(ctx.storage, message)  # type: ignore[arg-type]
-    assert processor.process(reference, RoutesFile(), ctx) == []  # type: ignore[arg-type]
+    second = json.loads(ctx.storage.queue[-1])
+    assert second["claim"] != reference["claim"]
+    assert processor.process(second, RoutesFile(), ctx) == []  # type: ignore[arg-type]
     assert ctx.storage.blobs == {}
     assert handlers == ["k-big"]
+
+
+def test_a_message_naming_another_events_blob_is_refused(handlers: list[str]) -> None:
+    ctx = FakeContext(FakeStorage())
+    processor.enqueue_event(ctx.storage, {"source": "dataverse", "key": "k-a", "event": {"pad": "x" * 200_000}})  # type: ignore[arg-type]
+    theirs = json.loads(ctx.storage.queue[-1])["claim"]
+    forged = {"source": "dataverse", "key": "k-b", "claim": theirs}
+    with pytest.raises(ValueError, match="not this event's"):
+        processor.process(forged, RoutesFile(), ctx)  # type: ignore[arg-type]
+    assert handlers == []
+    assert len(ctx.storage.blobs) == 1  # k-a's blob is untouched
