@@ -2,8 +2,9 @@
 
 Of N copies of one delivery, exactly one wins: a claim is one conditional write, an insert-if-absent
 (``create_entity``; the loser gets ``ResourceExistsError``) or, to take over a claim that expired or whose
-holder stopped renewing it, an ETag-conditional replace (``IfNotModified``; the loser gets a 412). A check
-followed by a separate write would let every copy that reads before the first write see "not seen".
+holder stopped renewing it (:class:`LeaseKeeper`), an ETag-conditional replace (``IfNotModified``; the
+loser gets a 412). A check followed by a separate write would let every copy that reads before the first
+write see "not seen".
 
 A claim row moves ``<in progress>`` (with a lease) -> ``<settled>`` (no lease), both with ``Expires``:
 
@@ -20,12 +21,15 @@ cost is a repetition of idempotent work, never the event.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+_logger = logging.getLogger(__name__)
 DEDUPE_TABLE = "webhookdedupe"
 DEDUPE_TTL_S = int(os.environ.get("WEBHOOK_DEDUPE_TTL_S", str(24 * 3600)))  # Dataverse retries within minutes
 # A claim row churning between delete and insert (holders giving up while others arrive) is re-read at
@@ -33,6 +37,7 @@ DEDUPE_TTL_S = int(os.environ.get("WEBHOOK_DEDUPE_TTL_S", str(24 * 3600)))  # Da
 CONTENTION_ATTEMPTS = 4
 POLL_FIRST_S = 0.05  # a holder usually settles within a few storage calls
 POLL_MAX_S = 0.5
+LEASE_RENEW_FRACTION = 1 / 3  # a lease is renewed when a third of it has passed: two renewals may fail
 
 
 def processed_scope(source: str) -> str:
@@ -175,6 +180,30 @@ class Dedupe:
             raise ClaimLost(f"the {claim.scope} claim was taken over before it was settled") from exc
         return Claim(claim.scope, claim.row_key, str(metadata["etag"]), claim.claimed_at)
 
+    def renew(self, claim: Claim, state: str, lease_s: float) -> Claim:
+        """Extend a won, in-progress claim's lease (ETag-guarded). Raises :class:`ClaimLost` when another
+        copy took it over meanwhile."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        now = self._clock()
+        entity = {
+            "PartitionKey": claim.scope,
+            "RowKey": claim.row_key,
+            "State": state,
+            "ClaimedAt": claim.claimed_at,
+            "LeaseUntil": now + lease_s,
+            "Expires": now + DEDUPE_TTL_S,
+        }
+        try:
+            metadata = self._table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise ClaimLost(f"the {claim.scope} claim was taken over before its lease was renewed") from exc
+        return Claim(claim.scope, claim.row_key, str(metadata["etag"]), claim.claimed_at)
+
     def release(self, claim: Claim) -> bool:
         """Give up a won claim (delete it) unless another copy took it over; True when it was deleted.
 
@@ -201,3 +230,50 @@ def _stale(entity: Any, now: float) -> bool:
     if float(entity.get("Expires", 0) or 0) <= now:
         return True
     return _leased(entity) and float(entity["LeaseUntil"]) <= now
+
+
+class LeaseKeeper:
+    """Renews a claim's lease while its holder works (``with LeaseKeeper(...) as keeper``), so work that
+    outlasts one lease (a handler waiting out Dataverse's throttling) is not taken over and run twice.
+    ``keeper.claim`` is the latest claim (its ETag changes with each renewal); settle or give up that one."""
+
+    def __init__(self, dedupe: Dedupe, claim: Claim, *, state: str, lease_s: float) -> None:
+        self._dedupe, self._state, self._lease_s = dedupe, state, lease_s
+        self._claim = claim
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_until_stopped, name="claim-lease", daemon=True)
+
+    @property
+    def claim(self) -> Claim:
+        with self._lock:
+            return self._claim
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """No renewal after this returns (so none can race a release or a settle)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _renew_until_stopped(self) -> None:
+        from shared.logging import log_event
+
+        while not self._stop.wait(self._lease_s * LEASE_RENEW_FRACTION):
+            try:
+                renewed = self._dedupe.renew(self.claim, self._state, self._lease_s)
+            except ClaimLost:
+                return  # taken over: settling will say so; renewing further cannot help
+            except Exception as exc:  # storage hiccup: the next renewal may still land within the lease
+                log_event(
+                    logging.getLogger(__name__), "webhook_lease_renew_failed", logging.WARNING, error=type(exc).__name__
+                )
+                continue
+            with self._lock:
+                self._claim = renewed

@@ -30,7 +30,7 @@ from shared.sync.engine import SyncContext
 from shared.sync.jobs import InboundJob
 from shared.sync.mapping import Mapper, Rejection
 from shared.sync.storage import SyncStorage, queue_message_fits
-from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, processed_scope
+from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, LeaseKeeper, processed_scope
 from shared.webhooks.routes import BlobHandler, HttpForwardHandler, RoutesFile, UpsertHandler
 
 logger = logging.getLogger(__name__)
@@ -115,12 +115,15 @@ def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> li
         if blob:
             _drop_claim_blob(ctx.storage, blob)
         return []
-    try:
-        full = _load(ctx.storage, blob) if blob else message
-        effects = _run_handlers(source, key, full, routes, ctx)
-    except BaseException:
-        _give_up(claims, claim, source)
-        raise
+    with LeaseKeeper(claims, claim, state=PROCESSING, lease_s=PROCESS_LEASE_S) as keeper:
+        try:
+            full = _load(ctx.storage, blob) if blob else message
+            effects = _run_handlers(source, key, full, routes, ctx)
+        except BaseException:
+            keeper.stop()  # no renewal may race the release
+            _give_up(claims, keeper.claim, source)
+            raise
+    claim = keeper.claim
     try:  # another storage error propagates: the retry finds our lease, waits it out, repeats idempotently
         claims.settle(claim, DONE)
     except ClaimLost:  # our lease ran out and a copy took over: it settles (and drops the blob) instead

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from azure.data.tables import TableEntity, UpdateMode
 from shared.sync.storage import QUEUE_MESSAGE_LIMIT_BYTES, queue_message_fits
 from shared.webhooks import dedupe as dedupe_module
 from shared.webhooks import functions, processor
-from shared.webhooks.dedupe import Claim, ClaimLost, Dedupe, Held
+from shared.webhooks.dedupe import Claim, ClaimLost, Dedupe, Held, LeaseKeeper
 from shared.webhooks.routes import RoutesFile
 
 pytestmark = pytest.mark.unit
@@ -398,3 +399,27 @@ def test_a_message_naming_another_events_blob_is_refused(handlers: list[str]) ->
         processor.process(forged, RoutesFile(), ctx)  # type: ignore[arg-type]
     assert handlers == []
     assert len(ctx.storage.blobs) == 1  # k-a's blob is untouched
+
+
+def test_a_lease_is_renewed_while_the_work_outlasts_it_so_no_copy_takes_it_over() -> None:
+
+    dedupe = Dedupe(FakeTable())
+    lease = 0.3
+    claim = dedupe.claim("processed-erp", "slow", state="processing", lease_s=lease)
+    assert isinstance(claim, Claim)
+    with LeaseKeeper(dedupe, claim, state="processing", lease_s=lease) as keeper:
+        time.sleep(lease * 3)  # three leases of work
+        rival = dedupe.claim("processed-erp", "slow", state="processing", lease_s=lease)
+        assert isinstance(rival, Held)
+        assert rival.in_progress  # renewed: not taken over
+    dedupe.settle(keeper.claim, "done")  # the latest ETag settles it
+    assert dedupe.claim("processed-erp", "slow", state="processing", lease_s=lease) == Held("done", False)
+
+
+def test_without_renewal_a_lease_that_ran_out_is_taken_over() -> None:
+    dedupe = Dedupe(FakeTable())
+    lease = 0.2
+    claim = dedupe.claim("processed-erp", "crashed", state="processing", lease_s=lease)
+    assert isinstance(claim, Claim)
+    time.sleep(lease * 2)
+    assert isinstance(dedupe.claim("processed-erp", "crashed", state="processing", lease_s=lease), Claim)
