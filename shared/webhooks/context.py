@@ -60,8 +60,11 @@ class DataverseEvent:
 
     @property
     def dedupe_key(self) -> str:
-        """What identifies a delivery: Dataverse's retry repeats the request and operation ids."""
-        return f"{self.request_id or '-'}|{self.operation_id or '-'}|{self.message}|{self.record_id}"
+        """What identifies a delivery: Dataverse's retry repeats the request, operation and correlation ids.
+        The correlation id keeps two updates of one record apart when a context carries neither of the
+        other two (they would otherwise share a key, and the second be dropped as a duplicate)."""
+        ids = (self.request_id, self.operation_id, self.correlation_id)
+        return "|".join([*(i or "-" for i in ids), self.message, self.record_id])
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -258,3 +258,15 @@ def test_a_bad_image_value_is_a_400_naming_the_image_and_attribute(where: str, i
 )
 def test_values_at_the_edge_of_each_range_are_accepted(value_json: str, converted: object) -> None:
     assert parse_remote_execution_context(with_target_attribute(value_json)).attributes["x"] == converted
+
+
+def test_two_updates_without_request_or_operation_ids_are_not_one_delivery() -> None:
+    import uuid
+
+    def event(correlation: str) -> str:
+        context = {**json.loads(SAMPLE), "RequestId": None, "OperationId": None, "CorrelationId": correlation}
+        return parse_remote_execution_context(json.dumps(context).encode()).dedupe_key
+
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert event(first) != event(second)
+    assert event(first) == event(first)  # Dataverse's retry of one delivery is still one
