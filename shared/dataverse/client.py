@@ -43,7 +43,6 @@ RETRY_DEADLINE_S = 600.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 MAX_PAGE_SIZE = 5000
-QUERY_ADDRESSING_ROWS = 50  # rows a key query may return (case variants the collation treats as equal)
 DUPLICATE_KEY_CODE = "0x80060892"  # "Entity Key … violated": another writer created this key first
 RECORD_NOT_FOUND_CODE = "0x80040217"  # Dataverse's "Does Not Exist"
 QUERY_ADDRESSING_ATTEMPTS = 3  # find-then-write rounds before concurrent writers are reported
@@ -235,16 +234,29 @@ class DataverseClient:
         return dict(response.json())
 
     def _find_by_query(self, entity_set: str, key: Mapping[str, Any], table: str | None) -> str | None:
-        """The id of the record with these key values, found by ``$filter`` (which carries any character).
+        return self.find_ids(entity_set, [key], table=table)[0]
+
+    def find_ids(
+        self, entity_set: str, keys: Sequence[Mapping[str, Any]], *, table: str | None = None
+    ) -> list[str | None]:
+        """The ids of the records with these key values (None where there is none), found by one
+        ``$filter`` query (which carries any character, '/' included) for all of them.
 
         String comparison follows the server's collation (case-insensitive on Dataverse), as addressing by
         key does; of several matches the one equal to the letter is taken. The id is the one column a
         response carries besides the selected key columns (Dataverse always returns the primary key), so no
         table's naming is assumed (``task`` keys on ``activityid``); ``table`` is only a fallback hint."""
-        rows = list(self.query(entity_set, select=list(key), filter=key_filter(key), top=QUERY_ADDRESSING_ROWS))
-        exact = [row for row in rows if all(row.get(k) == v for k, v in key.items())]
-        chosen = exact or rows
-        return _primary_id(chosen[0], key, table) if chosen else None
+        if not keys:
+            return []
+        columns = list(keys[0])
+        where = " or ".join(f"({key_filter(key)})" for key in keys)
+        rows = list(self.query(entity_set, select=columns, filter=where))
+        found: list[str | None] = []
+        for key in keys:
+            exact = [row for row in rows if all(row.get(k) == v for k, v in key.items())]
+            alike = exact or [row for row in rows if all(_alike(row.get(k), v) for k, v in key.items())]
+            found.append(_primary_id(alike[0], key, table) if alike else None)
+        return found
 
     def pages(
         self,
@@ -415,6 +427,13 @@ def _writable(key: Mapping[str, Any]) -> dict[str, Any]:
     """The key columns a body may carry, so a record written by id keeps the key's exact text; a lookup
     column's ``_x_value`` is read-only and stays out."""
     return {name: value for name, value in key.items() if not (name.startswith("_") and name.endswith("_value"))}
+
+
+def _alike(stored: Any, wanted: Any) -> bool:
+    """Equal as Dataverse's case-insensitive collation compares text (an approximation: casefold)."""
+    if isinstance(stored, str) and isinstance(wanted, str):
+        return stored.casefold() == wanted.casefold()
+    return bool(stored == wanted)
 
 
 def _primary_id(row: Mapping[str, Any], key: Mapping[str, Any], table: str | None) -> str:

@@ -15,7 +15,7 @@ key are never in flight together; duplicate keys inside a chunk collapse to the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +29,7 @@ from shared.dataverse.addressing import (
     needs_query_addressing,
 )
 from shared.dataverse.batch_codec import UNKNOWN_OUTCOME, Operation
-from shared.dataverse.client import DataverseClient
+from shared.dataverse.client import DUPLICATE_KEY_CODE, RECORD_NOT_FOUND_CODE, DataverseClient
 from shared.errors import DataverseError
 
 BULK_ACTIONS = {"upsert": "UpsertMultiple", "create": "CreateMultiple", "update": "UpdateMultiple"}
@@ -39,6 +39,7 @@ SQL_TIMEOUT_CODE = "0x80044151"
 BULK_UNSUPPORTED_HINTS = ("not supported", "not enabled", "not yet been implemented")
 RETRYABLE_PART_STATUSES = {0, 429, 502, 503, 504}
 PART_RETRY_ATTEMPTS = 5
+QUERY_KEYS_PER_FILTER = 20  # keys per $filter query: "(k eq '…') or …" stays far below URL length limits
 
 
 @dataclass(frozen=True)
@@ -243,11 +244,11 @@ class _Run:
     def _execute(self, chunk: _Chunk, mode: str) -> list[RecordResult]:
         if not chunk.items:
             return []
-        # A key no URL path can carry is found by a query and written on its own (rare: '/' in a key).
+        # Keys no URL path can carry ('/' in a key: INV/2024/0001) are found by queries, then written by id.
         by_query = [item for item in chunk.items if item[2] is not None and needs_query_addressing(item[2])]
         if by_query:
             rest = [item for item in chunk.items if item not in by_query]
-            return [self._single(*item) for item in by_query] + self._execute(_Chunk(rest, chunk.keys), mode)
+            return self._by_query(by_query) + self._execute(_Chunk(rest, chunk.keys), mode)
         if mode == "single":
             return [self._single(index, record, key) for index, record, key in chunk.items]
         if mode == "batch":
@@ -307,11 +308,54 @@ class _Run:
         """A primary key is addressed by its bare GUID (``accounts(<id>)``), an alternate key by name."""
         return str(key[self.key[0]]) if self._is_primary_key() else key
 
-    def _batch(self, items: list[tuple[int, dict[str, Any], dict[str, Any] | None]]) -> list[RecordResult]:
+    def _by_query(self, items: list[tuple[int, dict[str, Any], dict[str, Any] | None]]) -> list[RecordResult]:
+        """Records addressed by a query: their ids found QUERY_KEYS_PER_FILTER at a time, then one ``$batch``
+        of writes by id (a create with the key in the body where none exists). A writer racing between the
+        query and the write (a create of the same key, a delete) is absorbed one record at a time."""
+        if self.operation == "create":
+            return self._batch(items)  # a create names no record
+        ids: dict[int, str | None] = {}
+        try:
+            for start in range(0, len(items), QUERY_KEYS_PER_FILTER):
+                group = items[start : start + QUERY_KEYS_PER_FILTER]
+                found = self.client.find_ids(self.entity_set, [k or {} for _, _, k in group], table=self.table)
+                ids.update((index, record_id) for (index, _, _), record_id in zip(group, found, strict=True))
+        except DataverseError as exc:
+            return [self._failed(i, k, exc) for i, _, k in items]
+        if self.operation == "update":
+            missing = [
+                RecordResult(i, "failed", k, code=RECORD_NOT_FOUND_CODE, message="no record has this key")
+                for i, _, k in items
+                if ids[i] is None
+            ]
+            items = [item for item in items if ids[item[0]] is not None]
+        else:
+            missing = []
+
+        def by_id(index: int, record: dict[str, Any], key: dict[str, Any] | None) -> Operation:
+            body = {k: v for k, v in record.items() if not (k.startswith("_") and k.endswith("_value"))}
+            record_id = ids[index]
+            if record_id is None:
+                return Operation("POST", self.entity_set, body)
+            return Operation("PATCH", entity_path(self.entity_set, record_id), body, {"If-Match": "*"})
+
+        results = self._batch(items, build=by_id)
+        raced = {r.index for r in results if r.code in (DUPLICATE_KEY_CODE, RECORD_NOT_FOUND_CODE)}
+        redone = [self._single(*item) for item in items if item[0] in raced]
+        return missing + [r for r in results if r.index not in raced] + redone
+
+    def _batch(
+        self,
+        items: list[tuple[int, dict[str, Any], dict[str, Any] | None]],
+        *,
+        build: Callable[[int, dict[str, Any], dict[str, Any] | None], Operation] | None = None,
+    ) -> list[RecordResult]:
         results: dict[int, RecordResult] = {}
         remaining = items
         for attempt in range(PART_RETRY_ATTEMPTS):
-            operations = [self._operation(record, key) for _, record, key in remaining]
+            operations = [
+                build(index, record, key) if build else self._operation(record, key) for index, record, key in remaining
+            ]
             try:
                 replies = self.client.execute_batch(
                     operations, continue_on_error=True, idempotent=self.operation != "create"

@@ -231,17 +231,23 @@ def test_a_primary_key_is_addressed_by_its_bare_guid_in_single_and_batch_writes(
     assert (session.calls[0][0], session.calls[0][1].rsplit("/", 1)[-1]) == ("PATCH", f"accounts({record_id})")
 
 
-def test_a_slash_key_is_found_by_a_query_and_written_by_the_id_the_response_carries() -> None:
+def test_slash_keys_are_found_by_one_query_and_written_by_the_ids_the_response_carries() -> None:
     activity = "0e6a24e1-0000-0000-0000-0000000000b2"
+    sent: list[bytes] = []
 
     def handler(method: str, url: str, body: Any, data: bytes | None) -> requests.Response:
         if method == "GET":  # a task's primary key is activityid, not taskid
             return response(200, {"value": [{"@odata.etag": 'W/"1"', "subject": "T/1", "activityid": activity}]})
-        return response(204)
+        assert data is not None
+        sent.append(data)
+        return batch_reply([204, 204])
 
     planner, session, _ = planner_for(handler)
-    [result] = planner.write("task", "tasks", [{"subject": "T/1", "description": "x"}], key=("subject",))
-    assert result.ok, result
-    assert session.calls[-1][0] == "PATCH"
-    assert session.calls[-1][1].endswith(f"/tasks({activity})")
-    assert "%2F" not in session.calls[-1][1]
+    rows = [{"subject": "T/1", "description": "x"}, {"subject": "T/2", "description": "y"}]
+    results = list(planner.write("task", "tasks", rows, key=("subject",)))
+    assert [r.ok for r in results] == [True, True]
+    assert [method for method, _ in session.calls] == ["GET", "POST"]  # one query, one $batch
+    assert f"PATCH tasks({activity}) HTTP/1.1".encode() in sent[0]  # the one that exists, by id
+    assert b"POST tasks HTTP/1.1" in sent[0]  # the one that does not, created with its key in the body
+    assert b'"subject":"T/2"' in sent[0]
+    assert b"%2F" not in sent[0]
