@@ -37,7 +37,8 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 # Characters that mean something to a URL, a key literal, a $batch request line or a store.
-TRICKY = [*list("%'/\\?#&+=,();: \r\n\t\x00*<>$@\"[]{}|^`~."), "%27", "%32", "%2F", "%00", "..", "é", "中", "😀", "\ud800"]
+TRICKY = [*list("%'/\\?#&+=,();: \r\n\t\x00*<>$@\"[]{}|^`~."), "%27", "%32", "%2F", "%00", ".."]
+TRICKY += ["é", "中", "😀", "\ud800"]  # beyond ASCII, and a lone surrogate (no UTF-8 form)
 NEIGHBOURS = ["C000269", "C000%3269", "C000'269", "contacts", "a", "A", "..", "%00", "x y", "x+y"]
 REGRESSIONS = ["C000%3269", "/../contacts#", "a%2Fb", "x%27y", "e@x.com\r\nX-Injected: 1", "%00", "O'Brien", "x y"]
 
