@@ -75,8 +75,8 @@ typecheck: $(STAMP)
 reliability: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m tests.reliability.matrix --rows 40000 --write RELIABILITY.md
 
-# make test runs 500 examples per fuzz target; this runs 10,000 each. The key-addressing properties
-# (tests/fuzz/test_key_addressing.py) write through devstack, so Azurite and the local host are needed.
+# make test runs 500 examples per fuzz target; this runs 10,000 each (about an hour on 2 cores). The
+# key-addressing properties (tests/fuzz/test_key_addressing.py) write through devstack: Azurite and the host.
 fuzz: $(STAMP) $(NODE_STAMP) stamps
 	FUZZ_EXAMPLES=10000 $(PY) -m pytest tests/fuzz -q --hypothesis-show-statistics
 
