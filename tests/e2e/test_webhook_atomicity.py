@@ -23,6 +23,7 @@ import requests
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.identity.worker import token_provider
 from shared.sync.storage import SyncStorage
+from shared.webhooks.context import parse_remote_execution_context
 from shared.webhooks.dedupe import DEDUPE_TABLE, _row_key, nonce_scope, processed_scope, received_scope
 from tests.devstack_process import DevstackProcess
 from tests.e2e.test_webhooks_receivers import dataverse_url, key_header, post_signed, signed_headers
@@ -151,7 +152,7 @@ def test_twenty_simultaneous_copies_of_a_dataverse_delivery_are_enqueued_once(ho
         "MessageName": "Update", "PrimaryEntityName": "account", "PrimaryEntityId": record_id,
         "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4()), "InputParameters": [],
     }  # fmt: skip
-    key = f"{context['RequestId']}|{context['OperationId']}|Update|{record_id}"
+    key = parse_remote_execution_context(json.dumps(context).encode()).dedupe_key  # as the receiver keys it
     data = json.dumps(context).encode()
     headers = key_header(stack, "dataverse_webhook") | {"Content-Type": "application/json"}
     wait_until_quiet(stack)
