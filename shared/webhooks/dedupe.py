@@ -159,30 +159,14 @@ class Dedupe:
     def settle(self, claim: Claim, state: str) -> Claim:
         """Move a won claim to a settled ``state`` (no lease), renewing its TTL. Raises :class:`ClaimLost`
         when another copy took it over meanwhile; other storage errors propagate."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
-
-        now = self._clock()
-        entity = {
-            "PartitionKey": claim.scope,
-            "RowKey": claim.row_key,
-            "State": state,
-            "ClaimedAt": claim.claimed_at,
-            "LeaseUntil": 0.0,
-            "Expires": now + DEDUPE_TTL_S,
-        }
-        try:
-            metadata = self._table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
-            )
-        except (ResourceModifiedError, ResourceNotFoundError) as exc:
-            raise ClaimLost(f"the {claim.scope} claim was taken over before it was settled") from exc
-        return Claim(claim.scope, claim.row_key, str(metadata["etag"]), claim.claimed_at)
+        return self._replace(claim, state, lease_s=None, doing="settled")
 
     def renew(self, claim: Claim, state: str, lease_s: float) -> Claim:
         """Extend a won, in-progress claim's lease (ETag-guarded). Raises :class:`ClaimLost` when another
         copy took it over meanwhile."""
+        return self._replace(claim, state, lease_s=lease_s, doing="renewed")
+
+    def _replace(self, claim: Claim, state: str, *, lease_s: float | None, doing: str) -> Claim:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
@@ -193,7 +177,7 @@ class Dedupe:
             "RowKey": claim.row_key,
             "State": state,
             "ClaimedAt": claim.claimed_at,
-            "LeaseUntil": now + lease_s,
+            "LeaseUntil": 0.0 if lease_s is None else now + lease_s,  # 0: settled, no lease
             "Expires": now + DEDUPE_TTL_S,
         }
         try:
@@ -201,7 +185,7 @@ class Dedupe:
                 entity, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
-            raise ClaimLost(f"the {claim.scope} claim was taken over before its lease was renewed") from exc
+            raise ClaimLost(f"the {claim.scope} claim was taken over before it was {doing}") from exc
         return Claim(claim.scope, claim.row_key, str(metadata["etag"]), claim.claimed_at)
 
     def release(self, claim: Claim) -> bool:
