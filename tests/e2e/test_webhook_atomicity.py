@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -27,30 +24,15 @@ from shared.webhooks.context import parse_remote_execution_context
 from shared.webhooks.dedupe import DEDUPE_TABLE, _row_key, nonce_scope, processed_scope, received_scope
 from tests.devstack_process import DevstackProcess
 from tests.e2e.test_webhooks_receivers import dataverse_url, key_header, post_signed, signed_headers
+from tests.unit.test_webhook_atomicity import all_at_once
 
 pytestmark = pytest.mark.e2e
 
 COPIES = 20
 SETTLE_TIMEOUT_S = 60
 QUIET_S = 1.5  # no new invocation for this long: the host has nothing in flight
-BARRIER_TIMEOUT_S = 30
 PROCESSOR_RESULT = re.compile(r"Executed 'Functions\.webhook_processor' \((\w+)")
 WRITE_METHODS = ("POST ", "PATCH ", "PUT ", "DELETE ")
-
-
-def all_at_once(count: int, work: Callable[[], Any]) -> list[Any]:
-    """``work`` on ``count`` threads released together (each opens its own connection)."""
-    barrier = threading.Barrier(count)
-
-    def run(_: int) -> Any:
-        barrier.wait(timeout=BARRIER_TIMEOUT_S)
-        try:
-            return work()
-        except Exception as exc:
-            return exc
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(run, range(count)))
 
 
 def processor_runs(stack: DevstackProcess) -> Counter[str]:
