@@ -48,6 +48,21 @@ param queueBatchSize int = 16
 @description('SYNC_CHUNK_CONCURRENCY: Dataverse requests per fan-out work item.')
 param syncChunkConcurrency int = 2
 
+// Timer schedules (six-field NCRONTAB, UTC). The Functions host resolves each timer's %SETTING% from the
+// app settings; one left unset disables that timer ("failed indexing"). Defaults: each job's `schedule` in
+// sync_jobs.yaml and the expiry sweep's daily 06:00 (tests/infra/test_binding_settings.py keeps them equal).
+@description('SYNC_SCHEDULE_ACCOUNTS: timer of the accounts job.')
+param syncScheduleAccounts string = '0 */15 * * * *'
+
+@description('SYNC_SCHEDULE_CONTACTS: timer of the contacts job.')
+param syncScheduleContacts string = '0 */15 * * * *'
+
+@description('SYNC_SCHEDULE_SHIPMENTS_OUT: timer of the shipments-out job.')
+param syncScheduleShipmentsOut string = '0 */5 * * * *'
+
+@description('EXPIRY_SWEEP_SCHEDULE: timer of the credential expiry sweep.')
+param expirySweepSchedule string = '0 0 6 * * *'
+
 @allowed([
   2048
   4096
@@ -180,6 +195,22 @@ module app 'modules/functionapp.bicep' = {
       {
         name: 'EXPIRY_APP_IDS'
         value: empty(expiryAppIds) ? dataverseClientId : expiryAppIds
+      }
+      {
+        name: 'SYNC_SCHEDULE_ACCOUNTS'
+        value: syncScheduleAccounts
+      }
+      {
+        name: 'SYNC_SCHEDULE_CONTACTS'
+        value: syncScheduleContacts
+      }
+      {
+        name: 'SYNC_SCHEDULE_SHIPMENTS_OUT'
+        value: syncScheduleShipmentsOut
+      }
+      {
+        name: 'EXPIRY_SWEEP_SCHEDULE'
+        value: expirySweepSchedule
       }
     ], credentialSetting, identitySettings)
   }

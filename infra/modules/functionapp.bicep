@@ -1,4 +1,4 @@
-// Flex Consumption (FC1) plan and the Python 3.11 function app: managed identity on, HTTPS only,
+// Flex Consumption (FC1) plan and the Python 3.13 function app: managed identity on, HTTPS only,
 // TLS 1.2, FTPS off, identity-based storage for the host and for deployment.
 param location string
 param name string
@@ -66,7 +66,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
   }

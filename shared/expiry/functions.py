@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.functions as func
 
-from shared.expiry.settings import DEFAULT_SWEEP_SCHEDULE, ExpirySettings
+from shared.expiry.settings import ExpirySettings
 from shared.http_input import (
     RequestRejected,
     is_outage,
@@ -29,6 +28,8 @@ from shared.logging import log_event
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
+# The host resolves %EXPIRY_SWEEP_SCHEDULE% from its app settings (main.bicep and local.settings.json set
+# it, to DEFAULT_SWEEP_SCHEDULE unless changed): the worker cannot default it, and unset the sweep is disabled.
 SWEEP_SCHEDULE_SETTING = "EXPIRY_SWEEP_SCHEDULE"
 MAX_SILENCE_BODY_BYTES = 4 * 1024  # {"by": ..., "until": ...}: a few dozen bytes; anything large is not ours
 SILENCE_FIELDS = ("by", "until", "days")
@@ -42,7 +43,6 @@ MAX_SILENCE_DAYS = 3660
 MAX_BY_CHARS = 256  # a name or an e-mail address (RFC 5321 caps an address at 254)
 MAX_CREDENTIAL_ID_CHARS = 512  # "entra-password:<app id>:<key id>" is 88; Table Storage caps a RowKey at 1 KiB
 _ID_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # characters Table Storage forbids in a RowKey
-os.environ.setdefault(SWEEP_SCHEDULE_SETTING, DEFAULT_SWEEP_SCHEDULE)  # the deployment may set another
 ExpirySettings.from_env()  # validated at start-up: a bad threshold list stops the app with the fix
 
 

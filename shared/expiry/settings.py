@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
-DEFAULT_SWEEP_SCHEDULE = "0 0 6 * * *"  # daily at 06:00 UTC
+DEFAULT_SWEEP_SCHEDULE = "0 0 6 * * *"  # daily 06:00 UTC: the EXPIRY_SWEEP_SCHEDULE main.bicep and local settings set
 DEFAULT_THRESHOLDS_DAYS = (30, 14, 7, 1)
 DEFAULT_DRIFT_TOLERANCE_S = 86400  # Key Vault exp and Entra endDateTime may differ by a day (time zones, typing)
 

@@ -1,16 +1,17 @@
 """The sync blueprint: a timer per job, run-now endpoints and recent run reports.
 
 The jobs file is validated at indexing: a broken file stops the app from starting, with the file, job and
-field named (through a build-time stamp when one matches, see ``shared.stamps``). Each job's timer reads
-its schedule from an app setting (``SYNC_SCHEDULE_<JOB>``), defaulted from the YAML so the local host needs
-nothing else; in Azure the deployment sets it.
+field named (through a build-time stamp when one matches, see ``shared.stamps``). Each job's timer binds
+its schedule to the app setting ``SYNC_SCHEDULE_<JOB>`` (``%SYNC_SCHEDULE_<JOB>%``), which the Functions host
+resolves in its own process: infra/main.bicep and local.settings.json set one per job, with the job's
+``schedule`` from the YAML. Nothing here can default it (the worker's os.environ never reaches the host); an
+unset one makes the host disable that timer ("failed indexing").
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -59,8 +60,6 @@ def run_job(name: str) -> dict[str, Any]:
 
 
 def _timer(name: str) -> None:
-    os.environ.setdefault(schedule_setting(name), JOBS[name].schedule)
-
     @bp.function_name(f"sync_{name.replace('-', '_')}")
     @bp.timer_trigger(arg_name="timer", schedule=f"%{schedule_setting(name)}%")
     def sync_timer(timer: func.TimerRequest) -> None:

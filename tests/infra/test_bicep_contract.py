@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pycep import BicepParser
 
 from shared.config import EnvVars
+from shared.sync.worker import schedule_setting
 from tests.devstack_process import ROOT
 
 pytestmark = pytest.mark.infra
@@ -103,7 +105,7 @@ def test_no_storage_key_or_connection_string_anywhere() -> None:
     assert "AzureWebJobsStorage" not in settings  # a connection string would need a key
 
 
-def test_function_app_is_flex_python_311_with_identity_https_tls12_and_no_ftp() -> None:
+def test_function_app_is_flex_python_313_with_identity_https_tls12_and_no_ftp() -> None:
     plan = resource("functionapp", "plan")
     assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
     site = resource("functionapp", "site")
@@ -113,7 +115,7 @@ def test_function_app_is_flex_python_311_with_identity_https_tls12_and_no_ftp() 
     assert props["siteConfig"]["minTlsVersion"] == "1.2"
     assert props["siteConfig"]["ftpsState"] == "Disabled"
     config = props["functionAppConfig"]
-    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["runtime"] == {"name": "python", "version": "3.13"}
     assert config["deployment"]["storage"]["authentication"]["type"] == "SystemAssignedIdentity"
     assert config["scaleAndConcurrency"]["maximumInstanceCount"] == "maximumInstanceCount"
     budget = json.dumps(parsed(INFRA / "main.bicep")["variables"]["maximumInstanceCount"])
@@ -168,7 +170,8 @@ def settings_the_app_reads() -> set[str]:
     for path in (ROOT / "shared").rglob("*.py"):
         for match in pattern.finditer(path.read_text()):
             names.add(match.group(1) or match.group(2))
-    names |= {"SYNC_JOBS_FILE", "SYNC_SCHEDULE_<JOB>", "EXPIRY_SWEEP_SCHEDULE"}  # read through constants
+    names |= {"SYNC_JOBS_FILE", "EXPIRY_SWEEP_SCHEDULE"}  # read through constants
+    names |= {schedule_setting(job) for job in yaml.safe_load((ROOT / "sync_jobs.yaml").read_text())["jobs"]}
     return names
 
 
