@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# CPython 3.13 (tools/find-python says what to install when there is none); `make PYTHON=...` picks one.
+PYTHON_FOUND := $(shell PYTHON="$(PYTHON)" tools/find-python)
+ifeq ($(PYTHON_FOUND),)
+$(error no CPython 3.13 interpreter found (see above))
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -25,13 +29,13 @@ help:
 	@echo "make bench   every benchmark (throughput vs ceiling, calls, cold start, memory, CPU, webhooks) -> BENCHMARKS.md"
 
 $(STAMP): requirements.txt requirements-dev.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || { rm -rf $(VENV); $(PYTHON_FOUND) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP)
 
 $(CHECKOV_STAMP): Makefile
-	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || { rm -rf $(CHECKOV_VENV); $(PYTHON_FOUND) -m venv $(CHECKOV_VENV); }
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
 	@touch $(CHECKOV_STAMP)
 

@@ -35,7 +35,7 @@ from devstack.dataverse.build import build_dataverse
 from devstack.dataverse.server import dataverse_app
 from devstack.demo import render, run_steps
 from devstack.entra import EntraContext, entra_app, managed_identity_app
-from devstack.host import LocalHost, describe_banner
+from devstack.host import HOST_LOG, LocalHost, describe_banner
 from devstack.keyvault import VaultContext, keyvault_app
 from devstack.stats import Stats
 from devstack.tls import TlsFiles, create_tls
@@ -64,7 +64,7 @@ class _QuietServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to devstack, which stops all servers together."""
 
     @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
+    def capture_signals(self) -> Generator[None]:
         yield
 
 
@@ -230,12 +230,17 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.command in ("run", "demo") or args.host:
         # The app sees exactly the settings written to the env file, as a Functions worker would.
         os.environ.update(env)
+        if args.command == "up" and not args.host_log:
+            HOST_LOG.hold()  # the invocation log follows the ready line on stdout
+        else:
+            HOST_LOG.to_file(Path(args.host_log) if args.host_log else directory / "host.log", echo=args.stream_logs)
         host_sock = _bind(args.host_port)
         base_url = f"http://{LOOPBACK}:{host_sock.getsockname()[1]}"
         try:
             host = LocalHost(
                 Path(args.app_dir).resolve(), directory, storage=env.get("AzureWebJobsStorage"), base_url=base_url
             )
+            await host.index()
         except Exception as exc:
             stop()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -269,6 +274,7 @@ async def _serve(args: argparse.Namespace) -> int:
     env_path = directory / "env"
     _write_env(env_path, env)
     print(READY_LINE, flush=True)
+    HOST_LOG.release()
     print(f"  environment: {env_path}  (source it: set -a; . {env_path}; set +a)", flush=True)
     for listener in listeners:
         print(f"  {listener.name:<17} {listener.url}", flush=True)
@@ -355,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         "--seed-accounts", type=int, default=10_000, help="size of the ERP seed (contacts: 3x; bad rows: 3 %%)"
     )
     parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
+    parser.add_argument(
+        "--host-log", help="the host's invocation log (default: <dir>/host.log with run and demo; stdout with up)"
+    )
+    parser.add_argument("--stream-logs", action="store_true", help="with run/demo: also print the invocation log")
     add_read_timeout_arguments(parser)
     args = parser.parse_args(argv)
     return asyncio.run(_serve(args))

@@ -1,50 +1,52 @@
-"""A local Functions host (DESIGN §6): what Core Tools' ``func start`` does, for the Python v2 model.
+"""A local Functions host (DESIGN §6): the host's side of what ``func start`` runs, for the Python v2 model.
 
-* **Indexing** as the Python worker does it: import ``function_app`` (``PYTHON_SCRIPT_FILE_NAME``) from
-  the app directory, find exactly one ``FunctionRegister``, call ``get_functions()`` once, and check that
-  each function's parameters match its binding names.
+The app never runs in this process. :class:`devstack.worker_channel.WorkerChannel` starts a Python worker
+(``devstack.worker_proxy``, which loads the app's pinned ``azure-functions-runtime``) and talks to it over
+FunctionRpc; this module does what the host does around that:
+
+* **Indexing** comes from the worker's metadata (``raw_bindings``); ``%NAME%`` in a binding is resolved
+  here from the app settings (the environment, then ``local.settings.json`` ``Values``): an unresolvable
+  one disables that function, with the host's wording, and every other function runs.
 * **HTTP** at ``/api/<route>`` with route templates (``{id}``, ``{id:int}``, ``{name:alpha}``, ``{x?}``),
   methods and auth levels; keys live in ``<state>/host-keys.json``; ``x-functions-key`` or ``?code=``.
-* **Timers** on six-field NCRONTAB schedules (croniter, seconds first), ``run_on_startup``.
+* **Timers** on six-field NCRONTAB schedules (croniter, seconds first), ``runOnStartup``.
 * **Queues** on Azurite honouring ``host.json`` (batch size, new-batch threshold, polling interval,
   visibility timeout, max dequeue count → ``<queue>-poison``), base64 messages; queue outputs.
 * **Event Grid** at ``POST /runtime/webhooks/eventgrid?functionName=<name>`` (with the validation
   handshake), and ``POST /admin/functions/<name>`` (master key only, as every ``/admin/`` API) to run any
   non-HTTP function now.
-* One log line per invocation start and end, in Core Tools' words; ``functionTimeout`` enforced.
+* One log line per invocation start and end, in Core Tools' words; ``functionTimeout`` enforced by
+  replacing the worker, since the runtime cannot cancel an invocation.
+
+Payloads cross as ``TypedData``: ``RpcHttp`` for requests and responses, the timer's JSON, the queue
+message's text with its trigger metadata, the Event Grid event's JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import inspect
 import json
-import logging
+import os
 import re
 import secrets
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import azure.functions as func
-from azure.functions.queue import QueueMessage  # the worker's concrete message, with dequeue_count
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-logger = logging.getLogger("devstack.host")
+from devstack.rpc import function_rpc_pb2 as protos
+from devstack.worker_channel import WorkerChannel, WorkerError, raw_bindings
 
-SCRIPT_NAME = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_\-]*\.py$")
 DEFAULT_FUNCTION_TIMEOUT_S = 1800  # Flex Consumption's default when host.json says nothing
 QUEUE_DEFAULTS = {
     "batchSize": 16,
@@ -54,13 +56,23 @@ QUEUE_DEFAULTS = {
     "maxDequeueCount": 5,
 }
 MIN_POLLING_INTERVAL_S = 0.1  # the host starts polling fast and backs off to maxPollingInterval
-THREAD_POOL_WORKERS = 8
+QUEUE_LEASE_S = 600  # a received message stays invisible while its invocation runs
+STORAGE_THREADS = 8  # queue polling and sends are blocking SDK calls
 ADMIN_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 ROUTE_CONSTRAINTS = {"int": r"-?\d+", "alpha": r"[A-Za-z]+", "guid": r"[0-9a-fA-F-]{36}", "bool": r"true|false"}
+PLACEHOLDER = re.compile(r"%([^%]+)%")
+HOST_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
+LOCAL_SETTINGS = "local.settings.json"
+LOCAL_SETTINGS_EXAMPLE = "local.settings.json.example"
+PROGRAMMATIC = "This function was programmatically called via the host APIs."
 
 
 class FunctionLoadError(RuntimeError):
-    """The app cannot be indexed the way the Python worker would."""
+    """The app cannot be indexed: the runtime's own message."""
+
+
+class InvocationFailed(RuntimeError):
+    """An invocation ended as Failed (the function raised, timed out, or its worker went away)."""
 
 
 def timespan_seconds(value: str) -> float:
@@ -73,13 +85,114 @@ def timespan_seconds(value: str) -> float:
     return days * 86400 + hours * 3600 + minutes * 60 + seconds
 
 
+# -- log ----------------------------------------------------------------------------------------------
+class HostLog:
+    """Where invocation log lines go: stdout (the default), or a file with an optional echo to stdout."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+        self._echo = True
+        self._lock = threading.Lock()
+        self._held: list[str] | None = None
+
+    def hold(self) -> None:
+        """Keep stdout lines back (a process's first stdout line is its ready line) until ``release()``."""
+        self._held = []
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+            for line in held:
+                print(line, flush=True)
+
+    def to_file(self, path: Path, *, echo: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+        self._echo = echo
+
+    def write(self, text: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        line = f"[{stamp}] {text}"
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line + "\n")
+                self._file.flush()
+            if self._echo or self._file is None:
+                if self._held is not None:
+                    self._held.append(line)
+                else:
+                    print(line, flush=True)
+
+
+HOST_LOG = HostLog()
+
+
+def log_line(text: str) -> None:
+    HOST_LOG.write(text)
+
+
+# -- app settings -------------------------------------------------------------------------------------
+def load_app_settings(app_dir: Path, environ: dict[str, str] | None = None) -> tuple[dict[str, str], str | None]:
+    """The app settings the host resolves ``%NAME%`` from and gives the worker: ``local.settings.json``
+    ``Values`` (``local.settings.json.example`` on a fresh clone), then the environment on top, as Core
+    Tools does. Returns the settings and the file read, if any."""
+    settings: dict[str, str] = {}
+    source = None
+    for name in (LOCAL_SETTINGS, LOCAL_SETTINGS_EXAMPLE):
+        path = app_dir / name
+        if path.exists():
+            values = json.loads(path.read_text()).get("Values") or {}
+            settings.update({str(k): str(v) for k, v in values.items()})
+            source = name
+            break
+    settings.update(os.environ if environ is None else environ)
+    return settings, source
+
+
+def _apply_host_overrides(host_json: dict[str, Any], settings: dict[str, str]) -> None:
+    """App settings ``AzureFunctionsJobHost__a__b=value`` override host.json's ``a.b``, as the host does."""
+    for name, value in settings.items():
+        if not name.startswith(HOST_OVERRIDE_PREFIX):
+            continue
+        *parents, leaf = name[len(HOST_OVERRIDE_PREFIX) :].split("__")
+        node = host_json
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = int(value) if value.isdigit() else value
+
+
+class UnresolvedSetting(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"'%{name}%' does not resolve to a value.")
+        self.setting = name
+
+
+def resolve(value: Any, settings: dict[str, str]) -> Any:
+    """``%NAME%`` inside any string of a binding, from the app settings; raises UnresolvedSetting."""
+    if isinstance(value, str):
+
+        def setting(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in settings:
+                raise UnresolvedSetting(name)
+            return settings[name]
+
+        return PLACEHOLDER.sub(setting, value)
+    if isinstance(value, list):
+        return [resolve(v, settings) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, settings) for k, v in value.items()}
+    return value
+
+
+# -- functions ----------------------------------------------------------------------------------------
 @dataclass
 class FunctionInfo:
     name: str
     trigger_type: str
-    trigger: Any
-    user_function: Callable[..., Any]
-    bindings: list[Any]
+    trigger_param: str
+    bindings: list[dict[str, Any]]  # resolved
+    declared: dict[str, Any] = field(default_factory=dict)  # the trigger binding as the worker reported it
     auth_level: str | None = None
     route: str | None = None
     methods: list[str] = field(default_factory=list)
@@ -87,10 +200,16 @@ class FunctionInfo:
     resolved_schedule: str | None = None  # after app-setting resolution: what the timer runs on
     run_on_startup: bool = False
     queue_name: str | None = None
+    connection: str | None = None
+    disabled: str | None = None  # why the host disabled it at indexing
 
     @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.user_function)
+    def queue_outputs(self) -> dict[str, dict[str, Any]]:
+        return {
+            b["name"]: b
+            for b in self.bindings
+            if b.get("type") == "queue" and str(b.get("direction", "")).lower() == "out"
+        }
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -103,106 +222,46 @@ class FunctionInfo:
             "resolved_schedule": self.resolved_schedule,
             "run_on_startup": self.run_on_startup,
             "queue": self.queue_name,
+            "disabled": self.disabled,
         }
 
 
-def index_app(app_dir: Path, script: str = "function_app.py") -> list[FunctionInfo]:
-    """Index the app as the worker does; raise FunctionLoadError with the worker's reasons."""
-    if not SCRIPT_NAME.match(script):
-        raise FunctionLoadError(f"PYTHON_SCRIPT_FILE_NAME {script!r} is not a valid script name")
-    if str(app_dir) not in sys.path:
-        sys.path.insert(0, str(app_dir))
-    module = importlib.import_module(Path(script).stem)
-    apps = [v for v in vars(module).values() if isinstance(v, func.FunctionRegister)]
-    if len(apps) > 1:
-        raise FunctionLoadError(
-            "More than one FunctionApp/AsgiFunctionApp/WsgiFunctionApp top level function app instances are defined."
-        )
-    if not apps:
-        raise FunctionLoadError("Could not find top level function app instances in function_app.py.")
-    functions = []
-    for fn in apps[0].get_functions():  # once: a second call raises in azure-functions
-        trigger: Any = fn.get_trigger()
-        user_function = fn.get_user_function()
-        info = FunctionInfo(
-            name=str(fn.get_function_name()),
-            trigger_type=trigger.get_binding_name(),
-            trigger=trigger,
-            user_function=user_function,
-            bindings=list(fn.get_bindings()),
-        )
-        if info.trigger_type == "httpTrigger":
-            level = getattr(trigger, "auth_level", None)
-            info.auth_level = (getattr(level, "value", None) or str(level or "function")).lower()
-            info.route = trigger.route or info.name
-            info.methods = [getattr(m, "value", str(m)).upper() for m in (trigger.methods or [])] or ["GET", "POST"]
-        elif info.trigger_type == "timerTrigger":
-            info.schedule = trigger.schedule
-            info.resolved_schedule = _app_setting(trigger.schedule)
-            info.run_on_startup = bool(getattr(trigger, "run_on_startup", False))
-        elif info.trigger_type == "queueTrigger":
-            info.queue_name = trigger.queue_name
-        _check_parameters(info)
-        functions.append(info)
-    return functions
+def function_info(metadata: Any, settings: dict[str, str]) -> FunctionInfo:
+    """One function as the host indexes it from the worker's metadata."""
+    declared = raw_bindings(metadata)
+    trigger = next((b for b in declared if str(b.get("type", "")).endswith("Trigger")), None)
+    if trigger is None:
+        return FunctionInfo(metadata.name, "", "", declared, disabled="it has no trigger binding")
+    info = FunctionInfo(metadata.name, str(trigger["type"]), str(trigger.get("name", "")), declared, trigger)
+    try:
+        info.bindings = [resolve(b, settings) for b in declared]
+    except UnresolvedSetting as exc:
+        info.disabled = str(exc)
+    resolved = next(b for b in info.bindings if b.get("type") == info.trigger_type) if not info.disabled else trigger
+    if info.trigger_type == "httpTrigger":
+        info.auth_level = str(trigger.get("authLevel") or "function").lower()
+        info.route = str(resolved.get("route") or info.name)
+        info.methods = [str(m).upper() for m in (trigger.get("methods") or [])] or list(ADMIN_METHODS)
+    elif info.trigger_type == "timerTrigger":
+        info.schedule = str(trigger.get("schedule"))
+        info.run_on_startup = bool(trigger.get("runOnStartup", False))
+        if not info.disabled:
+            info.resolved_schedule = str(resolved.get("schedule"))
+            if not _valid_schedule(info.resolved_schedule):
+                info.disabled = (
+                    f"The schedule expression '{info.resolved_schedule}' was not recognized as a valid cron"
+                    " expression or timespan string."
+                )
+    elif info.trigger_type == "queueTrigger":
+        info.queue_name = str(resolved.get("queueName"))
+        info.connection = str(resolved.get("connection") or "AzureWebJobsStorage")
+    return info
 
 
-HOST_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
+def _valid_schedule(expression: str) -> bool:
+    from croniter import croniter
 
-
-def _apply_host_overrides(host_json: dict[str, Any]) -> None:
-    """App settings ``AzureFunctionsJobHost__a__b=value`` override host.json's ``a.b``, as the host does."""
-    import os
-
-    for name, value in os.environ.items():
-        if not name.startswith(HOST_OVERRIDE_PREFIX):
-            continue
-        *parents, leaf = name[len(HOST_OVERRIDE_PREFIX) :].split("__")
-        node = host_json
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = int(value) if value.isdigit() else value
-
-
-def _app_setting(value: str) -> str:
-    """``%NAME%`` is resolved from the app settings, as the host does for binding expressions."""
-    import os
-
-    match = re.fullmatch(r"%([^%]+)%", value.strip())
-    if not match:
-        return value
-    resolved = os.environ.get(match.group(1))
-    if resolved is None:
-        raise FunctionLoadError(f"the app setting {match.group(1)!r} used by a binding expression is not set")
-    return resolved
-
-
-def _check_parameters(info: FunctionInfo) -> None:
-    params = set(inspect.signature(info.user_function).parameters) - {"context"}
-    names = {b.name for b in info.bindings if b.name != "$return"}
-    if params - names:
-        raise FunctionLoadError(
-            f"cannot load the {info.name} function: the following parameters are declared in Python but not in the"
-            f" bindings: {sorted(params - names)}"
-        )
-    if names - params:
-        raise FunctionLoadError(
-            f"cannot load the {info.name} function: the following parameters are declared in the bindings but not in"
-            f" Python: {sorted(names - params)}"
-        )
-
-
-class _Out(func.Out[Any]):
-    """The concrete ``func.Out`` the worker passes for output bindings."""
-
-    def __init__(self) -> None:
-        self._value: Any = None
-
-    def set(self, val: Any) -> None:
-        self._value = val
-
-    def get(self) -> Any:
-        return self._value
+    return len(expression.split()) == 6 and bool(croniter.is_valid(expression, second_at_beginning=True))
 
 
 @dataclass
@@ -258,101 +317,162 @@ def _compile_route(template: str) -> tuple[re.Pattern[str], list[str]]:
     return re.compile(f"^{pattern}/?$", re.I), names
 
 
+def _key_matches(supplied: str, allowed: list[str]) -> bool:
+    """Every key is compared (no early exit), each in constant time, so the answer's timing says nothing;
+    as bytes, because ``compare_digest`` refuses a str with non-ASCII characters (a header can carry them)."""
+    matches = [secrets.compare_digest(supplied.encode(), key.encode()) for key in allowed]
+    return any(matches)
+
+
 class LocalHost:
-    """Serves one indexed app; ``start()`` begins timers and queue listeners; the ASGI app serves HTTP."""
+    """Serves one app through its worker. ``await index()`` starts the worker and indexes; the ASGI app
+    serves HTTP; ``await start()`` begins timers and queue listeners; ``await stop()`` ends the worker."""
 
     def __init__(
-        self, app_dir: Path, state_dir: Path, *, storage: str | None, base_url: str = "http://127.0.0.1:7071"
+        self,
+        app_dir: Path,
+        state_dir: Path,
+        *,
+        storage: str | None = None,
+        base_url: str = "http://127.0.0.1:7071",
+        settings: dict[str, str] | None = None,
+        log: Callable[[str], None] = log_line,
     ) -> None:
         self.app_dir = app_dir
+        self.state_dir = state_dir
         self.base_url = base_url
+        self.log = log
+        if settings is None:
+            settings, self.settings_file = load_app_settings(app_dir)
+        else:
+            self.settings_file = None
+        self.settings = settings
+        self.storage = storage or settings.get("AzureWebJobsStorage")
         host_json = json.loads((app_dir / "host.json").read_text()) if (app_dir / "host.json").exists() else {}
-        _apply_host_overrides(host_json)
+        _apply_host_overrides(host_json, settings)
         self.function_timeout_s = (
             timespan_seconds(host_json["functionTimeout"])
             if host_json.get("functionTimeout")
             else DEFAULT_FUNCTION_TIMEOUT_S
         )
         self.queue_settings = {**QUEUE_DEFAULTS, **((host_json.get("extensions") or {}).get("queues") or {})}
-        self.functions = index_app(app_dir)
-        self.by_name = {f.name: f for f in self.functions}
-        self.keys = HostKeys.load_or_create(state_dir / "host-keys.json", [f.name for f in self.functions])
-        self.storage = storage
-        self.pool = ThreadPoolExecutor(max_workers=THREAD_POOL_WORKERS, thread_name_prefix="fn")
+        self.channel = WorkerChannel(app_dir, settings, log)
+        self.functions: list[FunctionInfo] = []
+        self.by_name: dict[str, FunctionInfo] = {}
+        self.routes: list[tuple[FunctionInfo, re.Pattern[str], list[str]]] = []
+        self.keys: HostKeys  # by index(), from the functions the worker reported
+        self.pool: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._threads: list[threading.Thread] = []
+        self._queue_clients: dict[tuple[str, str], Any] = {}
+
+    @property
+    def enabled(self) -> list[FunctionInfo]:
+        return [f for f in self.functions if not f.disabled]
+
+    async def index(self) -> None:
+        """Start the worker and index the app from its metadata; raise FunctionLoadError with its reason."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from devstack.worker_channel import IndexingError
+
+        self.pool = ThreadPoolExecutor(max_workers=STORAGE_THREADS, thread_name_prefix="host-storage")
+        try:
+            metadata = await self.channel.start()
+        except IndexingError as exc:
+            await self.channel.stop()
+            raise FunctionLoadError(str(exc)) from exc
+        except WorkerError as exc:
+            await self.channel.stop()
+            raise FunctionLoadError(f"the Python worker did not start: {exc}") from exc
+        self.functions = [function_info(m, self.settings) for m in metadata]
+        self.by_name = {f.name: f for f in self.functions}
+        for info in self.functions:
+            if info.disabled:
+                self.log(info.disabled)
+                self.log(f"Function 'Functions.{info.name}' failed indexing and will be disabled.")
+        self.keys = HostKeys.load_or_create(self.state_dir / "host-keys.json", [f.name for f in self.functions])
         # Literal routes win over templates, as in the real host: webhooks/dataverse before webhooks/{source}.
-        http = [(f, *_compile_route(f.route or f.name)) for f in self.functions if f.trigger_type == "httpTrigger"]
+        http = [(f, *_compile_route(f.route or f.name)) for f in self.enabled if f.trigger_type == "httpTrigger"]
         self.routes = sorted(http, key=lambda entry: len(entry[2]))
+        self.log(f"Found {len(self.enabled)} enabled functions ({len(self.functions) - len(self.enabled)} disabled)")
 
     # -- invocation ------------------------------------------------------------------------------
-    async def invoke(self, info: FunctionInfo, args: dict[str, Any], reason: str) -> Any:
+    async def invoke(
+        self, info: FunctionInfo, data: Any, reason: str, trigger_metadata: dict[str, Any] | None = None
+    ) -> Any:
+        """One invocation in the worker; its queue outputs are sent before it counts as Succeeded."""
         invocation_id = str(uuid.uuid4())
-        log_line(f"Executing 'Functions.{info.name}' (Reason='{reason}', Id={invocation_id})")
+        self.log(f"Executing 'Functions.{info.name}' (Reason='{reason}', Id={invocation_id})")
         started = time.monotonic()
-        outcome = "Succeeded"
+        binding = protos.ParameterBinding(name=info.trigger_param, data=data)
         try:
-            if info.is_async:
-                result = await asyncio.wait_for(info.user_function(**args), timeout=self.function_timeout_s)
-            else:
-                loop = asyncio.get_running_loop()
-                future = loop.run_in_executor(self.pool, lambda: info.user_function(**args))
-                result = await asyncio.wait_for(future, timeout=self.function_timeout_s)
-            return result
+            response = await self.channel.invoke(
+                info.name,
+                [binding],
+                trigger_metadata or {},
+                invocation_id=invocation_id,
+                timeout_s=self.function_timeout_s,
+            )
         except TimeoutError:
-            outcome = "Failed"
-            log_line(
+            self.log(
                 f"Timeout value of {timedelta(seconds=self.function_timeout_s)} exceeded by function"
                 f" 'Functions.{info.name}' (Id: '{invocation_id}'). Initiating cancellation."
             )
-            raise
-        except Exception as exc:
-            outcome = "Failed"
-            log_line(f"Executed 'Functions.{info.name}' (Failed, Id={invocation_id}, Duration={_ms(started)}ms)")
-            log_line(f"System.Exception: Result: Failure Exception: {type(exc).__name__}: {exc}")
-            raise
-        finally:
-            if outcome == "Succeeded":
-                log_line(f"Executed 'Functions.{info.name}' (Succeeded, Id={invocation_id}, Duration={_ms(started)}ms)")
+            self.log(f"Executed 'Functions.{info.name}' (Failed, Id={invocation_id}, Duration={_ms(started)}ms)")
+            # The runtime ignores InvocationCancel: the worker process is replaced, as the host does.
+            await self.channel.kill_current(f"functionTimeout exceeded by 'Functions.{info.name}'")
+            raise InvocationFailed("timeout") from None
+        except WorkerError as exc:
+            self.log(f"Executed 'Functions.{info.name}' (Failed, Id={invocation_id}, Duration={_ms(started)}ms)")
+            self.log(f"Microsoft.Azure.WebJobs.Script.Workers.WorkerProcessExitException: {exc}")
+            raise InvocationFailed(str(exc)) from exc
+        if response.result.status != protos.StatusResult.Success:
+            self.log(f"Executed 'Functions.{info.name}' (Failed, Id={invocation_id}, Duration={_ms(started)}ms)")
+            self.log(f"System.Exception: Result: Failure Exception: {response.result.exception.message}")
+            raise InvocationFailed(response.result.exception.message)
+        await self._send_outputs(info, response.output_data)
+        self.log(f"Executed 'Functions.{info.name}' (Succeeded, Id={invocation_id}, Duration={_ms(started)}ms)")
+        return response
 
-    def _outputs(self, info: FunctionInfo) -> dict[str, _Out]:
-        return {b.name: _Out() for b in info.bindings if b.direction == 1 and b.name != "$return"}
-
-    def _flush_outputs(self, info: FunctionInfo, outputs: dict[str, _Out]) -> None:
-        for binding in info.bindings:
-            if binding.name in outputs and binding.type == "queue":
-                value = outputs[binding.name].get()
-                if value is not None:
-                    for message in value if isinstance(value, list) else [value]:
-                        self.send_queue_message(binding.queue_name, message)
+    async def _send_outputs(self, info: FunctionInfo, output_data: Any) -> None:
+        outputs = info.queue_outputs
+        loop = asyncio.get_running_loop()
+        for binding in output_data:
+            spec = outputs.get(binding.name)
+            if spec is None:
+                continue
+            connection = str(spec.get("connection") or "AzureWebJobsStorage")
+            for message in _queue_messages(binding.data):
+                await loop.run_in_executor(
+                    self.pool, self.send_queue_message, str(spec["queueName"]), message, connection
+                )
 
     # -- storage -----------------------------------------------------------------------------------
-    def queue_client(self, name: str) -> Any:
+    def queue_client(self, name: str, connection: str = "AzureWebJobsStorage") -> Any:
         from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
-        if not self.storage:
-            raise RuntimeError("AzureWebJobsStorage is not set: queue bindings need Azurite")
+        key = (connection, name)
+        if key in self._queue_clients:
+            return self._queue_clients[key]
+        conn = self.settings.get(connection) or (self.storage if connection == "AzureWebJobsStorage" else None)
+        if not conn:
+            raise RuntimeError(f"the app setting {connection!r} (a queue binding's connection) is not set")
         client = QueueClient.from_connection_string(
-            self.storage,
+            conn,
             name,
             message_encode_policy=TextBase64EncodePolicy(),  # the host's queue trigger expects base64
             message_decode_policy=TextBase64DecodePolicy(),
         )
         with contextlib.suppress(Exception):
             client.create_queue()
+        self._queue_clients[key] = client
         return client
 
-    def send_queue_message(self, queue: str, message: Any) -> None:
-        text = (
-            message
-            if isinstance(message, str)
-            else json.dumps(message)
-            if not isinstance(message, bytes)
-            else message.decode()
-        )
-        self.queue_client(queue).send_message(text)
+    def send_queue_message(self, queue: str, message: str, connection: str = "AzureWebJobsStorage") -> None:
+        self.queue_client(queue, connection).send_message(message)
 
     # -- HTTP ----------------------------------------------------------------------------------------
     def _authorized(self, request: Request, info: FunctionInfo | None, level: str) -> bool:
@@ -378,25 +498,20 @@ class LocalHost:
                 continue
             if not self._authorized(request, info, info.auth_level or "function"):
                 return Response(status_code=401)
-            trigger_name = info.trigger.name
             body = await request.body()
-            req = func.HttpRequest(
-                request.method,
-                str(request.url),
-                headers=dict(request.headers),
-                params=dict(request.query_params),
-                route_params={k: v for k, v in match.groupdict().items() if v is not None},
-                body=body,
+            rpc = protos.RpcHttp(
+                method=request.method,
+                url=str(request.url),
+                headers=_joined(request.headers.items()),
+                query=_joined(request.query_params.multi_items()),
+                params={k: v for k, v in match.groupdict().items() if v is not None},
+                body=protos.TypedData(bytes=body),
             )
-            outputs = self._outputs(info)
             try:
-                result = await self.invoke(
-                    info, {trigger_name: req, **outputs}, "This function was programmatically called via the host APIs."
-                )
-            except Exception:
+                response = await self.invoke(info, protos.TypedData(http=rpc), PROGRAMMATIC)
+            except InvocationFailed:
                 return Response(status_code=500)
-            await asyncio.get_running_loop().run_in_executor(self.pool, self._flush_outputs, info, outputs)
-            return _to_response(result)
+            return _http_response(response.return_value)
         return Response(status_code=404)
 
     async def admin_run(self, request: Request) -> Response:
@@ -404,7 +519,7 @@ class LocalHost:
         info = self.by_name.get(name)
         if not self._authorized(request, None, "admin"):  # Azure: APIs under /admin/ take the master key only
             return Response(status_code=401)
-        if info is None:
+        if info is None or info.disabled:
             return Response(status_code=404)
         if info.trigger_type == "httpTrigger":
             return JSONResponse({"error": "use the function's route to call an HTTP function"}, status_code=400)
@@ -412,26 +527,24 @@ class LocalHost:
             payload = (await request.json()) or {}
         except ValueError:
             payload = {}
-        asyncio.get_running_loop().create_task(self._run_admin(info, payload.get("input")))
+        value = payload.get("input") if isinstance(payload, dict) else None
+        asyncio.get_running_loop().create_task(self._run_admin(info, value))
         return Response(status_code=202)
 
     async def _run_admin(self, info: FunctionInfo, value: Any) -> None:
-        trigger = info.trigger.name
-        outputs = self._outputs(info)
-        args: dict[str, Any] = {**outputs}
+        metadata: dict[str, Any] = {}
         if info.trigger_type == "timerTrigger":
-            args[trigger] = _timer_request(past_due=False, last=None, next_at=None)
+            data = _timer_data(past_due=False, last=None, next_at=None)
         elif info.trigger_type == "queueTrigger":
-            args[trigger] = QueueMessage(  # type: ignore[no-untyped-call]
-                id=str(uuid.uuid4()), body=(value or "").encode(), dequeue_count=1
-            )
+            data = protos.TypedData(string=str(value or ""))
+            metadata = _queue_metadata(str(uuid.uuid4()), "", 1, None, None, None)
         elif info.trigger_type == "eventGridTrigger":
-            args[trigger] = _event_grid_event(json.loads(value) if isinstance(value, str) and value else value or {})
+            event = json.loads(value) if isinstance(value, str) and value else value or {}
+            data = protos.TypedData(json=json.dumps(event))
         else:
-            args[trigger] = value
-        with contextlib.suppress(Exception):
-            await self.invoke(info, args, "This function was programmatically called via the host APIs.")
-            await asyncio.get_running_loop().run_in_executor(self.pool, self._flush_outputs, info, outputs)
+            data = protos.TypedData(string=str(value or ""))
+        with contextlib.suppress(InvocationFailed):
+            await self.invoke(info, data, PROGRAMMATIC, metadata)
 
     async def admin_other(self, request: Request) -> Response:
         """The rest of ``/admin/`` (host status, keys, ...) is not emulated; it is still closed to any key
@@ -446,7 +559,7 @@ class LocalHost:
         supplied = request.query_params.get("code") or request.headers.get("x-functions-key") or ""
         if not _key_matches(supplied, [self.keys.eventgrid, self.keys.host, self.keys.master]):
             return Response(status_code=401)
-        if info is None or info.trigger_type != "eventGridTrigger":
+        if info is None or info.disabled or info.trigger_type != "eventGridTrigger":
             return JSONResponse({"error": f"no Event Grid function named {name!r}"}, status_code=404)
         try:
             events = await request.json()
@@ -457,37 +570,42 @@ class LocalHost:
             data = (events[0] or {}).get("data") or {}
             return JSONResponse({"validationResponse": data.get("validationCode")})
         for event in events:
-            outputs = self._outputs(info)
             try:
-                await self.invoke(
-                    info, {info.trigger.name: _event_grid_event(event), **outputs}, "EventGrid trigger fired"
-                )
-            except Exception:
+                await self.invoke(info, protos.TypedData(json=json.dumps(event)), "EventGrid trigger fired")
+            except InvocationFailed:
                 return Response(status_code=500)  # Event Grid retries
-            await asyncio.get_running_loop().run_in_executor(self.pool, self._flush_outputs, info, outputs)
         return Response(status_code=202)
 
     def asgi(self) -> Starlette:
         async def functions(_: Request) -> Response:
             return JSONResponse([f.describe() for f in self.functions])
 
+        async def worker(_: Request) -> Response:
+            current = self.channel.current
+            return JSONResponse(
+                {
+                    "pid": current.process.pid if current else None,
+                    "restarts": self.channel.restarts,
+                    "host_pid": os.getpid(),
+                }
+            )
+
         return Starlette(
             routes=[
-                Route(
-                    "/api/{path:path}", self.http, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-                ),
+                Route("/api/{path:path}", self.http, methods=ADMIN_METHODS),
                 Route("/admin/functions/{name}", self.admin_run, methods=["POST"]),
                 Route("/admin", self.admin_other, methods=ADMIN_METHODS),
                 Route("/admin/{path:path}", self.admin_other, methods=ADMIN_METHODS),
                 Route("/runtime/webhooks/eventgrid", self.eventgrid, methods=["POST"]),
                 Route("/_devstack/functions", functions, methods=["GET"]),
+                Route("/_devstack/worker", worker, methods=["GET"]),
             ]
         )
 
     # -- timers and queues ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        for info in self.functions:
+        for info in self.enabled:
             if info.trigger_type == "timerTrigger":
                 self._tasks.append(asyncio.create_task(self._timer(info)))
             elif info.trigger_type == "queueTrigger":
@@ -502,12 +620,14 @@ class LocalHost:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.channel.stop()
         for thread in self._threads:
-            thread.join(timeout=5)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _timer(self, info: FunctionInfo) -> None:
-        from croniter import croniter  # type: ignore[import-untyped]
+        from croniter import croniter
 
         assert info.resolved_schedule is not None
         schedule = croniter(info.resolved_schedule, datetime.now(UTC), second_at_beginning=True)
@@ -525,14 +645,8 @@ class LocalHost:
     async def _fire_timer(
         self, info: FunctionInfo, *, past_due: bool, last: datetime | None, next_at: datetime | None
     ) -> None:
-        outputs = self._outputs(info)
-        with contextlib.suppress(Exception):
-            await self.invoke(
-                info,
-                {info.trigger.name: _timer_request(past_due=past_due, last=last, next_at=next_at), **outputs},
-                "Timer fired",
-            )
-            await asyncio.get_running_loop().run_in_executor(self.pool, self._flush_outputs, info, outputs)
+        with contextlib.suppress(InvocationFailed):
+            await self.invoke(info, _timer_data(past_due=past_due, last=last, next_at=next_at), "Timer fired")
 
     def _queue_listener(self, info: FunctionInfo) -> None:
         """Poll like the host: back off to maxPollingInterval when empty, process batches, poison after max dequeues."""
@@ -544,8 +658,9 @@ class LocalHost:
         max_interval = timespan_seconds(str(settings["maxPollingInterval"]))
         visibility = int(timespan_seconds(str(settings["visibilityTimeout"])))
         max_dequeue = int(settings["maxDequeueCount"])
-        client = self.queue_client(info.queue_name)
-        poison = self.queue_client(f"{info.queue_name}-poison")
+        connection = info.connection or "AzureWebJobsStorage"
+        client = self.queue_client(info.queue_name, connection)
+        poison = self.queue_client(f"{info.queue_name}-poison", connection)
         interval = MIN_POLLING_INTERVAL_S
         in_flight: set[Any] = set()
         while not self._stop.is_set():
@@ -556,7 +671,7 @@ class LocalHost:
             try:
                 messages = list(
                     client.receive_messages(
-                        messages_per_page=batch_size, max_messages=batch_size, visibility_timeout=600
+                        messages_per_page=batch_size, max_messages=batch_size, visibility_timeout=QUEUE_LEASE_S
                     )
                 )
             except Exception:
@@ -576,26 +691,26 @@ class LocalHost:
     async def _process_queue_message(
         self, info: FunctionInfo, client: Any, poison: Any, message: Any, visibility: int, max_dequeue: int
     ) -> None:
-        msg = QueueMessage(  # type: ignore[no-untyped-call]
-            id=message.id,
-            body=str(message.content).encode(),
-            dequeue_count=message.dequeue_count,
-            expiration_time=message.expires_on,
-            insertion_time=message.inserted_on,
-            time_next_visible=message.next_visible_on,
-            pop_receipt=message.pop_receipt,
+        metadata = _queue_metadata(
+            message.id,
+            message.pop_receipt,
+            message.dequeue_count,
+            message.inserted_on,
+            message.expires_on,
+            message.next_visible_on,
         )
-        outputs = self._outputs(info)
         loop = asyncio.get_running_loop()
         try:
             await self.invoke(
-                info, {info.trigger.name: msg, **outputs}, f"New queue message detected on '{info.queue_name}'."
+                info,
+                protos.TypedData(string=str(message.content)),
+                f"New queue message detected on '{info.queue_name}'.",
+                metadata,
             )
-            await loop.run_in_executor(self.pool, self._flush_outputs, info, outputs)
             await loop.run_in_executor(self.pool, client.delete_message, message)
-        except Exception:
+        except InvocationFailed:
             if message.dequeue_count >= max_dequeue:
-                log_line(
+                self.log(
                     f"Message has reached MaxDequeueCount of {max_dequeue}."
                     f" Moving message to queue '{info.queue_name}-poison'."
                 )
@@ -610,64 +725,105 @@ class LocalHost:
                 )
 
 
-def _key_matches(supplied: str, allowed: list[str]) -> bool:
-    """Every key is compared (no early exit), each in constant time, so the answer's timing says nothing;
-    as bytes, because ``compare_digest`` refuses a str with non-ASCII characters (a header can carry them)."""
-    matches = [secrets.compare_digest(supplied.encode(), key.encode()) for key in allowed]
-    return any(matches)
+def _joined(items: Any) -> dict[str, str]:
+    """A repeated header or query parameter arrives as one value joined with commas, as the host sends it."""
+    joined: dict[str, str] = {}
+    for key, value in items:
+        joined[key] = f"{joined[key]},{value}" if key in joined else value
+    return joined
 
 
-def _timer_request(*, past_due: bool, last: datetime | None, next_at: datetime | None) -> Any:
-    from azure.functions.timer import TimerRequest
+def _typed_bytes(data: Any) -> bytes:
+    kind = data.WhichOneof("data")
+    if kind == "bytes":
+        return bytes(data.bytes)
+    if kind == "stream":
+        return bytes(data.stream)
+    if kind in ("string", "json"):
+        return str(getattr(data, kind)).encode()
+    if kind in ("int", "double"):
+        return str(getattr(data, kind)).encode()
+    return b""
 
-    now = datetime.now(UTC).isoformat()
+
+def _http_response(value: Any) -> Response:
+    """The worker's ``$return``: an ``RpcHttp`` (status code as a string), a plain string, or nothing."""
+    kind = value.WhichOneof("data")
+    if kind == "http":
+        http = value.http
+        return Response(_typed_bytes(http.body), status_code=int(http.status_code or 200), headers=dict(http.headers))
+    if kind is None:
+        return Response(status_code=204)
+    return Response(_typed_bytes(value), media_type="text/plain")
+
+
+def _queue_messages(data: Any) -> list[str]:
+    """A queue output's value as messages: a string, bytes, a JSON list (one message per item), a
+    collection of strings."""
+    kind = data.WhichOneof("data")
+    if kind == "string":
+        return [data.string]
+    if kind == "bytes":
+        return [bytes(data.bytes).decode()]
+    if kind == "collection_string":
+        return list(data.collection_string.string)
+    if kind == "collection_bytes":
+        return [bytes(b).decode() for b in data.collection_bytes.bytes]
+    if kind == "json":
+        value = json.loads(data.json)
+        items = value if isinstance(value, list) else [value]
+        return [
+            item
+            if isinstance(item, str)
+            else str(item["body"])
+            if isinstance(item, dict) and "body" in item
+            else json.dumps(item)
+            for item in items
+        ]
+    return []
+
+
+def _timer_data(*, past_due: bool, last: datetime | None, next_at: datetime | None) -> Any:
     status = {
         "Last": last.isoformat() if last else None,
         "Next": next_at.isoformat() if next_at else None,
-        "LastUpdated": now,
+        "LastUpdated": datetime.now(UTC).isoformat(),
     }
-    return TimerRequest(past_due=past_due, schedule_status=status, schedule={"AdjustForDST": False})
-
-
-def _event_grid_event(event: dict[str, Any]) -> func.EventGridEvent:
-    when = event.get("eventTime")
-    return func.EventGridEvent(
-        id=str(event.get("id", "")),
-        data=event.get("data") or {},
-        topic=str(event.get("topic", "")),
-        subject=str(event.get("subject", "")),
-        event_type=str(event.get("eventType", "")),
-        event_time=datetime.fromisoformat(when.replace("Z", "+00:00")) if isinstance(when, str) and when else None,
-        data_version=str(event.get("dataVersion", "")),
+    return protos.TypedData(
+        json=json.dumps({"Schedule": {"AdjustForDST": True}, "ScheduleStatus": status, "IsPastDue": past_due})
     )
 
 
-def _to_response(result: Any) -> Response:
-    if isinstance(result, func.HttpResponse):
-        headers = {k: v for k, v in result.headers.items() if k.lower() != "content-type"}
-        media = result.mimetype or "text/plain"
-        if (result.charset and media.startswith("text/")) or (result.charset and "json" in media):
-            media = f"{media}; charset={result.charset}"
-        return Response(result.get_body(), status_code=result.status_code, headers=headers, media_type=media)
-    if result is None:
-        return Response(status_code=204)
-    return Response(str(result).encode(), media_type="text/plain")
+def _queue_metadata(
+    message_id: str,
+    pop_receipt: str,
+    dequeue_count: int,
+    inserted: datetime | None,
+    expires: datetime | None,
+    next_visible: datetime | None,
+) -> dict[str, Any]:
+    metadata = {
+        "Id": protos.TypedData(string=message_id),
+        "PopReceipt": protos.TypedData(string=pop_receipt),
+        "DequeueCount": protos.TypedData(json=str(dequeue_count)),
+    }
+    for name, when in (("InsertionTime", inserted), ("ExpirationTime", expires), ("NextVisibleTime", next_visible)):
+        if when is not None:
+            metadata[name] = protos.TypedData(string=when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+    return metadata
 
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def log_line(text: str) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    print(f"[{stamp}] {text}", flush=True)
-
-
 def describe_banner(host: LocalHost) -> list[str]:
     """The banner's function list: name, trigger, route or schedule, key, and a curl example."""
     lines = ["Functions:", ""]
     for info in host.functions:
-        if info.trigger_type == "httpTrigger":
+        if info.disabled:
+            lines.append(f"  {info.name}: DISABLED: {info.disabled}")
+        elif info.trigger_type == "httpTrigger":
             url = f"{host.base_url}/api/{info.route}"
             lines.append(f"  {info.name}: [{','.join(info.methods)}] {url}  (auth: {info.auth_level})")
             if info.auth_level != "anonymous":

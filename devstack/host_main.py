@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
 
 async def _serve(args: argparse.Namespace, env_file: Path) -> int:
     from devstack.__main__ import GRACEFUL_SHUTDOWN_S, LOOPBACK, _bind, _QuietServer
-    from devstack.host import LocalHost
+    from devstack.host import FunctionLoadError, LocalHost
 
     timeouts = read_timeouts_from(args)
     sock = _bind(args.port)
@@ -40,6 +40,11 @@ async def _serve(args: argparse.Namespace, env_file: Path) -> int:
     state = Path(args.state_dir).resolve() if args.state_dir else env_file.parent
     storage = os.environ.get("AzureWebJobsStorage")  # noqa: SIM112 - the platform's spelling
     host = LocalHost(Path(args.app_dir).resolve(), state, storage=storage, base_url=base_url)
+    try:
+        await host.index()
+    except FunctionLoadError as exc:
+        print(f"host failed: the app cannot be indexed: {exc}", flush=True)
+        return 1
     server = _QuietServer(
         server_config(
             host.asgi(),

@@ -49,7 +49,7 @@ FUZZ = settings(
 T = TypeVar("T")
 
 
-def attempt(call: Callable[[], T], typed: type[Exception]) -> T | Exception:
+def attempt[T](call: Callable[[], T], typed: type[Exception]) -> T | Exception:
     """The call's result, or the typed error it raised; any other exception fails the test (a crash)."""
     try:
         return call()
@@ -330,7 +330,7 @@ def yaml_documents(draw: st.DrawFn, sample: bytes) -> bytes:
     return "\n".join(lines).encode()
 
 
-def load_config_file(
+def load_config_file[T](
     factory: pytest.TempPathFactory, name: str, document: bytes, loader: Callable[[Path], T]
 ) -> T | None:
     """Write the document and load it: a ConfigError must name the file in every problem; None then."""
