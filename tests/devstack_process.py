@@ -20,7 +20,9 @@ START_TIMEOUT_S = 60
 
 
 class DevstackProcess:
-    def __init__(self, scenario: Path, directory: Path, name: str, *extra_args: str) -> None:
+    def __init__(
+        self, scenario: Path, directory: Path, name: str, *extra_args: str, env: dict[str, str] | None = None
+    ) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.log_path = ARTIFACTS / f"devstack-{name}.log"
@@ -40,6 +42,7 @@ class DevstackProcess:
                 *extra_args,
             ],
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,

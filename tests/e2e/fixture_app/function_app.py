@@ -1,12 +1,21 @@
 """A fixture app for the local host's e2e tests: every trigger kind, effects written to Azurite queues."""
 
 import json
+import os
+import sys
 import time
+from importlib.metadata import version
 
 import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 STORAGE = "AzureWebJobsStorage"
+CRASH_EXIT_CODE = 70
+
+# Every process that imports this module leaves its pid here: the host process must never be among them.
+if os.environ.get("FIXTURE_IMPORT_LOG"):
+    with open(os.environ["FIXTURE_IMPORT_LOG"], "a") as imports:
+        imports.write(f"{os.getpid()}\n")
 
 
 @app.route(route="items/{id:int}/{label?}", methods=["GET"])
@@ -36,6 +45,10 @@ def enqueue(req: func.HttpRequest, outq: func.Out[str]) -> func.HttpResponse:
 @app.queue_output(arg_name="done", queue_name="done", connection=STORAGE)
 def work(msg: func.QueueMessage, done: func.Out[str]) -> None:
     body = msg.get_body().decode()
+    if body == "crash":
+        os._exit(CRASH_EXIT_CODE)  # the worker process dies mid-invocation
+    if body == "hang":
+        time.sleep(6)  # beyond functionTimeout (3 s)
     if body == "fail" or (body == "flaky" and msg.dequeue_count < 3):
         raise RuntimeError(f"cannot process {body!r} (attempt {msg.dequeue_count})")
     done.set(json.dumps({"body": body, "dequeue_count": msg.dequeue_count}))
@@ -63,3 +76,19 @@ def on_event(event: func.EventGridEvent, events: func.Out[str]) -> None:
 def slow(req: func.HttpRequest) -> func.HttpResponse:
     time.sleep(6)  # beyond functionTimeout (3 s)
     return func.HttpResponse("too late")
+
+
+@app.route(route="whereami", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def whereami(req: func.HttpRequest) -> func.HttpResponse:
+    body = {
+        "pid": os.getpid(),
+        "runtime_loaded": "azure_functions_runtime" in sys.modules,
+        "runtime_version": version("azure-functions-runtime"),
+        "python": list(sys.version_info[:2]),
+    }
+    return func.HttpResponse(json.dumps(body), mimetype="application/json")
+
+
+@app.route(route="crash", methods=["POST"])
+def crash(req: func.HttpRequest) -> func.HttpResponse:
+    os._exit(CRASH_EXIT_CODE)
