@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 import urllib.request
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from devstack.dataverse.build import build_dataverse
 from devstack.dataverse.server import dataverse_app
 from devstack.demo import render, run_steps
 from devstack.entra import EntraContext, entra_app, managed_identity_app
-from devstack.host import HOST_LOG, LocalHost, describe_banner
+from devstack.host import HOST_LOG, FunctionLoadError, LocalHost, describe_banner
 from devstack.keyvault import VaultContext, keyvault_app
 from devstack.stats import Stats
 from devstack.tls import TlsFiles, create_tls
@@ -164,10 +165,11 @@ async def _serve(args: argparse.Namespace) -> int:
         servers.append(_QuietServer(config))
 
     loop = asyncio.get_running_loop()
-
     background: list[asyncio.Task[None]] = []  # endless loops (Key Vault's events): cancelled on stop
+    stopping = asyncio.Event()
 
     def stop() -> None:
+        stopping.set()
         for server in servers:
             server.should_exit = True
         for task in background:
@@ -176,136 +178,175 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
 
-    tasks = [asyncio.create_task(s.serve(sockets=[lst.sock])) for s, lst in zip(servers, listeners, strict=True)]
-    deadline = loop.time() + READY_TIMEOUT_S
-    while not all(s.started for s in servers):
-        if loop.time() > deadline or any(t.done() for t in tasks):
-            stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            print("devstack failed to start", file=sys.stderr)
-            return 1
-        await asyncio.sleep(0.02)
-    for listener in listeners:
-        await loop.run_in_executor(None, _probe, listener.url, tls)
-
+    tasks: list[asyncio.Task[None]] = []
     azurite: Azurite | None = None
-    if not args.no_azurite:
-        try:
-            azurite = await loop.run_in_executor(
-                None, start_azurite, None if args.memory else directory / "azurite", directory / "azurite.log"
-            )
-        except Exception as exc:
-            stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            print(f"devstack failed to start: {exc}", file=sys.stderr)
-            return 1
-
-    if azurite is not None:
-        restarting = azurite
-        # `kill -USR1 <devstack pid>` restarts Azurite on the same ports and data (reliability matrix).
-        loop.add_signal_handler(signal.SIGUSR1, lambda: loop.run_in_executor(None, restarting.restart))
-
     host: LocalHost | None = None
-    env = {
-        "IDENTITY_ENDPOINT": f"{mi_url}/msi/token",
-        "IDENTITY_HEADER": identity_header,
-        "KEY_VAULT_URL": vault_url,
-        "DATAVERSE_URL": dataverse_url,
-        "DATAVERSE_TENANT_ID": world.tenant_id,
-        "ENTRA_AUTHORITY_HOST": entra_url,
-        "ENTRA_INSTANCE_DISCOVERY": "false",
-        "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
-        "GRAPH_URL": entra_url,
-        "REQUESTS_CA_BUNDLE": str(tls.bundle),
-        **({"AzureWebJobsStorage": azurite.connection_string} if azurite else {}),
-        **world.settings,
-        "DEVSTACK_ENTRA_URL": entra_url,
-        "DEVSTACK_MANAGED_IDENTITY_URL": mi_url,
-        "DEVSTACK_KEY_VAULT_URL": vault_url,
-        "DEVSTACK_DATAVERSE_URL": dataverse_url,
-        "DEVSTACK_ALERTS_URL": alerts_url,
-        "DEVSTACK_CA_CERT": str(tls.ca_cert),
-        "DEVSTACK_SEED_ACCOUNTS": str(args.seed_accounts),
-    }
-    if args.command in ("run", "demo") or args.host:
-        # The app sees exactly the settings written to the env file, as a Functions worker would.
-        os.environ.update(env)
-        if args.command == "up" and not args.host_log:
-            HOST_LOG.hold()  # the invocation log follows the ready line on stdout
-        else:
-            HOST_LOG.to_file(Path(args.host_log) if args.host_log else directory / "host.log", echo=args.stream_logs)
-        host_sock = _bind(args.host_port)
-        base_url = f"http://{LOOPBACK}:{host_sock.getsockname()[1]}"
-        try:
+    env_path = directory / "env"
+    exit_code = 0
+    try:  # whatever fails or is interrupted, everything started so far is stopped in `finally`
+        tasks = [asyncio.create_task(s.serve(sockets=[lst.sock])) for s, lst in zip(servers, listeners, strict=True)]
+        deadline = loop.time() + READY_TIMEOUT_S
+        while not all(s.started for s in servers):
+            if loop.time() > deadline or any(t.done() for t in tasks):
+                raise _StartFailed("an emulator did not start listening")
+            await asyncio.sleep(0.02)
+        for listener in listeners:
+            await loop.run_in_executor(None, _probe, listener.url, tls)
+
+        if not args.no_azurite:
+            try:
+                azurite = await loop.run_in_executor(
+                    None, start_azurite, None if args.memory else directory / "azurite", directory / "azurite.log"
+                )
+            except Exception as exc:
+                raise _StartFailed(str(exc)) from exc
+            restarting = azurite
+            # `kill -USR1 <devstack pid>` restarts Azurite on the same ports and data (reliability matrix).
+            loop.add_signal_handler(signal.SIGUSR1, lambda: loop.run_in_executor(None, restarting.restart))
+
+        env = {
+            "IDENTITY_ENDPOINT": f"{mi_url}/msi/token",
+            "IDENTITY_HEADER": identity_header,
+            "KEY_VAULT_URL": vault_url,
+            "DATAVERSE_URL": dataverse_url,
+            "DATAVERSE_TENANT_ID": world.tenant_id,
+            "ENTRA_AUTHORITY_HOST": entra_url,
+            "ENTRA_INSTANCE_DISCOVERY": "false",
+            "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
+            "GRAPH_URL": entra_url,
+            "REQUESTS_CA_BUNDLE": str(tls.bundle),
+            **({"AzureWebJobsStorage": azurite.connection_string} if azurite else {}),
+            **world.settings,
+            "DEVSTACK_ENTRA_URL": entra_url,
+            "DEVSTACK_MANAGED_IDENTITY_URL": mi_url,
+            "DEVSTACK_KEY_VAULT_URL": vault_url,
+            "DEVSTACK_DATAVERSE_URL": dataverse_url,
+            "DEVSTACK_ALERTS_URL": alerts_url,
+            "DEVSTACK_CA_CERT": str(tls.ca_cert),
+            "DEVSTACK_SEED_ACCOUNTS": str(args.seed_accounts),
+        }
+        if args.command in ("run", "demo") or args.host:
+            if args.command == "up" and not args.host_log:
+                HOST_LOG.hold()  # the invocation log follows the ready line on stdout
+            else:
+                log_path = Path(args.host_log) if args.host_log else directory / "host.log"
+                HOST_LOG.to_file(log_path, echo=args.stream_logs)
+            # The app sees exactly the settings written to the env file, as a Functions worker would.
+            os.environ.update(env)
+            try:
+                host_sock = _bind(args.host_port)
+            except OSError as exc:
+                raise _StartFailed(
+                    f"the Functions host cannot listen on port {args.host_port}: {exc.strerror}"
+                ) from exc
+            base_url = f"http://{LOOPBACK}:{host_sock.getsockname()[1]}"
             host = LocalHost(
                 Path(args.app_dir).resolve(), directory, storage=env.get("AzureWebJobsStorage"), base_url=base_url
             )
-            await host.index()
-        except Exception as exc:
-            stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if azurite:
-                azurite.stop()
-            print(f"devstack failed to start: the app cannot be indexed: {exc}", file=sys.stderr)
-            return 1
-        host_server = _QuietServer(
-            server_config(
-                host.asgi(),
-                timeouts,
-                log_level=args.log_level,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            try:
+                await host.index()
+            except FunctionLoadError as exc:
+                raise _StartFailed(f"the app cannot be indexed: {exc}") from exc
+            host_server = _QuietServer(
+                server_config(
+                    host.asgi(),
+                    timeouts,
+                    log_level=args.log_level,
+                    access_log=False,
+                    lifespan="off",
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                )
             )
-        )
-        servers.append(host_server)
-        tasks.append(asyncio.create_task(host_server.serve(sockets=[host_sock])))
-        while not host_server.started:
-            await asyncio.sleep(0.02)
-        await host.start()
-        env["FUNCTIONS_BASE_URL"] = base_url
-        env["FUNCTIONS_HOST_KEY"] = host.keys.host
-        env["DEVSTACK_HOST_KEYS"] = str(directory / "host-keys.json")  # the master key stays in that file
-        _register_webhooks_to_host(scenario, dataverse_ctx, host)
-        if (scenario.get("vault") or {}).get("event_grid_to_host", True) and "expiry_event" in host.by_name:
-            emitter = VaultEventEmitter(world, vault_url, base_url, host.keys.eventgrid)
-            background.append(asyncio.create_task(emitter.run()))
+            servers.append(host_server)
+            tasks.append(asyncio.create_task(host_server.serve(sockets=[host_sock])))
+            while not host_server.started:
+                if tasks[-1].done():
+                    raise _StartFailed("the Functions host did not start listening")
+                await asyncio.sleep(0.02)
+            await host.start()
+            env["FUNCTIONS_BASE_URL"] = base_url
+            env["FUNCTIONS_HOST_KEY"] = host.keys.host
+            env["DEVSTACK_HOST_KEYS"] = str(directory / "host-keys.json")  # the master key stays in that file
+            _register_webhooks_to_host(scenario, dataverse_ctx, host)
+            if (scenario.get("vault") or {}).get("event_grid_to_host", True) and "expiry_event" in host.by_name:
+                emitter = VaultEventEmitter(world, vault_url, base_url, host.keys.eventgrid)
+                background.append(asyncio.create_task(emitter.run()))
 
-    env_path = directory / "env"
-    _write_env(env_path, env)
-    print(READY_LINE, flush=True)
-    HOST_LOG.release()
-    print(f"  environment: {env_path}  (source it: set -a; . {env_path}; set +a)", flush=True)
-    for listener in listeners:
-        print(f"  {listener.name:<17} {listener.url}", flush=True)
-    if host is not None:
-        print(f"  {'functions host':<17} {env['FUNCTIONS_BASE_URL']}", flush=True)
-    if azurite:
-        print(
-            f"  {'azurite':<17} blob {azurite.blob_port}, queue {azurite.queue_port}, table {azurite.table_port}",
-            flush=True,
-        )
-
-    if host is not None and args.command in ("run", "demo"):
-        print("\n".join(["", *describe_banner(host), ""]), flush=True)
-    exit_code = 0
-    if args.command in ("run", "demo"):
-        outcomes = await loop.run_in_executor(None, run_steps, env)
-        print(render(outcomes), flush=True)
-        exit_code = 0 if all(o.ok for o in outcomes) else 1
-        if args.once or args.command == "demo":
-            stop()
-        else:
+        _write_env(env_path, env)
+        print(READY_LINE, flush=True)
+        HOST_LOG.release()
+        print(f"  environment: {env_path}  (source it: set -a; . {env_path}; set +a)", flush=True)
+        for listener in listeners:
+            print(f"  {listener.name:<17} {listener.url}", flush=True)
+        if host is not None:
+            worker_pid = host.channel.current.process.pid if host.channel.current else "-"
+            print(f"  {'functions host':<17} {env['FUNCTIONS_BASE_URL']}  (worker pid {worker_pid})", flush=True)
+            if args.command in ("run", "demo"):
+                print(f"  {'invocation log':<17} {HOST_LOG.path}", flush=True)
+        if azurite:
+            print(
+                f"  {'azurite':<17} blob {azurite.blob_port}, queue {azurite.queue_port}, table {azurite.table_port}",
+                flush=True,
+            )
+        if host is not None and args.command in ("run", "demo"):
+            print("\n".join(["", *describe_banner(host), ""]), flush=True)
+        if args.command in ("run", "demo"):
+            outcomes = await _first_runs(env, stopping)
+            if outcomes is None:
+                return 1  # interrupted: `finally` stops everything
+            print(render(outcomes), flush=True)
+            exit_code = 0 if all(o.ok for o in outcomes) else 1
+            if args.once or args.command == "demo":
+                return exit_code
             print("\ndevstack is serving; press Ctrl-C to stop.", flush=True)
-    await asyncio.gather(*tasks)
-    if host is not None:
-        await host.stop()
-    if azurite:
-        azurite.stop()
-    with contextlib.suppress(FileNotFoundError):
-        env_path.unlink()
-    print("devstack stopped", flush=True)
+        await stopping.wait()
+    except _StartFailed as exc:
+        print(f"devstack failed to start: {exc}", file=sys.stderr, flush=True)
+        exit_code = 1
+    finally:
+        stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if host is not None:
+            await host.stop()
+        if azurite:
+            azurite.stop()
+        with contextlib.suppress(FileNotFoundError):
+            env_path.unlink()
+        print("devstack stopped", flush=True)
     return exit_code
+
+
+class _StartFailed(RuntimeError):
+    """devstack could not start; what it had started is stopped."""
+
+
+async def _first_runs(env: dict[str, str], stopping: asyncio.Event) -> list[Any] | None:
+    """The first runs in a daemon thread, so that Ctrl-C or SIGTERM need not wait for a step to finish."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[Any]] = loop.create_future()
+
+    def settle(outcomes: list[Any] | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(outcomes or [])
+
+    def steps() -> None:
+        try:
+            outcomes = run_steps(env)
+        except Exception as error:
+            loop.call_soon_threadsafe(settle, None, error)
+            return
+        loop.call_soon_threadsafe(settle, outcomes, None)
+
+    threading.Thread(target=steps, daemon=True, name="first-runs").start()
+    interrupted: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+    waiting: set[asyncio.Future[Any]] = {done, interrupted}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    return done.result() if done.done() else None
 
 
 def _point_channels_at_sink(world: Any, alerts_url: str) -> None:

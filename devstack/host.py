@@ -105,7 +105,10 @@ class HostLog:
             for line in held:
                 print(line, flush=True)
 
+    path: Path | None = None
+
     def to_file(self, path: Path, *, echo: bool) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", encoding="utf-8")
         self._echo = echo

@@ -32,8 +32,9 @@ def main(argv: list[str]) -> int:
 
 async def _serve(args: argparse.Namespace, env_file: Path) -> int:
     from devstack.__main__ import GRACEFUL_SHUTDOWN_S, LOOPBACK, _bind, _QuietServer
-    from devstack.host import FunctionLoadError, LocalHost
+    from devstack.host import HOST_LOG, FunctionLoadError, LocalHost
 
+    HOST_LOG.hold()  # the first stdout line is the ready line; the invocation log follows it
     timeouts = read_timeouts_from(args)
     sock = _bind(args.port)
     base_url = f"http://{LOOPBACK}:{sock.getsockname()[1]}"
@@ -44,6 +45,7 @@ async def _serve(args: argparse.Namespace, env_file: Path) -> int:
         await host.index()
     except FunctionLoadError as exc:
         print(f"host failed: the app cannot be indexed: {exc}", flush=True)
+        HOST_LOG.release()
         return 1
     server = _QuietServer(
         server_config(
@@ -63,6 +65,7 @@ async def _serve(args: argparse.Namespace, env_file: Path) -> int:
         await asyncio.sleep(0.02)
     await host.start()
     print(f"host ready {base_url} {host.keys.host}", flush=True)
+    HOST_LOG.release()
     await task
     await host.stop()
     return 0

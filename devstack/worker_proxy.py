@@ -147,6 +147,7 @@ class Dispatcher:
             except grpc.aio.AioRpcError as exc:
                 print(f"{CONSOLE_PREFIX} the host closed the stream: {exc.code().name}", flush=True)
                 return 1
+        print(f"{CONSOLE_PREFIX} the host ended the stream", flush=True)
         return 0
 
     async def handle(self, message: Any) -> None:
@@ -207,10 +208,14 @@ async def _main(argv: list[str]) -> int:
     return await dispatcher.run()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     print(f"{CONSOLE_PREFIX} devstack worker proxy starting (pid {os.getpid()})", flush=True)
-    return asyncio.run(_main(sys.argv[1:] if argv is None else argv))
+    code = asyncio.run(_main(sys.argv[1:] if argv is None else argv))
+    # Without its host the worker has no one to answer: invocations still running in the runtime's thread
+    # pool are abandoned, not waited for (a normal exit would join those threads).
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -17,11 +18,13 @@ STOP_TIMEOUT_S = 20
 
 
 class HostProcess:
-    def __init__(self, stack: DevstackProcess, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, stack: DevstackProcess, name: str, env: dict[str, str] | None = None, app_dir: Path = ROOT
+    ) -> None:
         self.stack = stack
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "devstack", "host", "--env-file", str(stack.directory / "env"),
-             "--state-dir", str(stack.directory)],
+             "--state-dir", str(stack.directory), "--app-dir", str(app_dir)],
             cwd=ROOT, env=subprocess_env(env or {}),
             stdout=subprocess.PIPE, stderr=(ARTIFACTS / f"host-{name}.log").open("a"), text=True,
         )  # fmt: skip

@@ -4,7 +4,9 @@ functionTimeout, and a queue message whose invocation keeps dying ends in ``<que
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import requests
 
 from tests.devstack_process import ROOT, DevstackProcess
 from tests.e2e.test_local_host import queue_messages
+from tests.host_process import HostProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +107,7 @@ def test_a_message_whose_worker_dies_reaches_the_poison_queue(stack: DevstackPro
     before = worker(stack)["restarts"]
     assert requests.post(f"{base(stack)}/api/enqueue", data=body, headers=headers, timeout=10).status_code == 202
     assert queue_messages(stack, "work-poison", at_least=1, timeout_s=90) == [body]
-    assert worker(stack)["restarts"] >= before + 3  # maxDequeueCount 3: each delivery took a worker with it
+    wait_for_restart(stack, before + 3)  # maxDequeueCount 3: each delivery took a worker with it
     assert "Message has reached MaxDequeueCount of 3. Moving message to queue 'work-poison'." in stack.stdout_text()
 
 
@@ -122,6 +125,36 @@ def test_worker_logs_reach_the_host_log_with_the_invocation_id(stack: DevstackPr
     assert failed, "the runtime's exception did not reach the host log"
     executing = [line for line in text.splitlines() if "Executing 'Functions.work'" in line]
     assert executing
+
+
+def test_a_killed_host_takes_its_worker_with_it(stack: DevstackProcess, tmp_path: Path) -> None:
+    """SIGKILL leaves the host no chance to stop its worker: the worker notices its stream is gone and exits,
+    abandoning the invocation it was running, rather than finishing a sync nobody will record."""
+    host = HostProcess(stack, "killed", app_dir=FIXTURE_APP)
+    try:
+        worker_pid = requests.get(f"{host.url}/_devstack/worker", timeout=10).json()["pid"]
+
+        def call_slow() -> None:
+            with contextlib.suppress(requests.RequestException):  # the host dies under it
+                host.get("/api/slow", timeout=20)
+
+        slow = threading.Thread(target=call_slow, daemon=True)
+        slow.start()
+        time.sleep(0.5)  # the invocation is running in the worker
+        host.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{worker_pid}").exists() and "zombie" not in _status(worker_pid):
+            assert time.monotonic() < deadline, "the worker outlived its host"
+            time.sleep(0.1)
+    finally:
+        host.stop()
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "zombie"
 
 
 def test_an_unresolved_placeholder_disables_only_its_function(tmp_path: Path) -> None:
