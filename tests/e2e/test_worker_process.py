@@ -186,3 +186,34 @@ def test_an_app_that_cannot_be_indexed_stops_devstack_with_the_runtimes_message(
         start(tmp_path / "state", "unindexable", app, {})
     log = (ROOT / "tests" / ".artifacts" / "devstack-unindexable.log").read_text()
     assert "More than one FunctionApp" in log
+
+
+def test_a_worker_that_never_sends_start_stream_is_reported_and_stopped(tmp_path: Path) -> None:
+    import asyncio
+
+    from devstack.worker_channel import WorkerChannel, WorkerError
+
+    silent = tmp_path / "python"
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")  # starts, never connects
+    silent.chmod(0o755)
+    lines: list[str] = []
+    channel = WorkerChannel(
+        FIXTURE_APP,
+        {"languageWorkers__python__defaultExecutablePath": str(silent)},
+        lines.append,
+        start_stream_timeout_s=1,
+    )
+
+    async def start_and_stop() -> int:
+        try:
+            await channel.start()
+        finally:
+            await channel.stop()
+        return 0
+
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match="sent no StartStream within 1 s"):
+        asyncio.run(start_and_stop())
+    assert time.monotonic() - started < 10
+    (worker,) = channel.workers.values()
+    assert worker.process.returncode is not None  # the silent process was stopped, not left behind
