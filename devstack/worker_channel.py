@@ -56,6 +56,7 @@ class WorkerProcess:
     pending: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     killed_for: str | None = None  # why the host killed it (a timeout), so in-flight calls say so
+    closed: bool = False  # its stream has ended: nothing sent to it will be answered
 
 
 class _Servicer:
@@ -257,10 +258,13 @@ class WorkerChannel:
             self.ready.clear()
             failures = 0
             while not self.stopping:
+                worker = None
                 try:
                     worker = await self._spawn()
                     await self._initialise(worker)
-                except WorkerError as exc:
+                except (WorkerError, OSError) as exc:
+                    if worker is not None:
+                        await self._kill(worker, "start-up failed")
                     failures += 1
                     self.log(f"Failed to start a language worker process: {exc}")
                     if failures >= MAX_CONSECUTIVE_START_FAILURES:
@@ -322,6 +326,9 @@ class WorkerChannel:
         except Exception:  # noqa: S110 - the stream ends with the process; _watch reports it
             pass
         finally:
+            worker.closed = True
+            if worker is self.current:
+                self.ready.clear()  # new invocations wait for the replacement instead of a dead stream
             self._fail_pending(worker, worker.killed_for or "the worker closed its stream")
 
     def _rpc_log(self, log: Any) -> None:
@@ -388,6 +395,8 @@ class WorkerChannel:
             input_data=input_data,
             trigger_metadata=trigger_metadata,
         )
+        if worker.closed:  # it died after `ready` was awaited; nothing will answer
+            raise WorkerError(worker.killed_for or "the worker process exited")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         worker.pending[invocation_id] = future
         await self._send(worker, protos.StreamingMessage(request_id=invocation_id, invocation_request=request))
