@@ -387,7 +387,7 @@ class LocalHost:
         except IndexingError as exc:
             await self.channel.stop()
             raise FunctionLoadError(str(exc)) from exc
-        except WorkerError as exc:
+        except (WorkerError, OSError) as exc:
             await self.channel.stop()
             raise FunctionLoadError(f"the Python worker did not start: {exc}") from exc
         self.functions = [function_info(m, self.settings) for m in metadata]
