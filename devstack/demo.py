@@ -1,8 +1,11 @@
 """First runs of each capability, shown by ``make run`` and checked by ``make demo``.
 
 A capability registers one step with :func:`demo_step`; the step gets the environment devstack
-wrote (settings, URLs, host key) and returns a one-line summary, raising on failure. Later issues add
-their first run here: a sync, a webhook round trip, an expiry sweep.
+wrote (settings, URLs, host key) and returns a one-line summary, raising on failure.
+
+Every first run goes through the local host and its worker process, as a caller in Azure would: devstack
+seeds (an ERP export into Azurite) and watches (the emulators' counters, ``devstack.progress``), but never
+imports an engine of the app to run it in its own process.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 DemoStep = Callable[[dict[str, str]], str]
 STEPS: list[tuple[str, DemoStep]] = []
 STEP_TIMEOUT_S = 120
-WEBHOOK_DRAIN_MIN_S = 60
-WEBHOOK_DRAIN_RATE_PER_S = 20  # a floor far below what the local host processes, so only a real loss times out
+# The webhook step fails when its counters stand still this long (a delivery or an event was lost), not
+# after a rate floor: on 2 cores the round trip slows as Azurite fills (35 events/s at first, 15 at 10,000).
+WEBHOOK_STALL_S = 60
+WEBHOOK_MAX_S = 20 * 60
 WEBHOOK_POLL_S = 1.0
 
 # What the sync step wrote, for the webhook step after it: each account write fired one service-endpoint call.
@@ -107,75 +113,164 @@ def functions_host(env: dict[str, str]) -> str:
     return f"/api/health/live 200, /api/health/doctor 401 without key, 200 with it ({len(report['steps'])} steps ok)"
 
 
-def _advance(bar: Any, task: Any) -> Callable[[int], None]:
-    return lambda n: bar.advance(task, n)
+# A sync run through the host answers when the job is done (minutes for the default seed). The wait stays
+# below host.json's functionTimeout (10 min), after which the host would fail the invocation anyway.
+SYNC_RUN_TIMEOUT_S = 9 * 60
+SYNC_REPORT_POLL_S = 2.0
+ERP_EXPORT_BLOB = "erp-export.csv"
+
+
+def _blob_service(env: dict[str, str]) -> Any:
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"])
+
+
+def _csv_sources(names: tuple[str, ...]) -> dict[str, tuple[str, str, str]]:
+    """(container, prefix, Dataverse table) of each job, from the validated jobs file (the models only: the
+    engine runs in the host's worker, never in devstack's process)."""
+    from shared.sync.jobs import CsvSource, InboundJob
+    from shared.sync.worker import jobs
+
+    defined = jobs()
+    sources = {}
+    for name in names:
+        job = defined[name]
+        if not isinstance(job, InboundJob) or not isinstance(job.source, CsvSource):
+            raise RuntimeError(f"the sync job {name!r} is not an inbound blob CSV job")
+        sources[name] = (job.source.container, job.source.prefix, job.table)
+    return sources
+
+
+def _post_json(url: str, key: str, timeout_s: float) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=b"", method="POST", headers={"x-functions-key": key})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the local host
+            status, body = int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = int(exc.code), exc.read()
+    try:
+        answer = json.loads(body) if body else {}
+    except ValueError:
+        answer = {"error": body[:200].decode(errors="replace")}
+    return status, answer if isinstance(answer, dict) else {"answer": answer}
+
+
+def _stored_report(env: dict[str, str], name: str, seeded_at: str, other_than: str = "") -> dict[str, Any] | None:
+    """The newest stored report of a run of ``name`` that started after the seed landed (``GET /api/sync/runs``)."""
+    status, body = _get(
+        f"{env['FUNCTIONS_BASE_URL']}/api/sync/runs?limit=50", {"x-functions-key": env["FUNCTIONS_HOST_KEY"]}
+    )
+    runs = json.loads(body) if status == 200 else []
+    found = [r for r in runs if r.get("job") == name and r.get("run_id") != other_than]
+    found = [r for r in found if str(r.get("started_at", "")) >= seeded_at and r.get("status") != "skipped"]
+    return dict(found[0]) if found else None
+
+
+def _run_job(env: dict[str, str], name: str, seeded_at: str) -> dict[str, Any]:
+    """``POST /api/sync/<job>/run``: the job runs in the host's worker and the answer is its report.
+
+    The job's timer (every quarter hour) may fire just after the seed landed. Its run then holds the job (409)
+    and reads the seed: the stored report of that run (``GET /api/sync/runs``) is the one that counts. A run
+    that started before the seed landed is waited out, then the job is run again."""
+    url = f"{env['FUNCTIONS_BASE_URL']}/api/sync/{name}/run"
+    deadline = time.monotonic() + SYNC_RUN_TIMEOUT_S
+    while True:
+        status, report = _post_json(url, env["FUNCTIONS_HOST_KEY"], SYNC_RUN_TIMEOUT_S)
+        if status == 200 and not report.get("files") and report.get("files_skipped"):
+            # The seed was already processed: by a timer run between our seed and our call.
+            return _stored_report(env, name, seeded_at, other_than=str(report.get("run_id"))) or report
+        if status != 409:
+            break
+        stored = _stored_report(env, name, seeded_at)
+        if stored is not None:
+            return stored
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: another run held the job for {SYNC_RUN_TIMEOUT_S} s")
+        time.sleep(SYNC_REPORT_POLL_S)
+    if status != 200:
+        raise RuntimeError(f"POST /api/sync/{name}/run answered {status}: {report.get('error') or report}")
+    return report
+
+
+def _landing(stats: Any, table: str, progress: Any, task: Any) -> Callable[[], None]:
+    """A poll for one run's bar: records in ``table`` and 429s answered, counted from now on."""
+    from devstack.progress import throttles
+
+    before = stats.snapshot()
+    records_before, throttles_before = int(before.get("records_per_table", {}).get(table, 0)), throttles(before)
+
+    def poll() -> None:
+        now = stats.snapshot()
+        landed = int(now.get("records_per_table", {}).get(table, 0)) - records_before
+        progress.update(task, completed=max(0, landed), throttled=throttles(now) - throttles_before)
+
+    return poll
 
 
 @demo_step("scheduled sync")
 def scheduled_sync(env: dict[str, str]) -> str:
-    """Seed an ERP export into Azurite, run the accounts and contacts jobs once, check every count."""
+    """Seed an ERP export into Azurite, run the accounts and contacts jobs once through the host, check
+    every count. The bars count the records the Dataverse emulator holds; the table is the runs' reports."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from devstack.progress import DataverseStats, bar, in_thread, poll_until_done
     from devstack.seed import erp_export
-    from shared.dataverse.client import DataverseClient
-    from shared.identity.worker import token_provider
-    from shared.sync.engine import SyncContext, run_inbound
-    from shared.sync.jobs import CsvSource, InboundJob
-    from shared.sync.storage import SyncStorage
-    from shared.sync.worker import jobs
 
     accounts = int(env.get("DEVSTACK_SEED_ACCOUNTS", "10000"))
     seed, accounts_csv, contacts_csv = erp_export(
         accounts=accounts, contacts=3 * accounts, bad=max(4, accounts * 3 // 100)
     )
-    storage = SyncStorage(env["AzureWebJobsStorage"])
-    container = storage.blob_service().get_container_client("erp-import")
-    if not container.exists():
-        container.create_container()
-    defined = jobs()
-    uploads = {"accounts": accounts_csv, "contacts": contacts_csv}
-    for name, data in uploads.items():
-        job = defined[name]
-        assert isinstance(job, InboundJob)
-        assert isinstance(job.source, CsvSource)
-        container.upload_blob(f"{job.source.prefix}erp-export.csv", data, overwrite=True)
-    ctx = SyncContext(storage, DataverseClient(env["DATAVERSE_URL"], token_provider()))
-    _sync_results["started"] = datetime.now(UTC) - timedelta(seconds=1)  # blob times have 1 s resolution
-    console = Console()
-    reports = {}
-    with Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        for name, total in (("accounts", seed.accounts), ("contacts", seed.contacts)):
-            task = bar.add_task(name, total=total)
-            job = defined[name]
-            assert isinstance(job, InboundJob)
-            reports[name] = run_inbound(name, job, ctx, progress=_advance(bar, task))
-    table = Table(title="first sync run")
-    for column in ("job", "rows", "written", "dead-lettered", "unchanged", "seconds", "records/s", "429s"):
-        table.add_column(column, justify="right" if column != "job" else "left")
-    for name, r in reports.items():
-        table.add_row(
-            name,
-            str(r.rows_read),
-            str(r.written),
-            str(r.dead_lettered),
-            str(r.unchanged),
-            f"{r.duration_s:.1f}",
-            f"{r.records_per_s:.0f}",
-            str(r.throttles),
-        )
-    console.print(table)
     expected = {
         "accounts": (seed.valid_accounts, sum(seed.bad_accounts.values())),
         "contacts": (seed.valid_contacts, seed.orphan_contacts),
     }
-    _sync_results["accounts_written"] = reports["accounts"].written
+    uploads = {"accounts": accounts_csv, "contacts": contacts_csv}
+    sources = _csv_sources(tuple(uploads))
+    blobs = _blob_service(env)
+    stats = DataverseStats(env)
+    console = Console()
+    reports: dict[str, dict[str, Any]] = {}
+    _sync_results["started"] = datetime.now(UTC) - timedelta(seconds=1)  # blob times have 1 s resolution
+    with bar(console, extra="{task.fields[throttled]} × 429") as progress:
+        for name, data in uploads.items():
+            container_name, prefix, table = sources[name]
+            container = blobs.get_container_client(container_name)
+            if not container.exists():
+                container.create_container()
+            # Each file lands just before its own run: a contacts file waiting in Azurite while accounts
+            # run could be picked up by the contacts timer, ahead of the accounts its lookups need.
+            seeded_at = datetime.now(UTC).isoformat()
+            container.upload_blob(f"{prefix}{ERP_EXPORT_BLOB}", data, overwrite=True)
+            task = progress.add_task(name, total=expected[name][0], throttled=0)
+            update = _landing(stats, table, progress, task)
+            with in_thread(partial(_run_job, env, name, seeded_at)) as run:
+                poll_until_done(run, update)
+                reports[name] = run.result()
+            progress.update(task, completed=int(reports[name].get("written", 0)))
+    table_view = Table(title="first sync run")
+    for column in ("job", "rows", "written", "dead-lettered", "unchanged", "seconds", "records/s", "429s"):
+        table_view.add_column(column, justify="right" if column != "job" else "left")
+    for name, r in reports.items():
+        table_view.add_row(
+            name,
+            str(r.get("rows_read", 0)),
+            str(r.get("written", 0)),
+            str(r.get("dead_lettered", 0)),
+            str(r.get("unchanged", 0)),
+            f"{float(r.get('duration_s', 0)):.1f}",
+            f"{float(r.get('records_per_s', 0)):.0f}",
+            str(r.get("throttles", 0)),
+        )
+    Console(width=max(console.width, 100)).print(table_view)  # eight columns: no header cut short
+    _sync_results["accounts_written"] = int(reports["accounts"].get("written", 0))
     _sync_results["finished"] = time.monotonic()
     for name, (written, dead) in expected.items():
-        got = (reports[name].written, reports[name].dead_lettered)
+        r = reports[name]
+        if r.get("status") != "succeeded":
+            raise RuntimeError(f"{name}: the run ended {r.get('status')!r}: {r.get('error') or 'no error given'}")
+        got = (int(r.get("written", 0)), int(r.get("dead_lettered", 0)))
         if got != (written, dead):
             raise RuntimeError(f"{name}: wrote {got[0]} and dead-lettered {got[1]}, expected {written} and {dead}")
     return (
@@ -188,27 +283,20 @@ def scheduled_sync(env: dict[str, str]) -> str:
 def webhook_round_trip(env: dict[str, str]) -> str:
     """The sync's account writes fired the emulator's service endpoint at the host's receiver; wait until the
     queue processor has turned every one into its blob, and count each stage."""
-    import ssl
-
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.queue import QueueClient
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from shared.sync.storage import SyncStorage
+    from devstack.progress import DataverseStats, bar, counter
 
     written = _sync_results.get("accounts_written")
     if written is None:
         raise RuntimeError("the scheduled sync step did not run, so no webhook was fired")
     started: datetime = _sync_results["started"]
-    storage = SyncStorage(env["AzureWebJobsStorage"])
     queue = QueueClient.from_connection_string(env["AzureWebJobsStorage"], "webhook-events")
-    context = ssl.create_default_context(cafile=env["DEVSTACK_CA_CERT"])
+    stats = DataverseStats(env)
 
     def acknowledged() -> int:
-        stats_url = f"{env['DEVSTACK_DATAVERSE_URL']}/_devstack/stats"
-        with urllib.request.urlopen(stats_url, timeout=STEP_TIMEOUT_S, context=context) as response:  # noqa: S310
-            return int(json.loads(response.read())["counters"].get("webhook deliveries 202", 0))
+        return counter(stats.snapshot(), "webhook deliveries 202")
 
     def pending() -> int:
         try:  # a message is counted until the processor deletes it, after its effect
@@ -217,20 +305,24 @@ def webhook_round_trip(env: dict[str, str]) -> str:
             return 0
 
     # Cheap probes while waiting (two counters); the effects are listed once at the end. Listing ~10,000
-    # blobs every second would cost the single devstack process more than the processing it waits for.
-    deadline = time.monotonic() + max(WEBHOOK_DRAIN_MIN_S, written / WEBHOOK_DRAIN_RATE_PER_S)
-    with Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console()
-    ) as bar:
-        task = bar.add_task("webhooks", total=written)
+    # blobs every second would cost more than the processing it waits for.
+    begun = time.monotonic()
+    with bar() as progress:
+        task = progress.add_task("webhooks", total=written)
         acked, waiting = acknowledged(), pending()
-        while (acked < written or waiting) and time.monotonic() < deadline:
-            bar.update(task, completed=max(0, acked - waiting))
+        seen, moved = (acked, waiting), begun
+        while acked < written or waiting:
+            now = time.monotonic()
+            if (acked, waiting) != seen:
+                seen, moved = (acked, waiting), now
+            elif now - moved > WEBHOOK_STALL_S or now - begun > WEBHOOK_MAX_S:
+                break
+            progress.update(task, completed=max(0, acked - waiting))
             time.sleep(WEBHOOK_POLL_S)
             acked, waiting = acknowledged(), pending()
-        bar.update(task, completed=max(0, acked - waiting))
+        progress.update(task, completed=max(0, acked - waiting))
     after_sync_s = time.monotonic() - _sync_results["finished"]
-    container = storage.blob_service().get_container_client("webhook-events")
+    container = _blob_service(env).get_container_client("webhook-events")
     blobs = container.list_blobs(name_starts_with="dataverse/account/") if container.exists() else []
     count = sum(1 for blob in blobs if blob.last_modified >= started)
     if count != written:
