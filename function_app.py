@@ -8,11 +8,12 @@ import azure.functions as func
 
 from shared.expiry.functions import bp as expiry_bp
 from shared.health.functions import bp as health_bp
-from shared.logging import install_redaction
+from shared.logging import install_redaction, quiet_sdk_request_logging
 from shared.sync.functions import bp as sync_bp
 from shared.webhooks.functions import bp as webhooks_bp
 
 install_redaction()
+quiet_sdk_request_logging()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_bp)

@@ -25,7 +25,7 @@ from devstack.worker_channel import WorkerChannel
 from tests.devstack_process import ROOT
 
 TARGET_RATIO = 1.3
-BARE_APP = '''import azure.functions as func
+BARE_APP = """import azure.functions as func
 
 app = func.FunctionApp()
 
@@ -33,7 +33,7 @@ app = func.FunctionApp()
 @app.route(route="ping")
 def ping(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse("pong")
-'''
+"""
 
 
 async def sample(app_dir: Path) -> tuple[float, int]:

@@ -73,6 +73,8 @@ class RpcLogHandler(logging.Handler):
 
     def __init__(self, send: Any, protos: Any, invocation_id: Any) -> None:
         super().__init__(logging.DEBUG)
+        debug = os.environ.get("PYTHON_ENABLE_DEBUG_LOGGING") == "1"
+        self.system_level = logging.DEBUG if debug else logging.WARNING
         self._send = send
         self._protos = protos
         self._invocation_id = invocation_id
@@ -87,8 +89,10 @@ class RpcLogHandler(logging.Handler):
                     message=f"{type(error).__name__}: {error}",
                     stack_trace="".join(traceback.format_exception(*record.exc_info)),
                 )
-            level = max((v for k, v in LOG_LEVELS.items() if record.levelno >= k), default=0)
             system = record.name.startswith(SYSTEM_LOGGERS)
+            if system and record.levelno < self.system_level:
+                return  # the host keeps the runtime's own records only from Warning up
+            level = max((v for k, v in LOG_LEVELS.items() if record.levelno >= k), default=0)
             log = protos.RpcLog(
                 invocation_id=self._invocation_id.get() or "",
                 category=record.name,

@@ -77,6 +77,16 @@ def install_redaction() -> None:
     _installed = True
 
 
+# The Azure SDKs log every request and response (method, URL, headers) at INFO. In a Functions worker each
+# line becomes an RpcLog and then a trace: several per storage call, per event, for nothing our own events
+# do not already say. Warnings and errors still pass.
+SDK_REQUEST_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+
+
+def quiet_sdk_request_logging() -> None:
+    logging.getLogger(SDK_REQUEST_LOGGER).setLevel(logging.WARNING)
+
+
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the record's ``event`` fields."""
 

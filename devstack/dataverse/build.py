@@ -12,7 +12,7 @@ from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import load_tables
 from devstack.dataverse.server import ApplicationUser, DataverseContext
 from devstack.dataverse.store import Store
-from devstack.dataverse.webhooks import OrgInfo, Registration, WebhookDispatcher
+from devstack.dataverse.webhooks import DEFAULT_DELIVERY_CONCURRENCY, OrgInfo, Registration, WebhookDispatcher
 from devstack.tokens import TokenIssuer
 from devstack.world import World
 
@@ -69,5 +69,6 @@ def build_dataverse(
         OrgInfo(urlsplit(org_url).netloc, organization_id, business_unit_id),
         context.stats,
         timeout_s=float(section.get("webhook_timeout_s", 60)),
+        concurrency=int(section.get("webhook_concurrency", DEFAULT_DELIVERY_CONCURRENCY)),
     )
     return context

@@ -25,6 +25,9 @@ from devstack.stats import Stats
 CONTRACTS = "http://schemas.microsoft.com/xrm/2011/Contracts"
 MAX_PAYLOAD_BYTES = 256 * 1024
 RETRY_STATUSES = {502, 503, 504}
+# Deliveries in flight at once. Dataverse's asynchronous service does not publish its parallelism
+# (UNCONFIRMED): the scenario's `dataverse.webhook_concurrency` sets it.
+DEFAULT_DELIVERY_CONCURRENCY = 16
 STRIPPED_WHEN_TOO_LARGE = ("ParentContext", "InputParameters", "PreEntityImages", "PostEntityImages")
 
 
@@ -183,8 +186,17 @@ def remote_execution_context(
 
 class WebhookDispatcher:
     def __init__(
-        self, registrations: list[Registration], org: OrgInfo, stats: Stats, *, timeout_s: float = 60.0
+        self,
+        registrations: list[Registration],
+        org: OrgInfo,
+        stats: Stats,
+        *,
+        timeout_s: float = 60.0,
+        concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
     ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="webhook-delivery")
         self.registrations = registrations
         self.org = org
         self.stats = stats
@@ -225,7 +237,7 @@ class WebhookDispatcher:
             headers.update(reg.auth_value)
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
-            status = await loop.run_in_executor(None, self._post, url, headers, payload.encode())
+            status = await loop.run_in_executor(self._pool, self._post, url, headers, payload.encode())
             self.stats.bump(f"webhook deliveries {status}")
             if status not in RETRY_STATUSES or attempt == 2:
                 return

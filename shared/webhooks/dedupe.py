@@ -59,6 +59,16 @@ def _row_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:40]  # fixed length, no characters Table keys forbid
 
 
+PARTITION_SPREAD_HEX_CHARS = 2  # 256 partitions per scope
+
+
+def partition_key(scope: str, row_key: str) -> str:
+    """A scope's claims spread over partitions by the row key's leading hex digits: one partition holding
+    every claim of a busy source would cap its throughput (Table storage serves a partition from one
+    server) and makes each point operation costlier as it grows."""
+    return f"{scope}-{row_key[:PARTITION_SPREAD_HEX_CHARS]}"
+
+
 @dataclass(frozen=True)
 class Claim:
     """A claim this caller won. Its ETag lets the caller settle or give it up only while nobody has taken
@@ -123,7 +133,7 @@ class Dedupe:
         for _ in range(CONTENTION_ATTEMPTS):
             now = self._clock()
             entity = {
-                "PartitionKey": scope,
+                "PartitionKey": partition_key(scope, row),
                 "RowKey": row,
                 "State": state,
                 "ClaimedAt": now,
@@ -135,7 +145,7 @@ class Dedupe:
             except ResourceExistsError:
                 pass
             try:
-                current = self._table.get_entity(scope, row)
+                current = self._table.get_entity(partition_key(scope, row), row)
             except ResourceNotFoundError:
                 continue  # given up between our insert and our read: insert again
             if not _stale(current, now):
@@ -173,7 +183,7 @@ class Dedupe:
 
         now = self._clock()
         entity = {
-            "PartitionKey": claim.scope,
+            "PartitionKey": partition_key(claim.scope, claim.row_key),
             "RowKey": claim.row_key,
             "State": state,
             "ClaimedAt": claim.claimed_at,
@@ -197,7 +207,10 @@ class Dedupe:
 
         try:
             self._table.delete_entity(
-                claim.scope, claim.row_key, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+                partition_key(claim.scope, claim.row_key),
+                claim.row_key,
+                etag=claim.etag,
+                match_condition=MatchConditions.IfNotModified,
             )
         except ResourceModifiedError:
             return False

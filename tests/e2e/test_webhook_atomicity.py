@@ -21,7 +21,14 @@ from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.identity.worker import token_provider
 from shared.sync.storage import SyncStorage
 from shared.webhooks.context import parse_remote_execution_context
-from shared.webhooks.dedupe import DEDUPE_TABLE, _row_key, nonce_scope, processed_scope, received_scope
+from shared.webhooks.dedupe import (
+    DEDUPE_TABLE,
+    _row_key,
+    nonce_scope,
+    partition_key,
+    processed_scope,
+    received_scope,
+)
 from tests.devstack_process import DevstackProcess
 from tests.e2e.test_webhooks_receivers import dataverse_url, key_header, post_signed, signed_headers
 from tests.unit.test_webhook_atomicity import all_at_once
@@ -67,7 +74,7 @@ def dataverse_writes(stack: DevstackProcess, entity_set: str) -> int:
 
 def claim_state(stack: DevstackProcess, scope: str, key: str) -> str:
     table = SyncStorage(stack.env["AzureWebJobsStorage"]).table(DEDUPE_TABLE)
-    return str(table.get_entity(scope, _row_key(key))["State"])
+    return str(table.get_entity(partition_key(scope, _row_key(key)), _row_key(key))["State"])
 
 
 def client_for(stack: DevstackProcess) -> DataverseClient:

@@ -53,3 +53,14 @@ def test_structured_event_renders_as_one_json_line() -> None:
     line = JsonLineFormatter().format(record)
     assert '"event": "secret_read"' in line
     assert '"version": "abc"' in line
+
+
+def test_sdk_request_lines_are_dropped_but_sdk_warnings_pass(caplog: pytest.LogCaptureFixture) -> None:
+    from shared.logging import SDK_REQUEST_LOGGER, quiet_sdk_request_logging
+
+    quiet_sdk_request_logging()
+    sdk = logging.getLogger(SDK_REQUEST_LOGGER)
+    with caplog.at_level(logging.DEBUG):
+        sdk.info("Request URL: 'https://st.blob.core.windows.net/x'")
+        sdk.warning("the SDK retries")
+    assert [r.getMessage() for r in caplog.records if r.name == SDK_REQUEST_LOGGER] == ["the SDK retries"]

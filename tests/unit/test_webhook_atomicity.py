@@ -201,11 +201,21 @@ def test_an_expired_mark_is_claimed_again_and_a_settled_one_is_not(monkeypatch: 
     assert isinstance(claims(table, clock).claim("nonce-erp", "k", state="pending", lease_s=LEASE_S), Claim)
 
 
+def test_claims_of_one_scope_spread_over_partitions() -> None:
+    table, clock = FakeTable(), Clock()
+    for n in range(64):
+        assert isinstance(claims(table, clock).claim("received-dataverse", f"k{n}", state="pending", lease_s=1), Claim)
+    partitions = {pk for pk, _ in table.rows}
+    assert len(partitions) > 16
+    assert all(pk.startswith("received-dataverse-") and len(pk) == len("received-dataverse-") + 2 for pk in partitions)
+
+
 def test_marks_written_before_claims_existed_count_as_settled() -> None:
     table, clock = FakeTable(), Clock()
     row_key = dedupe_module._row_key("old")
-    table.rows[("processed-erp", row_key)] = ({"PartitionKey": "processed-erp", "RowKey": row_key,
-                                               "Expires": clock.now + 60}, "etag-0")  # fmt: skip
+    partition = dedupe_module.partition_key("processed-erp", row_key)
+    table.rows[(partition, row_key)] = ({"PartitionKey": partition, "RowKey": row_key,
+                                         "Expires": clock.now + 60}, "etag-0")  # fmt: skip
     assert claims(table, clock).claim("processed-erp", "old", state="processing", lease_s=LEASE_S) == Held(
         "settled", in_progress=False
     )
