@@ -31,6 +31,7 @@ class HostProcess:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("host ready"):
+            self.kill()  # nothing else would stop it (or the worker it may have started)
             raise RuntimeError(f"the host did not start: {line!r}")
         _, _, self.url, self.key = line.split()
         self.lines: list[str] = []  # the invocation log ("Executed 'Functions.x' (Succeeded, ...)")
