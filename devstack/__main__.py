@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed-accounts", type=int, default=10_000, help="size of the ERP seed (contacts: 3x; bad rows: 3 %%)"
     )
-    parser.add_argument("--once", action="store_true", help="with run: stop after the doctor")
+    parser.add_argument("--once", action="store_true", help="with run: stop after the first runs")
     parser.add_argument(
         "--host-log", help="the host's invocation log (default: <dir>/host.log with run and demo; stdout with up)"
     )
