@@ -43,6 +43,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devstack.rpc import function_rpc_pb2 as protos
 from devstack.worker_channel import WorkerChannel, WorkerError, raw_bindings
@@ -64,6 +65,8 @@ PLACEHOLDER = re.compile(r"%([^%]+)%")
 HOST_OVERRIDE_PREFIX = "AzureFunctionsJobHost__"
 LOCAL_SETTINGS = "local.settings.json"
 LOCAL_SETTINGS_EXAMPLE = "local.settings.json.example"
+API_PREFIX = "/api/"
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 PROGRAMMATIC = "This function was programmatically called via the host APIs."
 
 
@@ -317,7 +320,7 @@ def _compile_route(template: str) -> tuple[re.Pattern[str], list[str]]:
                 pattern += group + ("?" if optional else "")
         else:
             pattern += re.escape(part)
-    return re.compile(f"^{pattern}/?$", re.I), names
+    return re.compile(f"^{pattern}/?\\Z", re.I), names  # \Z: `$` would also match before a final newline
 
 
 def _key_matches(supplied: str, allowed: list[str]) -> bool:
@@ -491,8 +494,8 @@ class LocalHost:
                 allowed.append(self.keys.functions[info.name])
         return _key_matches(supplied, allowed)
 
-    async def http(self, request: Request) -> Response:
-        path = request.path_params["path"]
+    async def http(self, request: Request, path: str) -> Response:
+        """``path``: everything after ``/api/``, decoded, exactly as the client sent it."""
         for info, pattern, _ in self.routes:
             match = pattern.match(path)
             if match is None:
@@ -579,7 +582,7 @@ class LocalHost:
                 return Response(status_code=500)  # Event Grid retries
         return Response(status_code=202)
 
-    def asgi(self) -> Starlette:
+    def asgi(self) -> ASGIApp:
         async def functions(_: Request) -> Response:
             return JSONResponse([f.describe() for f in self.functions])
 
@@ -593,9 +596,8 @@ class LocalHost:
                 }
             )
 
-        return Starlette(
+        app = Starlette(
             routes=[
-                Route("/api/{path:path}", self.http, methods=ADMIN_METHODS),
                 Route("/admin/functions/{name}", self.admin_run, methods=["POST"]),
                 Route("/admin", self.admin_other, methods=ADMIN_METHODS),
                 Route("/admin/{path:path}", self.admin_other, methods=ADMIN_METHODS),
@@ -604,6 +606,24 @@ class LocalHost:
                 Route("/_devstack/worker", worker, methods=["GET"]),
             ]
         )
+
+        async def front(scope: Scope, receive: Receive, send: Send) -> None:
+            """``/api/`` is matched here against the functions' own routes, on the whole decoded path:
+            Starlette's path patterns stop at a newline, and their ``$`` matches before a final one (so
+            ``/admin/functions/nightly%0A`` would run ``nightly``). Any other path with a control
+            character names nothing: 404."""
+            if scope["type"] == "http":
+                path: str = scope["path"]
+                if path.startswith(API_PREFIX):
+                    response = await self.http(Request(scope, receive), path[len(API_PREFIX) :])
+                    await response(scope, receive, send)
+                    return
+                if CONTROL_CHARACTER.search(path):
+                    await Response(status_code=404)(scope, receive, send)
+                    return
+            await app(scope, receive, send)
+
+        return front
 
     # -- timers and queues ---------------------------------------------------------------------------
     async def start(self) -> None:

@@ -180,3 +180,13 @@ def test_function_timeout_is_enforced(stack) -> None:
         "Executed 'Functions.get_item' (Succeeded" in stack.stdout_text()
         or "Executed 'Functions.get_item' (Succeeded" in log
     )
+
+
+def test_a_trailing_newline_names_no_function_and_no_route_value(stack) -> None:
+    """Found by tests/fuzz/test_host_requests.py: a pattern's `$` also matches before a final newline, so
+    `items/7%0A` reached get_item with id 7 and `/admin/functions/nightly%0A` would have run nightly."""
+    master = {"x-functions-key": keys(stack)["masterKey"]}
+    assert requests.get(url(stack, "/api/items/7%0A"), headers=master, timeout=10).status_code == 404
+    assert (
+        requests.post(url(stack, "/admin/functions/nightly%0A"), json={}, headers=master, timeout=10).status_code == 404
+    )

@@ -92,3 +92,15 @@ def whereami(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="crash", methods=["POST"])
 def crash(req: func.HttpRequest) -> func.HttpResponse:
     os._exit(CRASH_EXIT_CODE)
+
+
+@app.route(route="echo/{segment}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def echo(req: func.HttpRequest) -> func.HttpResponse:
+    """What the runtime handed the function, so a test can compare it with what the client sent."""
+    body = {
+        "segment": req.route_params.get("segment"),
+        "params": dict(req.params),
+        "header": req.headers.get("x-echo"),
+        "body": req.get_body().hex(),
+    }
+    return func.HttpResponse(json.dumps(body), mimetype="application/json")
