@@ -762,9 +762,7 @@ def _typed_bytes(data: Any) -> bytes:
         return bytes(data.bytes)
     if kind == "stream":
         return bytes(data.stream)
-    if kind in ("string", "json"):
-        return str(getattr(data, kind)).encode()
-    if kind in ("int", "double"):
+    if kind in ("string", "json", "int", "double"):
         return str(getattr(data, kind)).encode()
     return b""
 

@@ -111,7 +111,6 @@ class WorkerChannel:
         self._port = 0
         self._monitor: asyncio.Task[None] | None = None
         self._restart_lock = asyncio.Lock()
-        self.on_restart: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def _serve(self) -> None:
@@ -138,10 +137,14 @@ class WorkerChannel:
         except BaseException:
             await self._kill(worker, "start-up failed")
             raise
+        self._adopt(worker)
+        return self.metadata
+
+    def _adopt(self, worker: WorkerProcess) -> None:
+        """An initialised worker becomes the one invocations go to, watched for its exit."""
         self.current = worker
         self.ready.set()
         self._monitor = asyncio.create_task(self._watch(worker))
-        return self.metadata
 
     async def _spawn(self) -> WorkerProcess:
         worker_id = str(uuid.uuid4())
@@ -272,12 +275,8 @@ class WorkerChannel:
                         return
                     await asyncio.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S)) - 1])
                     continue
-                self.current = worker
                 self.restarts += 1
-                self.ready.set()
-                self._monitor = asyncio.create_task(self._watch(worker))
-                if self.on_restart:
-                    self.on_restart()
+                self._adopt(worker)
                 return
 
     async def kill_current(self, reason: str) -> None:

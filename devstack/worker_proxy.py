@@ -110,8 +110,11 @@ class Dispatcher:
     """One gRPC stream to the host; each request handled in its own task, answered on the same stream."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        import azure_functions_runtime
+
         from devstack.rpc import function_rpc_pb2 as protos
 
+        self.runtime = azure_functions_runtime  # the app's pinned runtime, from the app's environment
         self.args = args
         self.protos = protos
         self.loop = asyncio.get_running_loop()
@@ -155,8 +158,7 @@ class Dispatcher:
         return 0
 
     async def handle(self, message: Any) -> None:
-        import azure_functions_runtime as runtime
-
+        runtime = self.runtime
         kind = message.WhichOneof("content")
         request = RuntimeRequest(message, {"protos": self.protos, "host": self.args.host})
         protos = self.protos
@@ -204,11 +206,9 @@ class Dispatcher:
 async def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     dispatcher = Dispatcher(args)
-    import azure_functions_runtime as runtime
-
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if os.environ.get("PYTHON_ENABLE_DEBUG_LOGGING") == "1" else logging.INFO)
-    root.addHandler(RpcLogHandler(dispatcher.send, dispatcher.protos, runtime.invocation_id_cv))
+    root.addHandler(RpcLogHandler(dispatcher.send, dispatcher.protos, dispatcher.runtime.invocation_id_cv))
     return await dispatcher.run()
 
 
