@@ -58,6 +58,16 @@ def table_key(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class QueuedMessage:
+    """What the queue answered to a send: enough to withdraw that very message while nobody has received
+    it (a receive changes the pop receipt, and then the withdrawal fails harmlessly)."""
+
+    queue: str
+    message_id: str
+    pop_receipt: str
+
+
+@dataclass(frozen=True)
 class SourceRow:
     blob: str
     etag: str
@@ -272,12 +282,27 @@ class SyncStorage:
             self._queues[name] = client
         return client
 
-    def enqueue(self, queue: str, message: dict[str, Any]) -> None:
-        self.enqueue_text(queue, json.dumps(message))
+    def enqueue(self, queue: str, message: dict[str, Any]) -> QueuedMessage:
+        return self.enqueue_text(queue, json.dumps(message))
 
-    def enqueue_text(self, queue: str, text: str) -> None:
+    def enqueue_text(self, queue: str, text: str) -> QueuedMessage:
         """Send text already serialised (callers that checked :func:`queue_message_fits` keep one dump)."""
-        self._queue(queue).send_message(text)
+        sent = self._queue(queue).send_message(text)
+        return QueuedMessage(queue, str(sent.id), str(sent.pop_receipt))
+
+    def withdraw(self, queued: QueuedMessage) -> bool:
+        """Delete a message this caller sent, unless it was received meanwhile; True when it was deleted."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            self._queue(queued.queue).delete_message(queued.message_id, queued.pop_receipt)
+        except ResourceNotFoundError:  # MessageNotFound: already gone
+            return False
+        except HttpResponseError as exc:
+            if getattr(exc, "error_code", None) == "PopReceiptMismatch":  # received meanwhile: its receiver has it now
+                return False
+            raise
+        return True
 
     def move_messages(self, source: str, target: str) -> int:
         """Move every message from one queue to another (replaying a poison queue); returns the count.

@@ -6,16 +6,20 @@ holder stopped renewing it (:class:`LeaseKeeper`), an ETag-conditional replace (
 loser gets a 412). A check followed by a separate write would let every copy that reads before the first
 write see "not seen".
 
-A claim row moves ``<in progress>`` (with a lease) -> ``<settled>`` (no lease), both with ``Expires``:
+Two kinds of row, both with ``Expires``:
 
-* the receiver claims ``pending``, enqueues, then settles ``accepted``; it gives up (deletes) its claim
-  when the enqueue fails, so the sender's retry can win;
-* the processor claims ``processing``, runs the handlers, then settles ``done``; it gives up its claim
-  when a handler fails, so the queue's retry can win.
+* a **record** is written settled: the receiver enqueues first, then records the delivery ``accepted``
+  (:meth:`Dedupe.record`). The copy whose insert wins answers 202; a copy that finds the record knows that
+  its winner's message is already on the queue, so it withdraws its own message and answers as a replay at
+  once, with no waiting;
+* a **claim** moves ``<in progress>`` (with a lease) -> ``<settled>`` (no lease): the processor claims
+  ``processing``, runs the handlers, then settles ``done``; it gives up its claim when a handler fails, so
+  the queue's retry can win.
 
-Nothing is lost: a claim is settled only *after* the work it stands for, and a holder that crashed in
-between leaves an in-progress claim that any copy takes over once its lease has run out. What a crash can
-cost is a repetition of idempotent work, never the event.
+Nothing is lost: a record is written only after its message is on the queue, and a claim is settled only
+*after* the work it stands for; a holder that crashed in between leaves an in-progress claim that any copy
+takes over once its lease has run out. What a crash can cost is a second message or a repetition of
+idempotent work, never the event.
 """
 
 from __future__ import annotations
@@ -125,7 +129,13 @@ class Dedupe:
             self._sleep(min(delay, remaining))
             delay = min(delay * 2, POLL_MAX_S)
 
-    def _try_claim(self, scope: str, row: str, state: str, lease_s: float) -> Claim | Held:
+    def record(self, scope: str, key: str, *, state: str) -> Claim | Held:
+        """Write ``key`` in ``scope`` as settled in ``state`` if no copy has (an absent or expired row is
+        won), else say what is there. Never waits: a settled row is final, and an in-progress row (a claim
+        of the same scope, taken by a caller of :meth:`claim`) is returned as it is."""
+        return self._try_claim(scope, _row_key(key), state, None)
+
+    def _try_claim(self, scope: str, row: str, state: str, lease_s: float | None) -> Claim | Held:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
@@ -137,7 +147,7 @@ class Dedupe:
                 "RowKey": row,
                 "State": state,
                 "ClaimedAt": now,
-                "LeaseUntil": now + lease_s,
+                "LeaseUntil": 0.0 if lease_s is None else now + lease_s,  # 0: settled, no lease
                 "Expires": now + DEDUPE_TTL_S,
             }
             try:

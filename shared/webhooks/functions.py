@@ -1,9 +1,9 @@
-"""The webhook blueprint: receive, authenticate, validate, claim, enqueue, 202; process from the queue.
+"""The webhook blueprint: receive, authenticate, validate, enqueue, record, 202; process from the queue.
 
 Receivers never answer 500: bad input is 400/401/413 with the reason; an internal failure (storage down)
 is 503, which Dataverse and well-behaved senders retry. Of simultaneous copies of one delivery exactly
-one is enqueued (shared.webhooks.dedupe): the others are answered as replays, or 503 while the winner's
-outcome is still open. A message too large for the queue travels as a claim-check blob
+one is accepted (shared.webhooks.dedupe): the others withdraw their messages and are answered as
+replays. A message too large for the queue travels as a claim-check blob
 (shared.webhooks.processor.enqueue_event).
 """
 
@@ -24,19 +24,14 @@ from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
 if TYPE_CHECKING:
-    from shared.webhooks.dedupe import Claim, Dedupe
+    from shared.webhooks.dedupe import Dedupe
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
-PENDING, ACCEPTED = "pending", "accepted"  # the receiver's claim states
-# Claim -> enqueue -> settle takes a few storage calls; a holder that has not settled within the lease is
-# taken for crashed and its claim taken over. A holder still alive then has only lost exclusivity: its
-# taker enqueues a second copy, which the processor's claim reduces to one effect.
-CLAIM_LEASE_S = 30
-# A copy that finds another copy's claim pending waits this long for its outcome (holding a worker thread)
-# before answering 503: long enough for a holder's storage calls, short next to senders' timeouts.
-REPLAY_WAIT_S = 5.0
+ACCEPTED = "accepted"  # the receiver's record of a delivery on the queue
+# A copy that finds a claim still in progress (left by a receiver that claimed before enqueueing, as
+# earlier versions did) answers 503 with this Retry-After: by then that holder has settled or given up.
 RETRY_AFTER_S = 5  # the Retry-After of that 503
 check_routes_at_start_up()  # a broken routes file stops the app, naming file and field
 
@@ -60,52 +55,39 @@ def _dedupe() -> Dedupe:
 
 
 def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse | None:
-    """Claim ``key`` in ``scope`` (one conditional write decides which copy of a delivery wins), enqueue,
-    settle the claim as accepted: 202. None when another copy was accepted (the caller answers the replay).
+    """Enqueue, then record the delivery as accepted (one conditional insert decides which copy of a
+    delivery wins): 202. None when another copy was accepted first (the caller answers the replay).
 
-    The claim is written *before* the enqueue, so that two copies can never both enqueue; it is settled
-    only *after* it, so that a copy arriving meanwhile waits for the outcome instead of being answered as a
-    replay of something that may yet fail. A failed enqueue gives the claim up (503, the sender's retry can
-    win); a holder that crashed before settling leaves a claim that a retry takes over after its lease."""
+    The message goes first, so that a record always stands for a message on the queue: a copy that finds
+    the record answers as a replay at once (and withdraws its own message), with nothing to wait for. A
+    failed enqueue answers 503 with nothing written, so the sender's retry starts afresh. When the record
+    cannot be written, the message stays and the answer is 202: the event is on the queue, and a second copy
+    of it, should the sender retry anyway, is reduced to one effect by the processor's claim."""
     from shared.sync.worker import storage
     from shared.webhooks.dedupe import Claim
-    from shared.webhooks.processor import enqueue_event
+    from shared.webhooks.processor import enqueue_event, withdraw_event
 
-    dedupe = _dedupe()
-    claim = dedupe.claim(scope, key, state=PENDING, lease_s=CLAIM_LEASE_S, wait_s=REPLAY_WAIT_S)
-    if not isinstance(claim, Claim):
-        if claim.in_progress:
-            log_event(logger, "webhook_claim_busy", logging.WARNING, scope=scope)
-            return _answer(
-                503,
-                {"error": "an identical delivery is being accepted right now; retry"},
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
-        return None
     store = storage()
+    source = str(message["source"])
+    enqueued = enqueue_event(store, {**message, "key": key, "received_at": time.time()})
+    if enqueued.blob:
+        log_event(logger, "webhook_claim_checked", source=source)
     try:
-        blob = enqueue_event(store, {**message, "key": key, "received_at": time.time()})
-    except Exception:
-        _give_up(dedupe, claim, str(message["source"]))
-        raise
-    try:
-        dedupe.settle(claim, ACCEPTED)
-    except Exception as exc:  # queued is what counts: a copy arriving later takes the claim over after its
-        # lease and enqueues once more, which the processor's own claim reduces to one effect
-        log_event(logger, "webhook_settle_failed", logging.WARNING, scope=scope, error=type(exc).__name__)
-    if blob:
-        log_event(logger, "webhook_claim_checked", source=str(message["source"]))
-    return _answer(202, {"accepted": True})
-
-
-def _give_up(dedupe: Dedupe, claim: Claim, source: str) -> None:
-    """After a failed enqueue: delete the claim so that the sender's retry can win (enqueue_event removed
-    its own claim-check blob). Best effort: the answer is a 503 either way, and a claim left behind is
-    taken over after its lease."""
-    try:
-        dedupe.release(claim)
+        outcome = _dedupe().record(scope, key, state=ACCEPTED)
     except Exception as exc:
-        log_event(logger, "webhook_claim_release_failed", logging.WARNING, source=source, error=type(exc).__name__)
+        log_event(logger, "webhook_record_failed", logging.WARNING, scope=scope, error=type(exc).__name__)
+        return _answer(202, {"accepted": True})
+    if isinstance(outcome, Claim):
+        return _answer(202, {"accepted": True})
+    withdraw_event(store, enqueued)
+    if outcome.in_progress:
+        log_event(logger, "webhook_claim_busy", logging.WARNING, scope=scope)
+        return _answer(
+            503,
+            {"error": "an identical delivery is being accepted right now; retry"},
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return None
 
 
 def _accept_dataverse(key: str, message: dict[str, Any]) -> func.HttpResponse:

@@ -21,6 +21,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from shared.dataverse.addressing import KeyValueRefused, guid, table_definition_path
@@ -29,7 +30,7 @@ from shared.logging import log_event
 from shared.sync.engine import SyncContext
 from shared.sync.jobs import InboundJob
 from shared.sync.mapping import Mapper, Rejection
-from shared.sync.storage import SyncStorage, queue_message_fits
+from shared.sync.storage import QueuedMessage, SyncStorage, queue_message_fits
 from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, LeaseKeeper, processed_scope
 from shared.webhooks.routes import BlobHandler, HttpForwardHandler, RoutesFile, UpsertHandler
 
@@ -79,22 +80,43 @@ def _claim_blob(message: dict[str, Any], source: str, key: str) -> str | None:
     return name
 
 
-def enqueue_event(storage: SyncStorage, message: dict[str, Any]) -> str | None:
+@dataclass(frozen=True)
+class Enqueued:
+    """An event this copy put on the queue: its message, and its claim-check blob when it needed one."""
+
+    message: QueuedMessage
+    blob: str | None
+
+
+def enqueue_event(storage: SyncStorage, message: dict[str, Any]) -> Enqueued:
     """Put an event message on the queue; one too large for a queue message goes to a blob and the queue
-    carries a reference to it. Returns the blob's name when one was written; a failed enqueue removes it."""
+    carries a reference to it. A failed enqueue removes that blob."""
     text = json.dumps(message)
     if queue_message_fits(text):
-        storage.enqueue_text(EVENT_QUEUE, text)
-        return None
+        return Enqueued(storage.enqueue_text(EVENT_QUEUE, text), None)
     source, key = str(message["source"]), str(message["key"])
     name = claim_blob_name(source, key)
     storage.put_blob(CLAIM_CONTAINER, name, text.encode())
     try:
-        storage.enqueue(EVENT_QUEUE, {"claim": name, "source": source, "key": key})
+        sent = storage.enqueue(EVENT_QUEUE, {"claim": name, "source": source, "key": key})
     except BaseException:
         _drop_claim_blob(storage, name)  # this copy's own blob: nothing else references it
         raise
-    return name
+    return Enqueued(sent, name)
+
+
+def withdraw_event(storage: SyncStorage, enqueued: Enqueued) -> bool:
+    """Take back a copy's message (another copy of the event is on the queue already), best effort: a
+    message that stays, because it was received meanwhile or storage failed, is reduced to no effect by the
+    processor's claim. True when the message was deleted (and with it the copy's claim-check blob)."""
+    try:
+        withdrawn = storage.withdraw(enqueued.message)
+    except Exception as exc:
+        log_event(logger, "webhook_withdraw_failed", logging.WARNING, error=type(exc).__name__)
+        return False
+    if withdrawn and enqueued.blob:
+        _drop_claim_blob(storage, enqueued.blob)  # nothing references it any more
+    return withdrawn
 
 
 def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> list[str]:

@@ -21,7 +21,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableEntity, UpdateMode
 
-from shared.sync.storage import QUEUE_MESSAGE_LIMIT_BYTES, queue_message_fits
+from shared.sync.storage import QUEUE_MESSAGE_LIMIT_BYTES, QueuedMessage, queue_message_fits
 from shared.webhooks import dedupe as dedupe_module
 from shared.webhooks import functions, processor
 from shared.webhooks.dedupe import Claim, ClaimLost, Dedupe, Held, LeaseKeeper
@@ -228,22 +228,36 @@ class FakeStorage:
 
     table_: FakeTable = field(default_factory=FakeTable)
     queue: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # the message id of each entry of ``queue``
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)
     fail_enqueue: bool = False
+    received: set[str] = field(default_factory=set)  # ids whose pop receipt changed (a receiver has them)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def table(self, _name: str) -> FakeTable:
         return self.table_
 
-    def enqueue_text(self, _queue: str, text: str) -> None:
+    def enqueue_text(self, queue: str, text: str) -> QueuedMessage:
         if self.fail_enqueue:
             raise ConnectionError("the queue is down")
         assert queue_message_fits(text)
+        message_id = uuid.uuid4().hex
         with self.lock:
             self.queue.append(text)
+            self.ids.append(message_id)
+        return QueuedMessage(queue, message_id, f"receipt-{message_id}")
 
-    def enqueue(self, queue: str, message: dict[str, Any]) -> None:
-        self.enqueue_text(queue, json.dumps(message))
+    def enqueue(self, queue: str, message: dict[str, Any]) -> QueuedMessage:
+        return self.enqueue_text(queue, json.dumps(message))
+
+    def withdraw(self, queued: QueuedMessage) -> bool:
+        assert queued.pop_receipt == f"receipt-{queued.message_id}"
+        with self.lock:
+            if queued.message_id in self.received or queued.message_id not in self.ids:
+                return False
+            index = self.ids.index(queued.message_id)
+            del self.ids[index], self.queue[index]
+        return True
 
     def put_blob(self, container: str, name: str, data: bytes) -> None:
         self.blobs[(container, name)] = data
@@ -285,22 +299,63 @@ def test_twenty_copies_of_a_dataverse_delivery_are_enqueued_once(store: FakeStor
     assert len(store.queue) == 1
 
 
-def test_a_failed_enqueue_gives_the_claim_up_so_the_retry_is_accepted(store: FakeStorage) -> None:
+def test_a_loser_withdraws_its_claim_check_blob_with_its_message(store: FakeStorage) -> None:
+    big = {"source": "erp", "payload": {"pad": "x" * 100_000}}
+    results = all_at_once(COPIES, lambda: functions._accept_signed("erp", "nonce-big", big))
+    assert sum(1 for r in results if not isinstance(r, Exception)) == 1
+    assert len(store.queue) == 1
+    (only,) = store.blobs  # the winner's blob, the one its message names
+    assert json.loads(store.queue[0])["claim"] == only[1]
+
+
+def test_a_failed_enqueue_writes_nothing_so_the_retry_is_accepted(store: FakeStorage) -> None:
     store.fail_enqueue = True
     with pytest.raises(ConnectionError):  # the route answers it with 503
         functions._accept_signed("erp", "nonce-2", {"source": "erp", "payload": {"pad": "x" * 100_000}})
     assert store.table_.rows == {}
-    assert store.blobs == {}  # the claim-check blob of the failed copy went with its claim
+    assert store.blobs == {}  # the claim-check blob of the failed copy is gone too
     store.fail_enqueue = False
     answer = functions._accept_signed("erp", "nonce-2", {"source": "erp", "payload": {"pad": "x" * 100_000}})
     assert answer.status_code == 202
     assert len(store.queue) == 1
 
 
-def test_a_copy_finding_the_claim_pending_too_long_gets_503_with_retry_after(
+def test_a_record_that_cannot_be_written_keeps_the_message_and_answers_202(
     store: FakeStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(functions, "REPLAY_WAIT_S", 0.2)
+    def table_down(_entity: dict[str, Any]) -> dict[str, Any]:
+        raise ConnectionError("the table is down")
+
+    monkeypatch.setattr(store.table_, "create_entity", table_down)
+    answer = functions._accept_dataverse("req|op|Update|id-2", {"source": "dataverse", "event": {}})
+    assert (answer.status_code, json.loads(answer.get_body())) == (202, {"accepted": True})
+    assert len(store.queue) == 1  # on the queue: the event is not lost, whatever the sender does next
+
+
+def test_a_loser_whose_message_was_received_meanwhile_still_answers_as_a_replay(
+    store: FakeStorage, handlers: list[str]
+) -> None:
+    first = functions._accept_dataverse("req|op|Update|id-3", {"source": "dataverse", "event": {}})
+    assert json.loads(first.get_body()) == {"accepted": True}
+    real_enqueue = store.enqueue_text
+
+    def received_at_once(queue: str, text: str) -> QueuedMessage:
+        sent = real_enqueue(queue, text)
+        store.received.add(sent.message_id)  # the processor took it before the withdrawal
+        return sent
+
+    store.enqueue_text = received_at_once  # type: ignore[method-assign]
+    second = functions._accept_dataverse("req|op|Update|id-3", {"source": "dataverse", "event": {}})
+    assert json.loads(second.get_body()) == {"accepted": True, "duplicate": True}
+    assert len(store.queue) == 2
+    ctx = FakeContext(store)
+    for text in store.queue:  # the processor's claim reduces both messages to one effect
+        processor.process(json.loads(text), RoutesFile(), ctx)  # type: ignore[arg-type]
+    assert handlers == ["req|op|Update|id-3"]
+
+
+def test_a_copy_finding_a_claim_in_progress_withdraws_and_gets_503_with_retry_after(store: FakeStorage) -> None:
+    # A receiver of earlier versions claimed "pending" before enqueueing: its outcome is still open.
     holder = functions._dedupe().claim("nonce-erp", "nonce-3", state="pending", lease_s=LEASE_S)
     assert isinstance(holder, Claim)
     answer = functions._accept_signed("erp", "nonce-3", {"source": "erp", "payload": {}})
@@ -314,10 +369,10 @@ def test_a_copy_finding_the_claim_pending_too_long_gets_503_with_retry_after(
 def test_a_message_too_large_for_the_queue_travels_as_a_blob_reference() -> None:
     fake = FakeStorage()
     small = {"source": "dataverse", "key": "k-small", "event": {"pad": "x" * 40_000}}
-    assert processor.enqueue_event(fake, small) is None  # type: ignore[arg-type]
+    assert processor.enqueue_event(fake, small).blob is None  # type: ignore[arg-type]
     assert json.loads(fake.queue[-1]) == small
     large = {"source": "dataverse", "key": "k-large", "event": {"pad": "x" * 200_000}}
-    name = processor.enqueue_event(fake, large)  # type: ignore[arg-type]
+    name = processor.enqueue_event(fake, large).blob  # type: ignore[arg-type]
     assert name is not None
     assert name.startswith(hashlib.sha256(b"dataverse\nk-large").hexdigest() + "-")  # a hash, never the key
     assert name != processor.claim_blob_name("dataverse", "k-large")  # each copy writes a blob of its own
