@@ -201,6 +201,16 @@ def test_an_expired_mark_is_claimed_again_and_a_settled_one_is_not(monkeypatch: 
     assert isinstance(claims(table, clock).claim("nonce-erp", "k", state="pending", lease_s=LEASE_S), Claim)
 
 
+def test_a_record_is_settled_at_once_and_won_again_only_after_it_expires() -> None:
+    table, clock = FakeTable(), Clock()
+    results = all_at_once(COPIES, lambda: claims(table, clock).record("received-dataverse", "k", state="accepted"))
+    assert sum(isinstance(r, Claim) for r in results) == 1
+    assert all(r == Held("accepted", in_progress=False) for r in results if not isinstance(r, Claim))
+    assert table.only_row()["LeaseUntil"] == 0.0  # no lease: nothing to take over, nothing to wait for
+    clock.now += dedupe_module.DEDUPE_TTL_S + 1
+    assert isinstance(claims(table, clock).record("received-dataverse", "k", state="accepted"), Claim)
+
+
 def test_claims_of_one_scope_spread_over_partitions() -> None:
     table, clock = FakeTable(), Clock()
     for n in range(64):
