@@ -279,8 +279,9 @@ async def _serve(args: argparse.Namespace) -> int:
         for listener in listeners:
             print(f"  {listener.name:<17} {listener.url}", flush=True)
         if host is not None:
-            worker_pid = host.channel.current.process.pid if host.channel.current else "-"
-            print(f"  {'functions host':<17} {env['FUNCTIONS_BASE_URL']}  (worker pid {worker_pid})", flush=True)
+            pids = ", ".join(str(worker.process.pid) for worker in host.channel.processes) or "-"
+            label = "worker pid" if len(host.channel.processes) <= 1 else "worker pids"
+            print(f"  {'functions host':<17} {env['FUNCTIONS_BASE_URL']}  ({label} {pids})", flush=True)
             if args.command in ("run", "demo"):
                 print(f"  {'invocation log':<17} {HOST_LOG.path}", flush=True)
         if azurite:

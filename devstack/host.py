@@ -1,8 +1,9 @@
 """A local Functions host (DESIGN §6): the host's side of what ``func start`` runs, for the Python v2 model.
 
-The app never runs in this process. :class:`devstack.worker_channel.WorkerChannel` starts a Python worker
-(``devstack.worker_proxy``, which loads the app's pinned ``azure-functions-runtime``) and talks to it over
-FunctionRpc; this module does what the host does around that:
+The app never runs in this process. :class:`devstack.worker_channel.WorkerPool` starts Python workers
+(``devstack.worker_proxy``, which loads the app's pinned ``azure-functions-runtime``; as many as
+``FUNCTIONS_WORKER_PROCESS_COUNT``, 1 unless set) and talks to them over FunctionRpc; this module does what
+the host does around that:
 
 * **Indexing** comes from the worker's metadata (``raw_bindings``); ``%NAME%`` in a binding is resolved
   here from the app settings (the environment, then ``local.settings.json`` ``Values``): an unresolvable
@@ -46,7 +47,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devstack.rpc import function_rpc_pb2 as protos
-from devstack.worker_channel import WorkerChannel, WorkerError, raw_bindings
+from devstack.worker_channel import WorkerError, WorkerPool, raw_bindings
 
 DEFAULT_FUNCTION_TIMEOUT_S = 1800  # Flex Consumption's default when host.json says nothing
 QUEUE_DEFAULTS = {
@@ -362,7 +363,7 @@ class LocalHost:
             else DEFAULT_FUNCTION_TIMEOUT_S
         )
         self.queue_settings = {**QUEUE_DEFAULTS, **((host_json.get("extensions") or {}).get("queues") or {})}
-        self.channel = WorkerChannel(app_dir, settings, log)
+        self.channel = WorkerPool(app_dir, settings, log)
         self.functions: list[FunctionInfo] = []
         self.by_name: dict[str, FunctionInfo] = {}
         self.routes: list[tuple[FunctionInfo, re.Pattern[str], list[str]]] = []
@@ -429,7 +430,7 @@ class LocalHost:
             )
             self.log(f"Executed 'Functions.{info.name}' (Failed, Id={invocation_id}, Duration={_ms(started)}ms)")
             # The runtime ignores InvocationCancel: the worker process is replaced, as the host does.
-            await self.channel.kill_current(f"functionTimeout exceeded by 'Functions.{info.name}'")
+            await self.channel.kill_for(invocation_id, f"functionTimeout exceeded by 'Functions.{info.name}'")
             raise InvocationFailed("timeout") from None
         except WorkerError as exc:
             self.log(f"Executed 'Functions.{info.name}' (Failed, Id={invocation_id}, Duration={_ms(started)}ms)")
@@ -591,6 +592,7 @@ class LocalHost:
             return JSONResponse(
                 {
                     "pid": current.process.pid if current else None,
+                    "pids": [worker.process.pid for worker in self.channel.processes],
                     "restarts": self.channel.restarts,
                     "host_pid": os.getpid(),
                 }

@@ -38,6 +38,9 @@ CONSOLE_PREFIX = "LanguageWorkerConsoleLog"
 HOST_CAPABILITIES = {"RpcHttpBodyOnly": "true", "RawHttpBodyBytes": "true", "TypedDataCollection": "true"}
 LEVEL_NAMES = {0: "Trace", 1: "Debug", 2: "Information", 3: "Warning", 4: "Error", 5: "Critical"}
 SYSTEM_LOG_MIN_LEVEL = 3  # the runtime's own Information lines (one per invocation) stay out of the log
+# The host's app setting for the number of language worker processes: 1 unless set, at most 10.
+WORKER_PROCESS_COUNT_SETTING = "FUNCTIONS_WORKER_PROCESS_COUNT"
+MAX_WORKER_PROCESSES = 10
 
 
 class WorkerError(RuntimeError):
@@ -405,6 +408,89 @@ class WorkerChannel:
             worker.pending.pop(invocation_id, None)
             raise
         return message.invocation_response
+
+
+class WorkerPool:
+    """``FUNCTIONS_WORKER_PROCESS_COUNT`` workers, each on a channel of its own (started, restarted and killed
+    on its own, as the host does); an invocation goes to the ready worker with the fewest in flight."""
+
+    def __init__(
+        self,
+        app_dir: Path,
+        settings: dict[str, str],
+        log: Callable[[str], None],
+        **channel_options: Any,
+    ) -> None:
+        count = worker_process_count(settings, log)
+        self.channels = [WorkerChannel(app_dir, settings, log, **channel_options) for _ in range(count)]
+        self._in_flight = dict.fromkeys(range(count), 0)
+        self._timed_out: dict[str, WorkerChannel] = {}
+
+    @property
+    def current(self) -> WorkerProcess | None:
+        return self.channels[0].current
+
+    @property
+    def processes(self) -> list[WorkerProcess]:
+        return [c.current for c in self.channels if c.current is not None]
+
+    @property
+    def restarts(self) -> int:
+        return sum(c.restarts for c in self.channels)
+
+    async def start(self) -> list[Any]:
+        """Start every worker at once; the first one's metadata indexes the app (each loads the same)."""
+        results = await asyncio.gather(*(c.start() for c in self.channels), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
+        return list(results[0])  # type: ignore[arg-type]
+
+    async def invoke(
+        self,
+        name: str,
+        input_data: list[Any],
+        trigger_metadata: dict[str, Any],
+        *,
+        invocation_id: str,
+        timeout_s: float,
+    ) -> Any:
+        ready = [i for i, c in enumerate(self.channels) if c.ready.is_set()] or list(self._in_flight)
+        index = min(ready, key=lambda i: self._in_flight[i])
+        channel = self.channels[index]
+        self._in_flight[index] += 1
+        try:
+            return await channel.invoke(
+                name, input_data, trigger_metadata, invocation_id=invocation_id, timeout_s=timeout_s
+            )
+        except TimeoutError:
+            self._timed_out[invocation_id] = channel
+            raise
+        finally:
+            self._in_flight[index] -= 1
+
+    async def kill_for(self, invocation_id: str, reason: str) -> None:
+        """Kill the worker an invocation timed out in (functionTimeout): its channel starts a new one."""
+        channel = self._timed_out.pop(invocation_id, None)
+        if channel is not None:
+            await channel.kill_current(reason)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self.channels))
+
+
+def worker_process_count(settings: dict[str, str], log: Callable[[str], None]) -> int:
+    raw = settings.get(WORKER_PROCESS_COUNT_SETTING, "").strip()
+    if not raw:
+        return 1
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKER_PROCESSES:
+        log(f"{WORKER_PROCESS_COUNT_SETTING}={raw!r} is not a number from 1 to {MAX_WORKER_PROCESSES}; using 1")
+        return 1
+    return count
 
 
 def _raise_on_failure(result: Any, what: str) -> None:

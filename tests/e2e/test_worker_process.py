@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,40 @@ def test_a_worker_that_never_sends_start_stream_is_reported_and_stopped(tmp_path
     assert time.monotonic() - started < 10
     (worker,) = channel.workers.values()
     assert worker.process.returncode is not None  # the silent process was stopped, not left behind
+
+
+def test_functions_worker_process_count_runs_invocations_side_by_side_in_each_worker(tmp_path: Path) -> None:
+    stack = start(tmp_path, "two-workers", FIXTURE_APP, {"FUNCTIONS_WORKER_PROCESS_COUNT": "2"})
+    try:
+        pids = worker(stack)["pids"]
+        assert len(set(pids)) == 2
+        assert stack.proc.pid not in pids
+        headers = {"x-functions-key": stack.env["FUNCTIONS_HOST_KEY"]}
+        # A slow invocation holds one worker: the next ones go to the other, the least busy.
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(requests.get, f"{base(stack)}/api/slow", headers=headers, timeout=20)
+            time.sleep(0.5)
+            served = {requests.get(f"{base(stack)}/api/whereami", timeout=10).json()["pid"] for _ in range(3)}
+            assert len(served) == 1
+            assert served <= set(pids)
+            assert held.result().status_code == 500  # functionTimeout: the holding worker alone is replaced
+        after = wait_for_restart(stack, 1)
+        assert served <= set(after["pids"])
+        assert len(set(after["pids"])) == 2
+        (replaced,) = set(pids) - served
+        assert replaced not in after["pids"]
+    finally:
+        stack.stop()
+
+
+def test_a_worker_process_count_out_of_range_falls_back_to_one_worker() -> None:
+    from devstack.worker_channel import worker_process_count
+
+    said: list[str] = []
+    assert worker_process_count({}, said.append) == 1
+    assert worker_process_count({"FUNCTIONS_WORKER_PROCESS_COUNT": "3"}, said.append) == 3
+    assert said == []
+    for bad in ("0", "11", "two", "-1"):
+        assert worker_process_count({"FUNCTIONS_WORKER_PROCESS_COUNT": bad}, said.append) == 1
+    assert len(said) == 4
+    assert all("FUNCTIONS_WORKER_PROCESS_COUNT" in line for line in said)
