@@ -24,13 +24,14 @@ from shared.http_input import (
     time_field,
 )
 from shared.logging import log_event
+from shared.settings_registry import EnvVars
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
 # The host resolves %EXPIRY_SWEEP_SCHEDULE% from its app settings (main.bicep and local.settings.json set
 # it, to DEFAULT_SWEEP_SCHEDULE unless changed): the worker cannot default it, and unset the sweep is disabled.
-SWEEP_SCHEDULE_SETTING = "EXPIRY_SWEEP_SCHEDULE"
+SWEEP_SCHEDULE_SETTING = EnvVars.EXPIRY_SWEEP_SCHEDULE
 MAX_SILENCE_BODY_BYTES = 4 * 1024  # {"by": ..., "until": ...}: a few dozen bytes; anything large is not ours
 SILENCE_FIELDS = ("by", "until", "days")
 SILENCE_EXAMPLES = {

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared.errors import ConfigError
+from shared.config import SettingsReader
+from shared.settings_registry import (
+    DEFAULT_DRIFT_TOLERANCE_S,
+    DEFAULT_SWEEP_SCHEDULE,
+    DEFAULT_THRESHOLDS_DAYS,
+    EnvVars,
+)
 
-DEFAULT_SWEEP_SCHEDULE = "0 0 6 * * *"  # daily 06:00 UTC: the EXPIRY_SWEEP_SCHEDULE main.bicep and local settings set
-DEFAULT_THRESHOLDS_DAYS = (30, 14, 7, 1)
-DEFAULT_DRIFT_TOLERANCE_S = 86400  # Key Vault exp and Entra endDateTime may differ by a day (time zones, typing)
+__all__ = ["DEFAULT_DRIFT_TOLERANCE_S", "DEFAULT_SWEEP_SCHEDULE", "DEFAULT_THRESHOLDS_DAYS", "ExpirySettings"]
 
 
 def vault_name(vault_url: str) -> str:
@@ -27,31 +31,24 @@ class ExpirySettings:
     vault_name: str = ""  # names credentials and matches event topics; default: KEY_VAULT_URL's first label
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ExpirySettings:
-        env = dict(os.environ if environ is None else environ)
-        problems = []
-        try:
-            thresholds = tuple(int(d) for d in env.get("EXPIRY_THRESHOLDS_DAYS", "30,14,7,1").split(",") if d.strip())
-            if not thresholds or any(d <= 0 for d in thresholds):
-                raise ValueError
-        except ValueError:
-            problems.append("EXPIRY_THRESHOLDS_DAYS must be positive whole days, e.g. 30,14,7,1")
-            thresholds = DEFAULT_THRESHOLDS_DAYS
-        apps = env.get("EXPIRY_APP_IDS") or env.get("DATAVERSE_CLIENT_ID", "")
-        vault = (env.get("EXPIRY_VAULT_NAME") or vault_name(env.get("KEY_VAULT_URL", ""))).lower()
-        topics = env.get("EXPIRY_EVENT_TOPICS") or (f"/providers/Microsoft.KeyVault/vaults/{vault}" if vault else "")
-        try:
-            tolerance = float(env.get("EXPIRY_DRIFT_TOLERANCE_S", str(DEFAULT_DRIFT_TOLERANCE_S)))
-        except ValueError:
-            problems.append("EXPIRY_DRIFT_TOLERANCE_S must be seconds, e.g. 86400")
-            tolerance = DEFAULT_DRIFT_TOLERANCE_S
-        if problems:
-            raise ConfigError(problems)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ExpirySettings:
+        """Read and validate the expiry settings; raise one ConfigError listing every problem."""
+        reader = SettingsReader(env)
+        thresholds = reader.days(EnvVars.EXPIRY_THRESHOLDS_DAYS)
+        tolerance = reader.number(EnvVars.EXPIRY_DRIFT_TOLERANCE_S)
+        # DATAVERSE_CLIENT_ID and KEY_VAULT_URL are only borrowed as defaults: Settings.from_env validates them,
+        # and a broken identity setting must not stop indexing here (the doctor reports it).
+        apps = reader.items(EnvVars.EXPIRY_APP_IDS) or (reader.raw(EnvVars.DATAVERSE_CLIENT_ID),)
+        vault = (reader.text(EnvVars.EXPIRY_VAULT_NAME) or vault_name(reader.raw(EnvVars.KEY_VAULT_URL))).lower()
+        own_topic = f"/providers/Microsoft.KeyVault/vaults/{vault}" if vault else ""
+        topics = reader.items(EnvVars.EXPIRY_EVENT_TOPICS) or (own_topic,)
+        channels = reader.text(EnvVars.EXPIRY_CHANNELS)
+        reader.raise_problems()
         return cls(
             thresholds_days=thresholds,
-            channels=env.get("EXPIRY_CHANNELS", ""),
-            app_ids=tuple(a.strip() for a in apps.split(",") if a.strip()),
-            event_topics=tuple(t.strip() for t in topics.split(",") if t.strip()),
+            channels=channels,
+            app_ids=tuple(a for a in apps if a),
+            event_topics=tuple(t for t in topics if t),
             drift_tolerance_s=tolerance,
             vault_name=vault,
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -22,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.config import Settings
+from shared.config import Settings, load_env_file, read_float
 from shared.errors import AuthError, ConfigError
+from shared.settings_registry import EnvVars
 
 EXPIRY_WARNING_DAYS = 30
-EXPIRY_DRIFT_TOLERANCE_S = 86400  # Key Vault's exp and Entra's endDateTime may differ by a day
 VAULT_SCOPE = "https://vault.azure.net/.default"
 GRAPH_TIMEOUT_S = 15
 ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag linking a secret to its Entra passwordCredential
@@ -111,10 +110,17 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
         report.steps += [StepResult(n, "skip", f"skipped: {reason}") for n in remaining]
         return report
 
+    problems: list[str] = []
     try:
         settings = Settings.from_env(env)
     except ConfigError as exc:
-        report.steps.append(_failure("settings", exc))
+        problems += exc.problems
+    try:  # the sweep's own tolerance, so that the doctor and the sweep agree on what drift is
+        drift_tolerance_s = read_float(EnvVars.EXPIRY_DRIFT_TOLERANCE_S, env)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        report.steps.append(_failure("settings", ConfigError(problems)))
         return skip_rest("settings are invalid")
     kind = "certificate" if settings.uses_certificate else "secret"
     report.steps.append(
@@ -174,7 +180,7 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
     report.steps.append(StepResult("credential", "ok", described))
 
     remaining.pop(0)
-    report.steps.append(_expiry_step(settings, credential, secret, dv_credential, now()))
+    report.steps.append(_expiry_step(settings, credential, secret, dv_credential, now(), drift_tolerance_s))
 
     remaining.pop(0)
     provider = DataverseTokenProvider(settings, store)
@@ -310,7 +316,9 @@ def _whoami_step(settings: Settings, token: str) -> StepResult:
     return StepResult("whoami", "fail", f"{code}: {message or found.title}", found.code, found.cause, found.fix)
 
 
-def _expiry_step(settings: Settings, credential: Any, secret: Any, dv_credential: Any, now: float) -> StepResult:
+def _expiry_step(
+    settings: Settings, credential: Any, secret: Any, dv_credential: Any, now: float, drift_tolerance_s: float
+) -> StepResult:
     ends: list[tuple[str, datetime]] = []
     if secret.expires_on is not None:
         ends.append(("Key Vault exp", secret.expires_on))
@@ -336,7 +344,7 @@ def _expiry_step(settings: Settings, credential: Any, secret: Any, dv_credential
     if (
         entra_end is not None
         and kv_exp is not None
-        and abs(kv_exp.timestamp() - entra_end.timestamp()) > EXPIRY_DRIFT_TOLERANCE_S
+        and abs(kv_exp.timestamp() - entra_end.timestamp()) > drift_tolerance_s
     ):
         drift = (
             f"Key Vault says {kv_exp:%Y-%m-%d} but Entra ends the credential {entra_end:%Y-%m-%d}: Entra's date is the"
@@ -450,13 +458,6 @@ def _claims_step(settings: Settings, token: str, now: float) -> StepResult:
     return StepResult("token claims", "ok", summary, details=shown)
 
 
-def _load_env_file(path: str) -> None:
-    for line in open(path, encoding="utf-8").read().splitlines():  # noqa: SIM115 - small file, read once
-        key, sep, value = line.partition("=")
-        if sep and key.strip() and not key.startswith("#"):
-            os.environ.setdefault(key.strip(), value)  # the real environment wins
-
-
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -466,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.env_file:
-        _load_env_file(args.env_file)
+        load_env_file(args.env_file)
     report = run_doctor()
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0 if report.ok else 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -19,10 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env-file", help="KEY=VALUE file to load first (e.g. .devstack/env)")
     args = parser.parse_args(argv)
     if args.env_file:
-        for line in open(args.env_file, encoding="utf-8").read().splitlines():  # noqa: SIM115 - small file
-            key, sep, value = line.partition("=")
-            if sep and key.strip():
-                os.environ.setdefault(key.strip(), value)
+        from shared.config import load_env_file
+
+        load_env_file(args.env_file)
     from shared.sync.engine import replay_dead_letters, run_inbound
     from shared.sync.jobs import InboundJob
     from shared.sync.outbound import run_outbound

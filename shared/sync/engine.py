@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -21,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.config import read_int
 from shared.dataverse.addressing import key_text, table_definition_path
 from shared.dataverse.client import DataverseClient
 from shared.dataverse.planner import WritePlanner
 from shared.logging import log_event
+from shared.settings_registry import EnvVars
 from shared.sync.jobs import CsvSource, HttpSource, InboundJob, JsonlSource
 from shared.sync.mapping import Mapper, Rejection, TableSchema
 from shared.sync.storage import SourceRow, SyncStorage, table_key
@@ -33,8 +34,13 @@ logger = logging.getLogger(__name__)
 
 HASHES_CONTAINER = "sync-hashes"
 CHUNK_ROWS = 10_000  # rows per fan-out work item
-CHUNK_CONCURRENCY = int(os.environ.get("SYNC_CHUNK_CONCURRENCY", "2"))  # per work item; see README on the budget
 HASH_FLUSH_EVERY = 20_000  # keys between index writes: a crash re-sends at most this many rows (idempotently)
+
+
+def chunk_concurrency() -> int:
+    """SYNC_CHUNK_CONCURRENCY: Dataverse requests in flight per fan-out work item (main.bicep derives the
+    instance cap from it, so that the fan-out stays within the app user's Dataverse budget)."""
+    return read_int(EnvVars.SYNC_CHUNK_CONCURRENCY)
 
 
 @dataclass
@@ -358,7 +364,7 @@ def run_chunk(job: InboundJob, ctx: SyncContext, item: Mapping[str, Any]) -> dic
     try:
         mapper = Mapper(job, ctx.schema(job.table))
         _write_file(
-            name, job, ctx, mapper, _NoHashes(), _until(rows, last), dead, report, concurrency=CHUNK_CONCURRENCY
+            name, job, ctx, mapper, _NoHashes(), _until(rows, last), dead, report, concurrency=chunk_concurrency()
         )
         report.status = "succeeded"
     finally:

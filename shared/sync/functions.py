@@ -20,6 +20,7 @@ import azure.functions as func
 
 from shared.http_input import RequestRejected, int_param, outage_answer, preview, query, text_param
 from shared.logging import log_event
+from shared.settings_registry import EnvVars
 from shared.sync.worker import job_index, schedule_setting
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpR
     return _answer(status, report)
 
 
-@bp.queue_trigger(arg_name="item", queue_name="sync-chunks", connection="AzureWebJobsStorage")
+@bp.queue_trigger(arg_name="item", queue_name="sync-chunks", connection=EnvVars.STORAGE)
 def sync_chunk(item: func.QueueMessage) -> None:
     """Write one fanned-out chunk. Failures retry per host.json and end in ``sync-chunks-poison`` with
     their chunk id in the message."""

@@ -13,7 +13,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -21,7 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.config import read_int
 from shared.logging import log_event
+from shared.settings_registry import EnvVars
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -37,12 +38,23 @@ CHUNKS_TABLE = "syncchunks"  # fan-out chunk reports, one partition per run
 CHUNK_QUEUE = "sync-chunks"  # fan-out work items
 DEAD_LETTER_CONTAINER = "sync-deadletters"
 LEASE_CONTAINER = "sync-leases"
-LEASE_DURATION_S = int(os.environ.get("SYNC_LEASE_DURATION_S", "60"))  # 15-60 s; renewed while the run lasts
-LEASE_RENEW_S = max(5, LEASE_DURATION_S // 3)  # a crashed run frees the job within one lease duration
+MIN_LEASE_RENEW_S = 5  # never renew more often than this, however short the lease
 DEAD_LETTER_FLUSH_LINES = 500
 QUEUE_MESSAGE_LIMIT_BYTES = 64 * 1024  # Azure Storage's limit on one message as stored (here: base64 text)
 QUEUE_MESSAGE_MARGIN_BYTES = 1024  # headroom below the limit, so that no message sits at its edge
 _KEY_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f]")
+
+
+def lease_duration_s() -> int:
+    """SYNC_LEASE_DURATION_S (15-60 s, what Blob Storage accepts), read when a lease is taken: a bad value is
+    a ConfigError naming the setting. The lease is renewed while the run lasts."""
+    return read_int(EnvVars.SYNC_LEASE_DURATION_S)
+
+
+def lease_renew_s(duration_s: int) -> int:
+    """Renew every third of the lease, so a failed renewal is tried again before the lease lapses; a crashed
+    run frees the job within one lease duration."""
+    return max(MIN_LEASE_RENEW_S, duration_s // 3)
 
 
 def queue_message_fits(text: str) -> bool:
@@ -356,16 +368,17 @@ class SyncStorage:
         """Hold the job's lease for the run, or None when another run holds it."""
         from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
+        duration_s = lease_duration_s()  # first: a bad setting fails the run before any storage call
         blob = self.container(LEASE_CONTAINER).get_blob_client(f"{table_key(job)}.lock")
         with contextlib.suppress(ResourceExistsError):
             blob.upload_blob(b"", overwrite=False)
         try:
-            lease = blob.acquire_lease(lease_duration=LEASE_DURATION_S)
+            lease = blob.acquire_lease(lease_duration=duration_s)
         except HttpResponseError as exc:
             if getattr(exc, "status_code", None) == 409:  # LeaseAlreadyPresent
                 return None
             raise
-        return JobLease(lease)
+        return JobLease(lease, renew_every_s=lease_renew_s(duration_s))
 
 
 class DeadLetterWriter:
@@ -415,14 +428,15 @@ class DeadLetterWriter:
 class JobLease:
     """A held blob lease, renewed in the background until released."""
 
-    def __init__(self, lease: Any) -> None:
+    def __init__(self, lease: Any, *, renew_every_s: float) -> None:
         self._lease = lease
+        self._renew_every_s = renew_every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, daemon=True, name="sync-lease")
         self._thread.start()
 
     def _renew(self) -> None:
-        while not self._stop.wait(LEASE_RENEW_S):
+        while not self._stop.wait(self._renew_every_s):
             try:
                 self._lease.renew()
             except Exception as exc:  # losing the lease is logged; the run finishes, idempotently

@@ -6,11 +6,12 @@ loaded on first use (``jobs``). See ``shared.stamps`` for how start-up validatio
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from shared.config import read_text
+from shared.settings_registry import SYNC_SCHEDULE_PREFIX, EnvVars
 from shared.stamps import JOBS_VALIDATORS, read_stamp, write_stamp
 
 if TYPE_CHECKING:
@@ -18,8 +19,7 @@ if TYPE_CHECKING:
     from shared.sync.jobs import InboundJob, OutboundJob
     from shared.sync.storage import SyncStorage
 
-JOBS_FILE_SETTING = "SYNC_JOBS_FILE"
-DEFAULT_JOBS_FILE = "sync_jobs.yaml"
+JOBS_FILE_SETTING = EnvVars.SYNC_JOBS_FILE
 APP_ROOT = Path(__file__).resolve().parents[2]
 _lock = threading.Lock()
 _context: SyncContext | None = None
@@ -35,7 +35,7 @@ class JobSummary(NamedTuple):
 
 
 def jobs_file() -> Path:
-    path = Path(os.environ.get(JOBS_FILE_SETTING) or DEFAULT_JOBS_FILE)
+    path = Path(read_text(JOBS_FILE_SETTING))  # the declared default when unset
     return path if path.is_absolute() else APP_ROOT / path
 
 
@@ -82,7 +82,7 @@ def job_index() -> dict[str, JobSummary]:
 
 def schedule_setting(job: str) -> str:
     """The app setting that carries a job's timer schedule, e.g. ``SYNC_SCHEDULE_ACCOUNTS``."""
-    return "SYNC_SCHEDULE_" + "".join(c if c.isalnum() else "_" for c in job).upper()
+    return SYNC_SCHEDULE_PREFIX + "".join(c if c.isalnum() else "_" for c in job).upper()
 
 
 def storage() -> SyncStorage:
@@ -95,8 +95,7 @@ def storage() -> SyncStorage:
     config = settings()
     with _lock:
         if _storage is None:
-            account = os.environ.get("AzureWebJobsStorage__accountName")  # noqa: SIM112 - the platform's spelling
-            _storage = SyncStorage(config.storage_connection, account_name=account)
+            _storage = SyncStorage(config.storage_connection, account_name=config.storage_account_name)
         return _storage
 
 

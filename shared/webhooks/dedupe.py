@@ -26,22 +26,28 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shared.config import read_int
+from shared.settings_registry import EnvVars
+
 _logger = logging.getLogger(__name__)
 DEDUPE_TABLE = "webhookdedupe"
-DEDUPE_TTL_S = int(os.environ.get("WEBHOOK_DEDUPE_TTL_S", str(24 * 3600)))  # Dataverse retries within minutes
 # A claim row churning between delete and insert (holders giving up while others arrive) is re-read at
 # most this many times per attempt before the caller is told it is busy.
 CONTENTION_ATTEMPTS = 4
 POLL_FIRST_S = 0.05  # a holder usually settles within a few storage calls
 POLL_MAX_S = 0.5
 LEASE_RENEW_FRACTION = 1 / 3  # a lease is renewed when a third of it has passed: two renewals may fail
+
+
+def dedupe_ttl_s() -> int:
+    """WEBHOOK_DEDUPE_TTL_S: how long a row is remembered (Dataverse retries a delivery within minutes)."""
+    return read_int(EnvVars.WEBHOOK_DEDUPE_TTL_S)
 
 
 def processed_scope(source: str) -> str:
@@ -104,8 +110,10 @@ class Dedupe:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        ttl_s: float | None = None,
     ) -> None:
         self._table = table_client
+        self.ttl_s = dedupe_ttl_s() if ttl_s is None else ttl_s  # read once per Dedupe
         self._clock = clock
         self._sleep = sleep
 
@@ -148,7 +156,7 @@ class Dedupe:
                 "State": state,
                 "ClaimedAt": now,
                 "LeaseUntil": 0.0 if lease_s is None else now + lease_s,  # 0: settled, no lease
-                "Expires": now + DEDUPE_TTL_S,
+                "Expires": now + self.ttl_s,
             }
             try:
                 return self._won(scope, row, self._table.create_entity(entity), now)
@@ -198,7 +206,7 @@ class Dedupe:
             "State": state,
             "ClaimedAt": claim.claimed_at,
             "LeaseUntil": 0.0 if lease_s is None else now + lease_s,  # 0: settled, no lease
-            "Expires": now + DEDUPE_TTL_S,
+            "Expires": now + self.ttl_s,
         }
         try:
             metadata = self._table.update_entity(

@@ -20,6 +20,7 @@ import azure.functions as func
 from shared.errors import WebhookRejected
 from shared.http_input import outage_answer, preview
 from shared.logging import log_event
+from shared.settings_registry import EnvVars
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
@@ -163,7 +164,7 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
         return _answer(503, {"error": "temporarily unavailable; retry"})
 
 
-@bp.queue_trigger(arg_name="item", queue_name="webhook-events", connection="AzureWebJobsStorage")
+@bp.queue_trigger(arg_name="item", queue_name="webhook-events", connection=EnvVars.STORAGE)
 def webhook_processor(item: func.QueueMessage) -> None:
     """Dispatch to the routed handlers; failures retry per host.json, then ``webhook-events-poison``."""
     from shared.sync.worker import sync_context

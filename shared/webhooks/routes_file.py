@@ -6,25 +6,25 @@ importing yaml and pydantic; see ``shared.stamps``.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.config import read_text
+from shared.settings_registry import EnvVars
 from shared.stamps import ROUTES_VALIDATORS, read_stamp, write_stamp
 
 if TYPE_CHECKING:
     from shared.webhooks.routes import RoutesFile
 
-ROUTES_FILE_SETTING = "WEBHOOK_ROUTES_FILE"
-DEFAULT_ROUTES_FILE = "webhook_routes.yaml"
+ROUTES_FILE_SETTING = EnvVars.WEBHOOK_ROUTES_FILE
 APP_ROOT = Path(__file__).resolve().parents[2]
 _lock = threading.Lock()
 _loaded: tuple[Path, RoutesFile] | None = None
 
 
 def routes_file() -> Path:
-    path = Path(os.environ.get(ROUTES_FILE_SETTING) or DEFAULT_ROUTES_FILE)
+    path = Path(read_text(ROUTES_FILE_SETTING))  # the declared default when unset
     return path if path.is_absolute() else APP_ROOT / path
 
 

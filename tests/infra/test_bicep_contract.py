@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pycep import BicepParser
 
-from shared.config import EnvVars
+from shared.settings_registry import SETTINGS, Deploy, setting
 from shared.sync.worker import schedule_setting
 from tests.devstack_process import ROOT
 
@@ -164,28 +164,47 @@ def test_event_grid_subscribes_exactly_the_four_expiry_events_to_the_expiry_func
 
 
 def settings_the_app_reads() -> set[str]:
-    """What Settings.from_env reads (EnvVars), plus every setting another module reads from the environment."""
-    names = {v for k, v in vars(EnvVars).items() if k.isupper() and isinstance(v, str)}
-    pattern = re.compile(r"""environ(?:\.get)?[\(\[]\s*"([A-Za-z][A-Za-z0-9_]+)"|env\.get\("([A-Z][A-Z0-9_]+)\"""")
-    for path in (ROOT / "shared").rglob("*.py"):
-        for match in pattern.finditer(path.read_text()):
-            names.add(match.group(1) or match.group(2))
-    names |= {"SYNC_JOBS_FILE", "EXPIRY_SWEEP_SCHEDULE"}  # read through constants
+    """Every setting the registry declares; a job's schedule setting once per job of the jobs file."""
+    names = {item.name for item in SETTINGS if not item.pattern}
     names |= {schedule_setting(job) for job in yaml.safe_load((ROOT / "sync_jobs.yaml").read_text())["jobs"]}
     return names
 
 
+def how_azure_gets(name: str) -> Deploy:
+    return setting(name).deploy
+
+
 def test_every_setting_the_app_reads_is_set_by_main_bicep_or_documented_as_optional() -> None:
     documented = set(re.findall(r"^\| `([A-Za-z0-9_<>]+)` \|", (ROOT / "DEPLOY.md").read_text(), re.MULTILINE))
-    set_by_bicep = app_settings() | {"AzureWebJobsStorage"}  # identity-based: AzureWebJobsStorage__accountName
+    local_only = {name for name in settings_the_app_reads() if how_azure_gets(name) is Deploy.LOCAL}
+    set_by_bicep = app_settings() | local_only  # AzureWebJobsStorage: identity-based __accountName in Azure
     missing = sorted(settings_the_app_reads() - set_by_bicep - documented)
     assert missing == [], f"set these in main.bicep or list them in DEPLOY.md's optional settings: {missing}"
     assert {"DATAVERSE_URL", "DATAVERSE_TENANT_ID", "DATAVERSE_CLIENT_ID", "KEY_VAULT_URL"} <= set_by_bicep
 
 
+def test_the_registry_says_how_main_bicep_gets_each_setting() -> None:
+    bicep = app_settings()
+    documented = set(re.findall(r"^\| `([A-Za-z0-9_<>]+)` \|", (ROOT / "DEPLOY.md").read_text(), re.MULTILINE))
+    wrong = {}
+    for name in sorted(settings_the_app_reads()):
+        deploy = how_azure_gets(name)
+        if deploy in (Deploy.TEMPLATE, Deploy.TEMPLATE_WHEN) and name not in bicep:
+            wrong[name] = f"declared '{deploy}' but main.bicep does not set it"
+        elif deploy in (Deploy.OPTIONAL, Deploy.LOCAL) and name in bicep:
+            wrong[name] = f"declared '{deploy}' but main.bicep sets it"
+        elif deploy is Deploy.OPTIONAL and name not in documented:
+            wrong[name] = "optional but not in DEPLOY.md's table (python -m shared.settings_docs --write)"
+    assert wrong == {}, "correct shared/settings_registry.py or main.bicep"
+    undeclared = sorted(bicep - settings_the_app_reads())
+    assert undeclared == [], f"main.bicep sets settings the registry does not declare: {undeclared}"
+
+
 def test_the_setting_comparison_can_fail() -> None:
     assert "SECRET_CACHE_TTL_S" in settings_the_app_reads()
     assert "SECRET_CACHE_TTL_S" not in app_settings()  # so only DEPLOY.md's table lets the test above pass
+    assert how_azure_gets("SYNC_SCHEDULE_ACCOUNTS") is Deploy.TEMPLATE
+    assert "SYNC_SCHEDULE_ACCOUNTS" in app_settings()  # a pattern setting is checked per job
 
 
 # -- checkov ----------------------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_an_expired_mark_is_claimed_again_and_a_settled_one_is_not(monkeypatch: 
     first = claims(table, clock).claim("nonce-erp", "k", state="pending", lease_s=LEASE_S)
     assert isinstance(first, Claim)
     claims(table, clock).settle(first, "accepted")
-    clock.now += dedupe_module.DEDUPE_TTL_S - 1
+    clock.now += dedupe_module.dedupe_ttl_s() - 1
     assert claims(table, clock).claim("nonce-erp", "k", state="pending", lease_s=LEASE_S) == Held("accepted", False)
     clock.now += 2
     assert isinstance(claims(table, clock).claim("nonce-erp", "k", state="pending", lease_s=LEASE_S), Claim)
@@ -207,7 +207,7 @@ def test_a_record_is_settled_at_once_and_won_again_only_after_it_expires() -> No
     assert sum(isinstance(r, Claim) for r in results) == 1
     assert all(r == Held("accepted", in_progress=False) for r in results if not isinstance(r, Claim))
     assert table.only_row()["LeaseUntil"] == 0.0  # no lease: nothing to take over, nothing to wait for
-    clock.now += dedupe_module.DEDUPE_TTL_S + 1
+    clock.now += dedupe_module.dedupe_ttl_s() + 1
     assert isinstance(claims(table, clock).record("received-dataverse", "k", state="accepted"), Claim)
 
 

@@ -1,0 +1,339 @@
+"""The settings registry: every app setting dvbridge reads (or that the Functions host reads for it), declared once.
+
+Each :class:`Setting` gives the name, its group (:class:`Kind`), its type, the default, the accepted range or
+values, a one-line description, whether it is required, whether its value may be secret-ish (then no message
+shows it), who reads it and how a deployment gets it. ``shared.config`` reads every setting through this
+table (typed readers that collect every problem into one ConfigError); docs/settings.md and DEPLOY.md's table
+of optional settings are generated from it by ``python -m shared.settings_docs``, and tests fail when either
+drifts or when code reads a setting by a literal name.
+
+Stdlib only and cheap to import: indexing imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EnvVars:
+    """Names of the app settings (environment variables). The only place a setting's name is spelled."""
+
+    # platform
+    STORAGE = "AzureWebJobsStorage"
+    STORAGE_ACCOUNT_NAME = "AzureWebJobsStorage__accountName"
+    STORAGE_CREDENTIAL = "AzureWebJobsStorage__credential"
+    STORAGE_CLIENT_ID = "AzureWebJobsStorage__clientId"
+    APPINSIGHTS_CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+    APPINSIGHTS_AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+    WORKER_RUNTIME = "FUNCTIONS_WORKER_RUNTIME"
+    # identity
+    DATAVERSE_TENANT_ID = "DATAVERSE_TENANT_ID"
+    DATAVERSE_CLIENT_ID = "DATAVERSE_CLIENT_ID"
+    DATAVERSE_CLIENT_SECRET_NAME = "DATAVERSE_CLIENT_SECRET_NAME"  # noqa: S105 - a setting's name  # nosec B105
+    DATAVERSE_CERTIFICATE_NAME = "DATAVERSE_CERTIFICATE_NAME"
+    KEY_VAULT_URL = "KEY_VAULT_URL"
+    AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
+    ENTRA_AUTHORITY_HOST = "ENTRA_AUTHORITY_HOST"
+    ENTRA_INSTANCE_DISCOVERY = "ENTRA_INSTANCE_DISCOVERY"
+    KEY_VAULT_VERIFY_CHALLENGE_RESOURCE = "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"
+    GRAPH_URL = "GRAPH_URL"
+    # dataverse
+    DATAVERSE_URL = "DATAVERSE_URL"
+    DATAVERSE_TABLES = "DATAVERSE_TABLES"
+    # sync
+    SYNC_JOBS_FILE = "SYNC_JOBS_FILE"
+    SYNC_LEASE_DURATION_S = "SYNC_LEASE_DURATION_S"
+    SYNC_CHUNK_CONCURRENCY = "SYNC_CHUNK_CONCURRENCY"
+    SYNC_SCHEDULE = "SYNC_SCHEDULE_<JOB>"  # one per job: shared.sync.worker.schedule_setting spells it
+    # webhooks
+    WEBHOOK_ROUTES_FILE = "WEBHOOK_ROUTES_FILE"
+    WEBHOOK_DEDUPE_TTL_S = "WEBHOOK_DEDUPE_TTL_S"
+    # expiry
+    EXPIRY_THRESHOLDS_DAYS = "EXPIRY_THRESHOLDS_DAYS"
+    EXPIRY_CHANNELS = "EXPIRY_CHANNELS"
+    EXPIRY_APP_IDS = "EXPIRY_APP_IDS"
+    EXPIRY_EVENT_TOPICS = "EXPIRY_EVENT_TOPICS"
+    EXPIRY_VAULT_NAME = "EXPIRY_VAULT_NAME"
+    EXPIRY_DRIFT_TOLERANCE_S = "EXPIRY_DRIFT_TOLERANCE_S"
+    EXPIRY_SWEEP_SCHEDULE = "EXPIRY_SWEEP_SCHEDULE"
+    # tuning
+    SECRET_CACHE_TTL_S = "SECRET_CACHE_TTL_S"  # noqa: S105 - a setting's name  # nosec B105
+    SECRET_MAX_STALE_S = "SECRET_MAX_STALE_S"  # noqa: S105 - a setting's name  # nosec B105
+    TOKEN_REFRESH_MARGIN_S = "TOKEN_REFRESH_MARGIN_S"  # noqa: S105 - a setting's name  # nosec B105
+    HTTP_TIMEOUT_S = "HTTP_TIMEOUT_S"
+
+
+SYNC_SCHEDULE_PREFIX = EnvVars.SYNC_SCHEDULE.removesuffix("<JOB>")
+
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_GRAPH_URL = "https://graph.microsoft.com"
+DEFAULT_SECRET_CACHE_TTL_S = 900  # at most one Key Vault GET per secret per 15 minutes
+DEFAULT_SECRET_MAX_STALE_S = 3600  # serve a cached secret this long past its TTL while Key Vault is down
+DEFAULT_TOKEN_REFRESH_MARGIN_S = 300  # a token handed to an invocation lives at least this long
+MAX_TOKEN_REFRESH_MARGIN_S = 3000  # Entra tokens live about an hour: a larger margin would refresh on every call
+DEFAULT_HTTP_TIMEOUT_S = 30
+DEFAULT_JOBS_FILE = "sync_jobs.yaml"
+DEFAULT_LEASE_DURATION_S = 60
+MIN_LEASE_DURATION_S = 15  # the range Blob Storage accepts for a finite lease
+MAX_LEASE_DURATION_S = 60
+DEFAULT_CHUNK_CONCURRENCY = 2  # Dataverse requests in flight per fan-out work item
+MAX_CHUNK_CONCURRENCY = 52  # Dataverse's concurrent-request limit per user: more can never be in flight
+DEFAULT_ROUTES_FILE = "webhook_routes.yaml"
+DEFAULT_DEDUPE_TTL_S = 24 * 3600  # Dataverse retries a delivery within minutes; a day leaves a wide margin
+DEFAULT_THRESHOLDS_DAYS = (30, 14, 7, 1)
+DEFAULT_DRIFT_TOLERANCE_S = 86400  # Key Vault exp and Entra endDateTime may differ by a day (time zones, typing)
+DEFAULT_SWEEP_SCHEDULE = "0 0 6 * * *"  # daily 06:00 UTC: the EXPIRY_SWEEP_SCHEDULE main.bicep and local settings set
+
+
+class Kind(StrEnum):
+    """The group a setting belongs to (docs/settings.md has one section per group, in this order)."""
+
+    PLATFORM = "platform"
+    IDENTITY = "identity"
+    DATAVERSE = "dataverse"
+    SYNC = "sync"
+    WEBHOOKS = "webhooks"
+    EXPIRY = "expiry"
+    TUNING = "tuning"
+
+
+KIND_TITLES = {
+    Kind.PLATFORM: "Platform: the Functions host, its storage and telemetry",
+    Kind.IDENTITY: "Identity: the Entra app, the managed identity, Key Vault and Graph",
+    Kind.DATAVERSE: "Dataverse",
+    Kind.SYNC: "Sync jobs",
+    Kind.WEBHOOKS: "Webhooks",
+    Kind.EXPIRY: "Credential expiry monitoring",
+    Kind.TUNING: "Tuning: caches, refresh margins and timeouts",
+}
+
+
+class Type(StrEnum):
+    """How a value is written; ``shared.config.SettingsReader`` has one reader per type."""
+
+    TEXT = "text"
+    CONNECTION = "connection string"
+    HTTPS_URL = "https URL, scheme and host only"
+    GUID = "GUID"
+    TENANT = "tenant: GUID or domain"
+    VAULT_OBJECT = "Key Vault object name"
+    BOOL = "boolean (true/false, 1/0, yes/no)"
+    INT = "whole number"
+    NUMBER = "number"
+    LIST = "comma-separated list"
+    DAYS = "comma-separated whole days"
+    ENTITY_SETS = "comma-separated entity set names"
+    PATH = "file path (relative: to the app root)"
+    NCRONTAB = "six-field NCRONTAB (UTC)"
+
+
+class Need(StrEnum):
+    """Whether the app needs the setting; for a pair, exactly one (the credential) or at least one (storage)."""
+
+    REQUIRED = "yes"
+    ONE_OF_CREDENTIAL = (
+        f"exactly one of `{EnvVars.DATAVERSE_CLIENT_SECRET_NAME}`, `{EnvVars.DATAVERSE_CERTIFICATE_NAME}`"
+    )
+    ONE_OF_STORAGE = f"one of `{EnvVars.STORAGE}`, `{EnvVars.STORAGE_ACCOUNT_NAME}`"
+    OPTIONAL = "no"
+
+
+class ReadBy(StrEnum):
+    APP = "dvbridge"
+    HOST = "Functions host"
+    BOTH = "Functions host and dvbridge"
+
+
+class Deploy(StrEnum):
+    """How an Azure deployment gets the setting."""
+
+    TEMPLATE = "main.bicep sets it"
+    TEMPLATE_WHEN = "main.bicep sets it when"  # followed by Setting.deploy_note
+    OPTIONAL = "optional: set it by hand when the default does not fit"
+    LOCAL = "local only"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: Kind
+    type: Type
+    description: str
+    default: str | None = None  # the value an unset setting reads as, written as in an app setting
+    default_note: str = ""  # what unset means when it is no fixed value, or why the default is what it is
+    minimum: float | None = None
+    maximum: float | None = None
+    unit: str = ""  # "seconds", "days": the unit of a number
+    choices: tuple[str, ...] = ()
+    need: Need = Need.OPTIONAL
+    secret: bool = False  # the value may hold a secret: problems show its shape, never the value
+    read_by: ReadBy = ReadBy.APP
+    deploy: Deploy = Deploy.OPTIONAL
+    deploy_note: str = ""
+    example: str = ""  # a good value for messages, when the default is none or is not telling
+
+    @property
+    def sample(self) -> str:
+        """A good value, shown after "e.g." in a problem."""
+        return self.example or self.default or ""
+
+    @property
+    def pattern(self) -> bool:
+        """The name holds a placeholder (``SYNC_SCHEDULE_<JOB>``): one setting per job."""
+        return "<" in self.name
+
+    @property
+    def accepted(self) -> str:
+        """The accepted values in words: a list of choices, a range, or the type."""
+        if self.choices:
+            return " or ".join(self.choices)
+        each = f"{self.type}, each " if self.type is Type.DAYS else ""
+        if self.minimum is not None and self.maximum is not None:
+            return f"{each}{_number(self.minimum)} to {_quantity(self.maximum, self.unit)}"
+        if self.minimum is not None:
+            return f"{each}at least {_quantity(self.minimum, self.unit)}"
+        return str(self.type)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _quantity(value: float, unit: str) -> str:
+    """``60 seconds``, ``1 second``, ``2``."""
+    if not unit:
+        return _number(value)
+    return f"{_number(value)} {unit.removesuffix('s') if value == 1 else unit}"
+
+
+K, T, D = Kind, Type, Deploy
+SETTINGS: tuple[Setting, ...] = (
+    # -- platform ---------------------------------------------------------------------------------------------
+    Setting(EnvVars.STORAGE, K.PLATFORM, T.CONNECTION,
+            "Storage connection string, e.g. UseDevelopmentStorage=true for Azurite.",
+            default_note="unset in Azure: the identity-based `AzureWebJobsStorage__accountName` replaces it",
+            need=Need.ONE_OF_STORAGE, secret=True, read_by=ReadBy.BOTH, deploy=D.LOCAL),
+    Setting(EnvVars.STORAGE_ACCOUNT_NAME, K.PLATFORM, T.TEXT,
+            "Storage account reached with the managed identity (blobs, queues, tables: host and app).",
+            default_note=f"unset: `{EnvVars.STORAGE}` is used", need=Need.ONE_OF_STORAGE, read_by=ReadBy.BOTH,
+            deploy=D.TEMPLATE),
+    Setting(EnvVars.STORAGE_CREDENTIAL, K.PLATFORM, T.TEXT,
+            "The host's storage credential kind; with a user-assigned identity.",
+            choices=("managedidentity",), read_by=ReadBy.HOST, deploy=D.TEMPLATE_WHEN,
+            deploy_note="a user-assigned identity is given"),
+    Setting(EnvVars.STORAGE_CLIENT_ID, K.PLATFORM, T.GUID,
+            "Client ID of the user-assigned identity the host reaches storage with.",
+            read_by=ReadBy.HOST, deploy=D.TEMPLATE_WHEN, deploy_note="a user-assigned identity is given"),
+    Setting(EnvVars.APPINSIGHTS_CONNECTION_STRING, K.PLATFORM, T.CONNECTION,
+            "Where the host sends telemetry.", secret=True, read_by=ReadBy.HOST, deploy=D.TEMPLATE),
+    Setting(EnvVars.APPINSIGHTS_AUTHENTICATION_STRING, K.PLATFORM, T.TEXT,
+            "Telemetry authenticated with Entra (the resource has local auth disabled).",
+            choices=("Authorization=AAD",), read_by=ReadBy.HOST, deploy=D.TEMPLATE),
+    Setting(EnvVars.WORKER_RUNTIME, K.PLATFORM, T.TEXT,
+            "The local host's language worker; Flex Consumption takes it from functionAppConfig instead.",
+            choices=("python",), read_by=ReadBy.HOST, deploy=D.LOCAL),
+    # -- identity ---------------------------------------------------------------------------------------------
+    Setting(EnvVars.DATAVERSE_TENANT_ID, K.IDENTITY, T.TENANT,
+            "Directory (tenant) of the app registration; not common/organizations/consumers.",
+            need=Need.REQUIRED, deploy=D.TEMPLATE),
+    Setting(EnvVars.DATAVERSE_CLIENT_ID, K.IDENTITY, T.GUID,
+            "Application (client) ID of the app registration Dataverse knows as an application user.",
+            need=Need.REQUIRED, deploy=D.TEMPLATE),
+    Setting(EnvVars.DATAVERSE_CLIENT_SECRET_NAME, K.IDENTITY, T.VAULT_OBJECT,
+            "Key Vault secret holding the client secret (or a Dataverse connection string).",
+            need=Need.ONE_OF_CREDENTIAL, deploy=D.TEMPLATE_WHEN, deploy_note="no certificate is given"),
+    Setting(EnvVars.DATAVERSE_CERTIFICATE_NAME, K.IDENTITY, T.VAULT_OBJECT,
+            "Key Vault certificate for certificate authentication (preferred to a secret).",
+            need=Need.ONE_OF_CREDENTIAL, deploy=D.TEMPLATE_WHEN, deploy_note="`dataverseCertificateName` is given"),
+    Setting(EnvVars.KEY_VAULT_URL, K.IDENTITY, T.HTTPS_URL,
+            "The vault holding the Dataverse credential and the alert channel URLs.",
+            need=Need.REQUIRED, deploy=D.TEMPLATE, example="https://contoso-dvbridge.vault.azure.net"),
+    Setting(EnvVars.AZURE_CLIENT_ID, K.IDENTITY, T.GUID,
+            "Client ID of a user-assigned managed identity.",
+            default_note="unset: the system-assigned identity", deploy=D.TEMPLATE_WHEN,
+            deploy_note="a user-assigned identity is given"),
+    Setting(EnvVars.ENTRA_AUTHORITY_HOST, K.IDENTITY, T.HTTPS_URL,
+            "Entra authority host.", default=DEFAULT_AUTHORITY_HOST, default_note="sovereign clouds differ"),
+    Setting(EnvVars.ENTRA_INSTANCE_DISCOVERY, K.IDENTITY, T.BOOL,
+            "Let MSAL discover the authority's metadata (false for a private authority).", default="true"),
+    Setting(EnvVars.KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, K.IDENTITY, T.BOOL,
+            "Check that Key Vault's auth challenge names the vault's own domain.", default="true"),
+    Setting(EnvVars.GRAPH_URL, K.IDENTITY, T.HTTPS_URL,
+            "Microsoft Graph, read for the app registrations' credential end dates.", default=DEFAULT_GRAPH_URL),
+    # -- dataverse --------------------------------------------------------------------------------------------
+    Setting(EnvVars.DATAVERSE_URL, K.DATAVERSE, T.HTTPS_URL,
+            "The Dataverse environment URL, scheme and host only (no /api/data path).",
+            need=Need.REQUIRED, deploy=D.TEMPLATE, example="https://contoso.crm4.dynamics.com"),
+    Setting(EnvVars.DATAVERSE_TABLES, K.DATAVERSE, T.ENTITY_SETS,
+            "Entity sets the app reads and writes; the doctor probes their privileges.",
+            default="", default_note="none: the doctor skips the privilege probe", deploy=D.TEMPLATE),
+    # -- sync -------------------------------------------------------------------------------------------------
+    Setting(EnvVars.SYNC_JOBS_FILE, K.SYNC, T.PATH,
+            "The jobs file.", default=DEFAULT_JOBS_FILE, default_note="deployed with the code"),
+    Setting(EnvVars.SYNC_LEASE_DURATION_S, K.SYNC, T.INT,
+            "A run's blob lease on its job, renewed every third of it: a crashed run frees the job this fast.",
+            default=str(DEFAULT_LEASE_DURATION_S), minimum=MIN_LEASE_DURATION_S, maximum=MAX_LEASE_DURATION_S,
+            unit="seconds"),
+    Setting(EnvVars.SYNC_CHUNK_CONCURRENCY, K.SYNC, T.INT,
+            "Dataverse requests in flight per fan-out work item; main.bicep derives the instance cap from it.",
+            default=str(DEFAULT_CHUNK_CONCURRENCY), minimum=1, maximum=MAX_CHUNK_CONCURRENCY, deploy=D.TEMPLATE),
+    Setting(EnvVars.SYNC_SCHEDULE, K.SYNC, T.NCRONTAB,
+            "A job's timer, one setting per job (`SYNC_SCHEDULE_ACCOUNTS`...); unset disables that timer.",
+            default_note="none; main.bicep and local settings set the job's `schedule` from the jobs file",
+            need=Need.REQUIRED, read_by=ReadBy.HOST, deploy=D.TEMPLATE, example="0 */15 * * * *"),
+    # -- webhooks ---------------------------------------------------------------------------------------------
+    Setting(EnvVars.WEBHOOK_ROUTES_FILE, K.WEBHOOKS, T.PATH,
+            "The webhook routes file.", default=DEFAULT_ROUTES_FILE, default_note="deployed with the code"),
+    Setting(EnvVars.WEBHOOK_DEDUPE_TTL_S, K.WEBHOOKS, T.INT,
+            "How long a delivery, nonce or processed event is remembered, so a copy of it is a replay.",
+            default=str(DEFAULT_DEDUPE_TTL_S), minimum=1, unit="seconds"),
+    # -- expiry -----------------------------------------------------------------------------------------------
+    Setting(EnvVars.EXPIRY_THRESHOLDS_DAYS, K.EXPIRY, T.DAYS,
+            "Days before a credential's end date at which the sweep alerts, once each.",
+            default=",".join(str(d) for d in DEFAULT_THRESHOLDS_DAYS), minimum=1, unit="days"),
+    Setting(EnvVars.EXPIRY_CHANNELS, K.EXPIRY, T.LIST,
+            "Alert channels, kind:secret-name or name=kind:secret-name (kinds teams, slack, json).",
+            default="", default_note="none: alerts go to the log only", deploy=D.TEMPLATE),
+    Setting(EnvVars.EXPIRY_APP_IDS, K.EXPIRY, T.LIST,
+            "App registrations whose Entra credentials the sweep watches (`*`: every one it can read).",
+            default_note="the value of `DATAVERSE_CLIENT_ID`", deploy=D.TEMPLATE),
+    Setting(EnvVars.EXPIRY_EVENT_TOPICS, K.EXPIRY, T.LIST,
+            "Event Grid topics whose Key Vault events the expiry function accepts.",
+            default_note="the vault's own topic"),
+    Setting(EnvVars.EXPIRY_VAULT_NAME, K.EXPIRY, T.TEXT,
+            "The vault's name, used in credential ids and to match event topics.",
+            default_note="the first label of `KEY_VAULT_URL`"),
+    Setting(EnvVars.EXPIRY_DRIFT_TOLERANCE_S, K.EXPIRY, T.NUMBER,
+            "How far Key Vault's exp and Entra's endDateTime may differ before drift is reported.",
+            default=str(DEFAULT_DRIFT_TOLERANCE_S), minimum=0, unit="seconds"),
+    Setting(EnvVars.EXPIRY_SWEEP_SCHEDULE, K.EXPIRY, T.NCRONTAB,
+            "The expiry sweep's timer; unset disables it.",
+            default_note=f"none; main.bicep and local settings set `{DEFAULT_SWEEP_SCHEDULE}` (daily, 06:00 UTC)",
+            need=Need.REQUIRED, read_by=ReadBy.HOST, deploy=D.TEMPLATE, example=DEFAULT_SWEEP_SCHEDULE),
+    # -- tuning -----------------------------------------------------------------------------------------------
+    Setting(EnvVars.SECRET_CACHE_TTL_S, K.TUNING, T.INT,
+            "How long a Key Vault secret is cached before it is read again.",
+            default=str(DEFAULT_SECRET_CACHE_TTL_S), minimum=0, unit="seconds"),
+    Setting(EnvVars.SECRET_MAX_STALE_S, K.TUNING, T.INT,
+            "How long past its TTL a cached secret is still served while Key Vault cannot be reached.",
+            default=str(DEFAULT_SECRET_MAX_STALE_S), minimum=0, unit="seconds"),
+    Setting(EnvVars.TOKEN_REFRESH_MARGIN_S, K.TUNING, T.INT,
+            "A Dataverse token is refreshed when it has less than this left.",
+            default=str(DEFAULT_TOKEN_REFRESH_MARGIN_S), minimum=0, maximum=MAX_TOKEN_REFRESH_MARGIN_S,
+            unit="seconds"),
+    Setting(EnvVars.HTTP_TIMEOUT_S, K.TUNING, T.INT,
+            "Timeout of each call to Entra (token, metadata) and of the doctor's Dataverse calls.",
+            default=str(DEFAULT_HTTP_TIMEOUT_S), minimum=1, unit="seconds"),
+)  # fmt: skip
+del K, T, D
+
+REGISTRY: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def setting(name: str) -> Setting:
+    """The declaration of ``name``; a job's schedule setting (``SYNC_SCHEDULE_ACCOUNTS``) is ``SYNC_SCHEDULE_<JOB>``.
+    A KeyError is a programming error: every name the code reads is declared above."""
+    if name not in REGISTRY and name.startswith(SYNC_SCHEDULE_PREFIX):
+        return REGISTRY[EnvVars.SYNC_SCHEDULE]
+    return REGISTRY[name]
