@@ -18,8 +18,8 @@ LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HTML_ANCHOR = re.compile(r"<a\s+(?:name|id)=\"([^\"]+)\"")
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # https:, mailto:, ...
 # Files another change is about to add, linked already: a missing one is not reported; once it exists, links to
-# it are checked like any other. docs/settings.md is generated from the settings registry (issue 17).
-PENDING = frozenset({"docs/settings.md"})
+# it are checked like any other.
+PENDING: frozenset[str] = frozenset()
 
 
 def _prose_lines(text: str) -> list[str]:
