@@ -9,9 +9,14 @@
     ├── DataverseError            the Web API refused a request; .status, .code, .message
     │   └── ThrottledError        429 after every retry; .retry_after_s
     ├── BatchDecodeError          a $batch reply is not well-formed multipart (shared.dataverse.batch_codec)
+    ├── KeyValueRefused           a key, id or name no URL may carry; .field (shared.dataverse.addressing)
     ├── EventRejected             an Event Grid event we do not act on (shared.expiry.eventgrid)
+    ├── StateConflict             an alert-state row changed since it was read (shared.expiry.state)
     ├── RequestRejected           an HTTP route's input is refused; .status (400/413), .reason (shared.http_input)
-    └── WebhookRejected           an incoming webhook is refused; .status (400/401/413), .reason
+    ├── WebhookRejected           an incoming webhook is refused; .status (400/401/413), .reason
+    ├── ClaimLost                 a webhook claim was taken over before it was settled (shared.webhooks.dedupe)
+    └── EventInProgress           another copy of a webhook event is being processed: the queue retries
+                                  (shared.webhooks.processor)
 
 Every error message is safe to log: no secret value or token is ever put into one.
 Callers chain the original exception (``raise ... from exc``) so the SDK detail stays available.

@@ -8,6 +8,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
+from shared.errors import DvbridgeError
 from shared.expiry.model import Credential
 from shared.expiry.policy import CredentialState
 
@@ -16,7 +17,7 @@ PARTITION = "credential"
 _TIMES = ("first_seen", "expires_on", "last_notified", "acknowledged_until", "snoozed_until")
 
 
-class StateConflict(Exception):
+class StateConflict(DvbridgeError):
     """Another invocation changed the row since it was read."""
 
 

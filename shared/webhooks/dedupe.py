@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.config import read_int
+from shared.errors import DvbridgeError
 from shared.settings_registry import EnvVars
 
 _logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Held:
     in_progress: bool
 
 
-class ClaimLost(Exception):
+class ClaimLost(DvbridgeError):
     """The claim was taken over (or deleted) since this caller won it: the ETag no longer matches."""
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.dataverse.addressing import KeyValueRefused, guid, table_definition_path
-from shared.errors import DataverseError
+from shared.errors import DataverseError, DvbridgeError
 from shared.logging import log_event
 from shared.sync.engine import SyncContext
 from shared.sync.jobs import InboundJob
@@ -55,7 +55,7 @@ PROCESS_WAIT_S = 5.0
 _entity_sets: dict[str, str] = {}
 
 
-class EventInProgress(RuntimeError):
+class EventInProgress(DvbridgeError):
     """Another copy of this event is being processed: raised so that the queue delivers this one again
     later, when that copy has settled (then it is skipped) or given up (then this one runs)."""
 
