@@ -1,7 +1,7 @@
-"""A pure OData ``$batch`` codec for the Dataverse Web API (reference dataverse-web-api.md §3).
+"""A pure OData ``$batch`` codec for the Dataverse Web API (Microsoft's "Execute batch operations").
 
 :func:`encode_batch` turns operations (and change sets of operations) into ``multipart/mixed`` bytes
-exactly as §3.4 writes them. :func:`decode_batch` parses a reply, tolerant of LF or CRLF and extra blank
+in the layout Microsoft's examples show. :func:`decode_batch` parses a reply, tolerant of LF or CRLF and extra blank
 lines, and :func:`match_results` assigns one :class:`OperationResult` to every operation sent:
 
 * a change set answered with fewer parts than it had operations failed as a whole; its failing part
@@ -129,7 +129,7 @@ def _render_operation(op: Operation) -> str:
     if op.body is not None:
         text += json.dumps(op.body, separators=(",", ":"), ensure_ascii=False) + CRLF
     else:
-        text += CRLF  # the blank line, then the delimiter's own CRLF (§3.4: three CRLFs after a GET)
+        text += CRLF  # the blank line, then the delimiter's own CRLF (a GET part ends in three CRLFs)
     return text
 
 

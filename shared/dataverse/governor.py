@@ -1,6 +1,6 @@
 """One throttle governor per application user and worker.
 
-Service protection is per user (reference dataverse-web-api.md §5), so every request of the worker
+Dataverse's service protection limits count per user, so every request of the worker
 goes through one governor. On any 429 all workers pause for ``Retry-After`` (plus jitter so they do
 not return in lock-step) and the allowed concurrency halves; successes ramp it back up one step at
 a time. Concurrency never exceeds the server's ``x-ms-dop-hint`` or the hard limit of 52.

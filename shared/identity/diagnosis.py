@@ -222,7 +222,7 @@ _ENTRIES = [
         " identity's service principal (New-MgServicePrincipalAppRoleAssignment), or add the identity as an owner"
         " of the app with Application.ReadWrite.OwnedBy.",
     ),
-    # --- Dataverse Web API (reference/dataverse-web-api.md §9) ------------------------------------
+    # --- Dataverse Web API ---------------------------------------------------------------------------
     Diagnosis(
         "DataverseUnauthorized",
         "Dataverse rejected the token (401)",

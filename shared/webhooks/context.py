@@ -1,4 +1,4 @@
-"""Dataverse's ``RemoteExecutionContext`` (reference dataverse-web-api.md §8.3) as a typed event.
+"""Dataverse's ``RemoteExecutionContext`` (what a webhook service endpoint receives) as a typed event.
 
 Values arrive WCF-serialised: ``{"__type": "EntityReference:…", "Id": …}``, ``OptionSetValue``, ``Money``,
 ``"/Date(ms±hhmm)/"``. They become plain values: references as ``{"id", "logical_name", "name"}``, choices
