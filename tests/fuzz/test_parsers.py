@@ -405,3 +405,34 @@ def test_connection_strings_parse_or_raise_credential_format_error(text: str) ->
         assert "connection string" in str(parsed)
         return
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items())
+
+
+# -- app settings -------------------------------------------------------------------------------------------
+def _app_read_settings() -> list[Any]:
+    from shared.settings_registry import SETTINGS, ReadBy
+
+    return [s for s in SETTINGS if s.read_by is not ReadBy.HOST and not s.pattern]
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    declared=st.sampled_from(_app_read_settings()),
+    value=st.text(st.characters(blacklist_categories=["Cs"]), max_size=60) | st.from_regex(r"-?[0-9]{1,40}(\.[0-9]+)?"),
+)
+def test_any_value_of_any_setting_is_accepted_or_a_config_error_naming_it(declared: Any, value: str) -> None:
+    """Whatever an operator types into an app setting, the reader answers with a value or a ConfigError that
+    names the setting; a value that may hold a secret never appears in the message."""
+    from shared.config import SettingsReader
+
+    reader = SettingsReader({declared.name: value})
+    reader.read(declared.name)
+    refused: ConfigError | None = None
+    try:
+        reader.raise_problems()
+    except ConfigError as exc:
+        refused = exc
+    event(f"{'refused' if refused else 'accepted'} {declared.type}")
+    if refused is not None:
+        assert declared.name in str(refused)
+        if declared.secret and len(value.strip()) > 3:
+            assert value.strip() not in str(refused)
