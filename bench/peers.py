@@ -40,7 +40,7 @@ PRODUCTION_SERVERS = 2
 PRODUCTION_WINDOW_S = 60.0
 PRODUCTION_THROTTLE_RATE = 0.01
 PRODUCTION_RETRY_AFTER_S = 2
-PRODUCTION_TIME_SCALE = 0.25  # the emulator writes ~2,400 records/s of real time at the 2-server ceiling
+PRODUCTION_TIME_SCALE = 0.25  # two 60 s windows last 30 s of real time
 
 
 @dataclass
@@ -285,7 +285,7 @@ def ppdc_tuned_work(
 
 
 def production_like(stack: DevstackProcess, time_scale: float, restore_time_scale: float) -> dict[str, Any]:
-    """Reference scenarios 2 and 5 of peer-clients.md §5.7: two web servers (so ``x-ms-dop-hint`` is 8), 1 % of
+    """Throttling and a high dop hint together, as in production: two web servers (so ``x-ms-dop-hint`` is 8), 1 % of
     bulk requests throttled with ``Retry-After``, each client at its best concurrency for two windows.
 
     Every limit is enforced per web server. dvbridge refuses the affinity cookie and spreads its requests;

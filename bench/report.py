@@ -93,8 +93,8 @@ def render(results: dict[str, Any], repeat: int, elapsed_s: float, only: list[st
         "",
         "## Emulator configuration",
         "",
-        "devstack's Dataverse (DESIGN §5, `devstack/dataverse/limits.py`): per request latency"
-        f" {LATENCY_MS:.0f} ms; single write {SINGLE_MS:.0f} ms; `$batch` {BATCH_OP_MS:.0f} ms per operation;"
+        "devstack's Dataverse (its default cost model and limits, `devstack/dataverse/limits.py`): per request"
+        f" latency {LATENCY_MS:.0f} ms; single write {SINGLE_MS:.0f} ms; `$batch` {BATCH_OP_MS:.0f} ms per operation;"
         f" bulk {BULK_FIXED_MS:.0f} ms + {BULK_PER_RECORD_MS} ms per record. Service protection per user and"
         f" {WINDOW_S:.0f} s window: {REQUESTS_PER_WINDOW:,} requests, {EXECUTION_MS_PER_WINDOW / 1000:,.0f} s of"
         f" execution time, 52 concurrent requests; `x-ms-dop-hint` {DOP}. Rates are in model time (real rate"

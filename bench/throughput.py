@@ -1,5 +1,6 @@
 """Throughput of the write planner against the emulator, compared with the ceiling the emulator's own
-configuration implies (reference dataverse-throughput.md §3.3).
+configuration implies (the lowest of what the concurrency delivers, the request-count limit and the
+execution-time limit; see :meth:`Config.ceiling`).
 
     python -m bench.throughput [--time-scale 0.05] [--seconds 30]
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
 
-# The emulator's defaults (DESIGN §5): every figure below comes from devstack/dataverse/limits.py.
+# The emulator's default cost model and limits: every figure below comes from devstack/dataverse/limits.py.
 LATENCY_MS, SINGLE_MS, BATCH_OP_MS, BULK_FIXED_MS, BULK_PER_RECORD_MS = 40.0, 80.0, 80.0, 100.0, 6.5
 REQUESTS_PER_WINDOW, EXECUTION_MS_PER_WINDOW, WINDOW_S, DOP = 6000, 1_200_000.0, 300.0, 4
 

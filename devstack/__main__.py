@@ -85,7 +85,7 @@ class _Listener:
 def _bind(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Without TCP_NODELAY a response written as headers + body waits ~40 ms for a delayed ACK (Nagle);
+    # Without TCP_NODELAY a response written as headers + body waits for the peer's delayed ACK (Nagle);
     # accepted connections inherit the option from the listening socket on Linux.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((LOOPBACK, port))

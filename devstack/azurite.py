@@ -1,4 +1,4 @@
-"""Azurite (Storage: blob, queue, table) as a child process of devstack (reference azure-offline.md §5)."""
+"""Azurite (Storage: blob, queue, table) as a child process of devstack."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ GRAPH_READ_ROLES = {"Application.Read.All", "Application.ReadWrite.All", "Direct
 
 # code -> (default HTTP status, OAuth error). Sources: public issue threads quoting raw bodies.
 AADSTS_DEFAULTS: dict[int, tuple[int, str]] = {
-    700016: (400, "unauthorized_client"),  # unknown application (reference: azure-offline §3)
+    700016: (400, "unauthorized_client"),  # unknown application (as MSAL receives it)
     7000215: (401, "invalid_client"),  # invalid secret: 401 quoted in public threads
     7000222: (401, "invalid_client"),  # expired secret: 401 quoted in public threads
     7000218: (400, "invalid_client"),  # neither client_secret nor client_assertion

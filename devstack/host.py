@@ -1,4 +1,4 @@
-"""A local Functions host (DESIGN §6): the host's side of what ``func start`` runs, for the Python v2 model.
+"""A local Functions host (docs/local-host.md): the host's side of what ``func start`` runs, for the Python v2 model.
 
 The app never runs in this process. :class:`devstack.worker_channel.WorkerPool` starts Python workers
 (``devstack.worker_proxy``, which loads the app's pinned ``azure-functions-runtime``; as many as

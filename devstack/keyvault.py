@@ -1,6 +1,6 @@
 """Key Vault (HTTPS): secrets and certificates REST with the bearer challenge and RBAC.
 
-Shapes follow what azure-keyvault-secrets/-certificates 4.12 parse (reference/azure-offline.md §2).
+Shapes are the JSON that azure-keyvault-secrets/-certificates 4.12 parse (every field they read).
 Any ``api-version`` is accepted. Real Key Vault does not block reads of an expired secret, and
 neither do we; a disabled one answers 403 ``SecretDisabled``.
 """

@@ -1,6 +1,6 @@
 """The host's side of FunctionRpc: a gRPC server, the Python worker process, and the message flow.
 
-What the Functions host does with a language worker (../shared/reference/functions-runtime.md §3):
+What the Functions host does with a language worker (docs/local-host.md, "Message flow"):
 start the process with ``--host/--port/--workerId/--requestId/--grpcMaxMessageLength``, wait for its
 ``StartStream``, send ``WorkerInitRequest``, ``FunctionsMetadataRequest`` and one ``FunctionLoadRequest``
 per function, then ``InvocationRequest``s, each answered by an ``InvocationResponse`` (with ``RpcLog``s

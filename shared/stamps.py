@@ -2,7 +2,7 @@
 
 The sync jobs file and the webhook routes file must be valid before the app starts: a broken file has to
 stop start-up with the file, job and field named. Validating them means importing yaml, pydantic and the
-models, about 100 ms of every cold start (BENCHMARKS.md, cold start). So validation moves to build time,
+models, paid on every cold start (BENCHMARKS.md, cold start). So validation moves to build time,
 the way Python moves compilation into ``.pyc`` files:
 
     python -m shared.stamps        # run by make, CI and azd's prepackage hook

@@ -1,7 +1,8 @@
-"""``POST $batch`` (reference §3): multipart/mixed in, multipart/mixed out.
+"""``POST $batch``: multipart/mixed in, multipart/mixed out.
 
 The parser is lenient (CRLF or LF, extra blank lines, quoted or bare boundaries); the writer emits
-the exact shape of §3.4. Each embedded request runs through the same handlers as a direct call.
+the exact shape of Microsoft's documented examples. Each embedded request runs through the same handlers
+as a direct call.
 Change sets are one transaction (a savepoint): at the first failure everything in them rolls back.
 """
 
@@ -33,7 +34,7 @@ MAX_BATCH_OPERATIONS = 1000
 CRLF = "\r\n"
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
 _CONTENT_ID_REF = re.compile(r"^\$(\d+)")
-# The order Dataverse writes part headers in (reference §3.4, §3.5); others follow.
+# The order Dataverse writes part headers in (as in its documented responses); others follow.
 HEADER_ORDER = {
     name: i for i, name in enumerate(["req_id", "content-type", "odata-version", "location", "odata-entityid"])
 }
@@ -188,7 +189,7 @@ async def execute_batch(ctx: DataverseContext, request: Request, user: Applicati
             rendered.append(_render_part(result))
         if failed and not continue_on_error:
             top_status = results[-1].status if isinstance(item, ChangeSet) else result.status
-            rendered = rendered[-1:]  # the body carries only the first failure (reference §3.5)
+            rendered = rendered[-1:]  # the body carries only the first failure, as Dataverse's does
             break
     body = "".join(f"--{boundary}{CRLF}{part}" for part in rendered) + f"--{boundary}--{CRLF}"
     return Response(

@@ -1,4 +1,4 @@
-"""Bulk messages on standard tables (reference dataverse-throughput.md §1):
+"""Bulk messages on standard tables, as Microsoft documents them:
 ``POST /<set>/Microsoft.Dynamics.CRM.{CreateMultiple,UpdateMultiple,UpsertMultiple}`` with
 ``{"Targets": [...]}``. Atomic: any error rolls the whole request back.
 """
@@ -37,7 +37,7 @@ async def execute_bulk(
     if request.method != "POST":
         raise DataverseFault(405, "0x80040227", f"{action} accepts only POST.")
     if not table.bulk:
-        # The exact error for a table without bulk support is UNCONFIRMED in the reference.
+        # The exact error for a table without bulk support is UNCONFIRMED (Microsoft's docs do not show it).
         raise DataverseFault(
             400, "0x80040203", f"The '{action}' message is not supported for the '{table.logical_name}' entity."
         )
@@ -78,7 +78,7 @@ async def execute_bulk(
                 if not record_id:
                     raise DataverseFault(400, "0x80040203", f"Each target must carry {table.primary_id}.")
                 if record_id in seen:
-                    continue  # later duplicates are silently ignored (reference §1.3)
+                    continue  # UpdateMultiple applies the first of duplicate keys and silently ignores the rest
                 seen.add(record_id)
                 existing = ctx.store.get(table.logical_name, record_id)
                 if existing is None:
@@ -128,7 +128,7 @@ def _upsert_all(ctx: DataverseContext, table: Table, targets: list[dict[str, Any
         if key is not None:
             marker = json.dumps(key, sort_keys=True)
             if marker in keys_seen:
-                # Duplicates make UpsertMultiple fail (reference §1.4); the code is UNCONFIRMED.
+                # Duplicate keys make UpsertMultiple fail (documented); the error code is UNCONFIRMED.
                 raise DataverseFault(
                     400, "0x80040203", "The Targets collection contains more than one record with the same key."
                 )
@@ -145,7 +145,8 @@ def _upsert_all(ctx: DataverseContext, table: Table, targets: list[dict[str, Any
             ctx.store.update(existing, data)
             continue
         if isinstance(key, dict) and any(name in body for name in key):
-            # Microsoft's Python SDK hit exactly this on the create path (reference §1.4, PR #127).
+            # An alternate-key column repeated in the body: Microsoft's Python SDK got this 400 on the create path
+            # (PowerPlatform-Dataverse-Client PR #127); the update path tolerates it.
             raise DataverseFault(400, "0x80040216", "An unexpected error occurred.")
         data = convert_body(ctx, table, body)
         if isinstance(key, dict):

@@ -32,7 +32,7 @@ SERVER_ERRORS = {
     503: ("0x80040216", "Service Unavailable"),
     504: ("0x80040216", "Gateway Timeout"),
 }
-SQL_TIMEOUT = ("0x80044151", "Sql error: 'SQL timeout expired.'")  # -2147204783 (throughput reference §1.6)
+SQL_TIMEOUT = ("0x80044151", "Sql error: 'SQL timeout expired.'")  # -2147204783: the batch is too large
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Service protection and the cost model (reference dataverse-web-api.md §5, dataverse-throughput.md §3).
+"""Service protection (Dataverse's three limits: requests, execution time, concurrency) and the cost model.
 
 Per (user, web server): a sliding window of request timestamps and of execution time, and an
 in-flight counter. Every request costs network latency plus server time (single operation, each

@@ -1,9 +1,9 @@
-"""The Dataverse Web API v9.2 emulator's HTTP surface (reference/dataverse-web-api.md §0-§2, §4, §6, §9).
+"""The Dataverse Web API v9.2 emulator's HTTP surface: URLs, headers, errors, WhoAmI and token checks.
 
-Implemented so far: auth and privileges, WhoAmI, EntityDefinitions, single-record create/read/
-update/upsert/delete with the conditional-header table of §1.3, and collection queries with
-$select/$filter/$orderby/$top/$count and paging. ($batch, bulk messages, change tracking, service
-protection limits and outgoing webhooks are not built yet.)
+Here: auth and privileges, WhoAmI, EntityDefinitions, single-record create/read/update/upsert/delete
+with Dataverse's conditional headers (``If-Match``/``If-None-Match`` on ETags), collection queries with
+$select/$filter/$orderby/$top/$count and paging, and change tracking. ``$batch``, bulk messages, service
+protection limits and outgoing webhooks have their own modules in this package.
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ from devstack.stats import Stats
 from devstack.tokens import TokenIssuer
 
 API_PREFIX = "/api/data/v9.2"
-MAX_PAGE_SIZE = 5000  # default and maximum (reference §2.3)
+MAX_PAGE_SIZE = 5000  # Dataverse's default and maximum page size
 COUNT_CAP = 5000
 JSON_TYPE = "application/json; odata.metadata=minimal"
 OPERATIONS = {"create": "Create", "read": "Read", "write": "Write", "delete": "Delete"}
 
 
 class DataverseFault(Exception):
-    """An error answered in the reference's shape: ``{"error": {"code", "message"}}``."""
+    """An error answered in Dataverse's shape: ``{"error": {"code", "message"}}``."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -84,10 +84,10 @@ class DataverseContext:
     organization_id: str
     business_unit_id: str
     stats: Stats = field(default_factory=Stats)
-    # How a failed change set is answered (reference §3.5): "multipart" (the captured Dataverse shape,
+    # How a failed change set is answered: "multipart" (the captured Dataverse shape,
     # a changesetresponse holding the failing part) or "single" (strict OData 4.0, one application/http part).
     changeset_failure_shape: str = "multipart"
-    # What `Prefer: odata.track-changes` does on a table without change tracking (UNCONFIRMED, §7):
+    # What `Prefer: odata.track-changes` does on a table without change tracking (UNCONFIRMED in Microsoft's docs):
     # "ignore" (answer a normal query, no delta link) or "error" (400).
     untracked_table_behaviour: str = "ignore"
     governor: Governor = field(default_factory=lambda: Governor(Limits()))
@@ -496,7 +496,7 @@ def find(ctx: DataverseContext, table: Table, key: str | dict[str, Any], *, must
             raise DataverseFault(404, "0x80040217", f"{table.logical_name} With Id = {key} Does Not Exist")
         return record
     if table.find_key(set(key)) is None:
-        # Code and message for an undefined key: UNCONFIRMED (0x80060890 is in the 400 list of §4.4).
+        # Code and message for an undefined key: UNCONFIRMED (Dataverse's code-to-status table maps 0x80060890 to 400).
         raise DataverseFault(
             400,
             "0x80060890",
@@ -702,7 +702,7 @@ def created_response(
             media_type=JSON_TYPE,
         )
     url = entity_url(ctx, table, record, key_text)
-    # The docs show only OData-EntityId; $batch parts carry Location too. We send both (reference §1.6).
+    # Microsoft's docs show only OData-EntityId; $batch parts carry Location too. We send both.
     return Response(status_code=204, headers={"OData-EntityId": url, "Location": url})
 
 
@@ -881,7 +881,7 @@ def query(ctx: DataverseContext, request: Request, table: Table) -> Response:
 
 
 def tracked_query(ctx: DataverseContext, request: Request, table: Table) -> Response:
-    """Change tracking (reference §7): initial read with a delta link, then deltas."""
+    """Change tracking: initial read with a delta link, then deltas."""
     params = request.query_params
     for option in ("$filter", "$orderby", "$expand", "$top"):
         if option in params:

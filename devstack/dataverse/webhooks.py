@@ -1,4 +1,4 @@
-"""Outgoing webhooks (reference dataverse-web-api.md §8): service endpoints from the scenario or the
+"""Outgoing webhooks, as Dataverse sends them: service endpoints from the scenario or the
 control API, notified asynchronously after commit with the RemoteExecutionContext JSON.
 
 Modelled: an asynchronous PostOperation step (Mode 1, Stage 40) per registration; WebhookKey,

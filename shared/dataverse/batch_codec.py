@@ -244,7 +244,7 @@ def match_results(items: Sequence[BatchItem], parts: Sequence[DecodedPart]) -> l
     With a part per item (continue-on-error, or no failure) results pair up by position. With fewer
     parts, the batch stopped at a failure and Dataverse listed only that failure: it is placed by its
     Content-ID when it has one; every other operation gets ``UNKNOWN_OUTCOME`` (an independent
-    operation before the failure may or may not have committed - UNCONFIRMED in the reference), so
+    operation before the failure may or may not have committed - Microsoft's docs do not say), so
     callers re-send them, which is safe for upserts.
     """
     if len(parts) == len(items):

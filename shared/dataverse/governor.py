@@ -18,7 +18,7 @@ MAX_CONCURRENCY = 52  # Dataverse's concurrent-request limit per user per server
 JITTER_FRACTION = 0.2  # up to 20 % extra pause, so paused workers do not all resume together
 # After a throttle, add one slot of concurrency per success. The pause already waited out Retry-After, and a
 # halved limit that is still too high meets the next 429 and halves again; ramping one slot per 4 successes
-# cost 27 % of the 2-server throughput for two isolated 429s in 30 s (BENCHMARKS.md, production-like).
+# lost much of the throughput after isolated 429s (BENCHMARKS.md, production-like).
 SUCCESSES_PER_RAMP_STEP = 1
 
 

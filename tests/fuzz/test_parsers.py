@@ -209,7 +209,7 @@ PLACES = {
 
 
 def placed(place: str, value_json: str) -> bytes:
-    """The reference sample with the value at ``place``, as JSON text."""
+    """The webhook sample of test_webhook_parsing with the value at ``place``, as JSON text."""
     context = json.loads(CONTEXT_SAMPLE)
     target = context["InputParameters"][0]["value"]
     marker = "__fuzzed__"

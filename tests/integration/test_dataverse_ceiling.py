@@ -1,6 +1,6 @@
 """Acceptance 3 of the emulator: sustained load settles at the limit the formula predicts.
 
-Formula (dataverse-throughput.md §3.3), per user and server, in model time:
+Formula (the service-protection bound for one application user), per user and server, in model time:
   requests/s   <= requests_per_window / window
   records/s    <= (execution_ms_per_window / window) / server_ms_per_request * records_per_request
 Real time = model time x time_scale. Clients honour Retry-After, as a well-behaved client must.

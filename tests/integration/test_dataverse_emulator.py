@@ -1,4 +1,4 @@
-"""Conformance of the Dataverse emulator over HTTPS with raw requests (reference/dataverse-web-api.md)."""
+"""Conformance of the Dataverse emulator over HTTPS with raw requests, as the Dataverse Web API v9.2 answers them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Service protection: the three 429s with the reference's bodies, Retry-After and informational headers."""
+"""Service protection: the three 429s with Dataverse's documented bodies, Retry-After and informational headers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Byte-level conformance with reference §3.4, the seed control, and requests spread over web servers.
+"""Byte-level conformance with a $batch example in Microsoft's grammar, the seed control, and requests spread
+over web servers.
 
 Runs on a fresh, in-memory world so the $batch GET sees exactly the records the batch created.
 """
@@ -14,7 +15,7 @@ from tests.devstack_process import ROOT, DevstackProcess
 
 pytestmark = pytest.mark.integration
 
-# Reference §3.4, request body (838 bytes).
+# A $batch request composed from the grammar Microsoft documents (838 bytes; the same as test_batch_codec.py).
 REQUEST = (
     '--batch_7f1a\r\nContent-Type: multipart/mixed; boundary="changeset_9c2b"\r\n\r\n'
     "--changeset_9c2b\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: 1\r\n\r\n"
@@ -29,7 +30,7 @@ REQUEST = (
     "--batch_7f1a--\r\n"
 )
 
-# Reference §3.4, response body, with the org root, ids, boundaries and etag as placeholders.
+# The answer in the same grammar, with the org root, ids, boundaries and etag as placeholders.
 EXPECTED = (
     "--batchresponse_<B>\r\nContent-Type: multipart/mixed; boundary=changesetresponse_<C>\r\n\r\n"
     "--changesetresponse_<C>\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: 1\r\n\r\n"

@@ -1,4 +1,4 @@
-"""The $batch codec: the reference's byte examples, both failure shapes, and hypothesis round trips."""
+"""The $batch codec: byte examples in Microsoft's documented grammar, both failure shapes, and hypothesis round trips."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from shared.dataverse.batch_codec import (
 
 pytestmark = pytest.mark.unit
 
-# Reference §3.4, the request as exact bytes (838).
+# A $batch request composed from the grammar Microsoft documents, as exact bytes (838).
 REFERENCE_REQUEST = (
     b'--batch_7f1a\r\nContent-Type: multipart/mixed; boundary="changeset_9c2b"\r\n\r\n'
     b"--changeset_9c2b\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: 1\r\n\r\n"

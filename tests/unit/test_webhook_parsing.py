@@ -17,7 +17,8 @@ pytestmark = pytest.mark.unit
 
 ACCOUNT_ID = "6d81597f-0f9f-e711-8122-000d3aa2331c"
 C = "http:\\/\\/schemas.microsoft.com\\/xrm\\/2011\\/Contracts"
-# Composed from the reference §8.4 sample (escaped slashes as Dataverse writes them).
+# A Create of an account, composed from Microsoft's documented RemoteExecutionContext (escaped slashes as
+# Dataverse writes them).
 SAMPLE = (
     '{"BusinessUnitId":"e2b9dd85-e89e-e711-8122-000d3aa2331c","CorrelationId":"b374239d-4233-41a9-8b17-a86cb4f737b5","Depth":1,'
     '"InitiatingUserId":"75c2dd85-e89e-e711-8122-000d3aa2331c","InputParameters":[{"key":"Target","value":{'
