@@ -61,9 +61,9 @@ def encode_us(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def client_us(rows: list[dict[str, Any]], strategy: str, chunk: int) -> float:
+    from shared.composition import token_provider
     from shared.dataverse.client import ClientOptions, DataverseClient
     from shared.dataverse.planner import WritePlanner
-    from shared.identity.worker import token_provider
 
     client = DataverseClient(os.environ["DATAVERSE_URL"], token_provider(), options=ClientOptions(max_concurrency=4))
     warm = WritePlanner(

@@ -24,7 +24,7 @@ WORKER = """
 import json, os, resource, uuid
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.dataverse.planner import WritePlanner
-from shared.identity.worker import token_provider
+from shared.composition import token_provider
 
 count = int(os.environ["BENCH_RECORDS"])
 options = ClientOptions(max_concurrency=4)

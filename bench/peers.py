@@ -101,8 +101,8 @@ class Harness:
 
 
 def dvbridge_client(stack: DevstackProcess, concurrency: int) -> Any:
+    from shared.composition import token_provider
     from shared.dataverse.client import ClientOptions, DataverseClient
-    from shared.identity.worker import token_provider
 
     options = ClientOptions(max_concurrency=concurrency, verify=stack.env["REQUESTS_CA_BUNDLE"])
     return DataverseClient(stack.env["DATAVERSE_URL"], token_provider(), options=options)
@@ -128,13 +128,13 @@ def planner_work(
 
 def sync_work(stack: DevstackProcess, count: int) -> Callable[[], int]:
     from devstack.seed import erp_export
+    from shared.storage import Storage
     from shared.sync.engine import SyncContext, run_inbound
     from shared.sync.jobs import InboundJob
-    from shared.sync.storage import SyncStorage
-    from shared.sync.worker import jobs
+    from shared.sync.jobs_file import jobs
 
     _, accounts_csv, _ = erp_export(accounts=count, contacts=0, bad=0)
-    storage = SyncStorage(stack.env["AzureWebJobsStorage"])
+    storage = Storage(stack.env["AzureWebJobsStorage"])
     defined = jobs()["accounts"]
     assert isinstance(defined, InboundJob)
     # One instance end to end: above the threshold a run fans out to the queue, which needs the host.
@@ -153,7 +153,7 @@ def sync_work(stack: DevstackProcess, count: int) -> Callable[[], int]:
 
 
 def naive_work(stack: DevstackProcess, time_box: float) -> Callable[[], list[float]]:
-    from shared.identity.worker import dataverse_token
+    from shared.composition import dataverse_token
 
     def work() -> list[float]:
         session = requests.Session()
@@ -181,7 +181,7 @@ class DevstackCredential:
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
         from azure.core.credentials import AccessToken
 
-        from shared.identity.worker import token_provider
+        from shared.composition import token_provider
 
         token = token_provider().token_for_invocation()
         return AccessToken(token.value, int(token.expires_on))

@@ -63,9 +63,9 @@ CONFIGS = [
 
 
 def run(stack: DevstackProcess, config: Config, seconds: float, time_scale: float) -> tuple[float, int, int]:
+    from shared.composition import token_provider
     from shared.dataverse.client import ClientOptions, DataverseClient
     from shared.dataverse.planner import WritePlanner
-    from shared.identity.worker import token_provider
 
     api = api_for(stack)
     api.control({"reset_windows": True})

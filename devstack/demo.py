@@ -130,7 +130,7 @@ def _csv_sources(names: tuple[str, ...]) -> dict[str, tuple[str, str, str]]:
     """(container, prefix, Dataverse table) of each job, from the validated jobs file (the models only: the
     engine runs in the host's worker, never in devstack's process)."""
     from shared.sync.jobs import CsvSource, InboundJob
-    from shared.sync.worker import jobs
+    from shared.sync.jobs_file import jobs
 
     defined = jobs()
     sources = {}

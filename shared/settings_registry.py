@@ -45,7 +45,7 @@ class EnvVars:
     SYNC_JOBS_FILE = "SYNC_JOBS_FILE"
     SYNC_LEASE_DURATION_S = "SYNC_LEASE_DURATION_S"
     SYNC_CHUNK_CONCURRENCY = "SYNC_CHUNK_CONCURRENCY"
-    SYNC_SCHEDULE = "SYNC_SCHEDULE_<JOB>"  # one per job: shared.sync.worker.schedule_setting spells it
+    SYNC_SCHEDULE = "SYNC_SCHEDULE_<JOB>"  # one per job: shared.sync.jobs_file.schedule_setting spells it
     # webhooks
     WEBHOOK_ROUTES_FILE = "WEBHOOK_ROUTES_FILE"
     WEBHOOK_DEDUPE_TTL_S = "WEBHOOK_DEDUPE_TTL_S"

@@ -65,7 +65,7 @@ def write_stamp(file: Path, validators: tuple[Path, ...], summary: dict[str, Any
 def main() -> int:
     """Validate the jobs and routes files named by the settings (or the defaults) and stamp them."""
     from shared.errors import ConfigError
-    from shared.sync.worker import jobs_file, validate_jobs_file
+    from shared.sync.jobs_file import jobs_file, validate_jobs_file
     from shared.webhooks.routes_file import routes_file, validate_routes_file
 
     failed = False

@@ -132,7 +132,7 @@ def limits_devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsta
 @pytest.fixture(scope="session")
 def erp_secret(hooks_stack: DevstackProcess) -> str:
     """The erp source's HMAC key, read from Key Vault with the app's identity (as the receiver does)."""
-    from shared.identity.worker import reset_worker, secret_store
+    from shared.composition import reset_worker, secret_store
 
     saved = dict(os.environ)
     os.environ.update(hooks_stack.app_settings())
@@ -167,10 +167,6 @@ def app_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 
 
 def reset_all_workers() -> None:
-    from shared.expiry import worker as expiry_worker
-    from shared.identity.worker import reset_worker
-    from shared.sync import worker as sync_worker
+    from shared.composition import reset_worker
 
     reset_worker()
-    sync_worker.reset()
-    expiry_worker.reset()

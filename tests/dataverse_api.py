@@ -42,6 +42,6 @@ class DataverseApi:
 
 def api_for(stack: DevstackProcess) -> DataverseApi:
     """A caller authenticated as the app the current environment (app_env) names."""
-    from shared.identity.worker import dataverse_token
+    from shared.composition import dataverse_token
 
     return DataverseApi(stack, dataverse_token().value)

@@ -54,7 +54,7 @@ def _answer(status: int, body: Any) -> func.HttpResponse:
 @bp.timer_trigger(arg_name="timer", schedule=f"%{SWEEP_SCHEDULE_SETTING}%")
 def expiry_sweep(timer: func.TimerRequest) -> None:
     """Every credential against the thresholds; alerts once per threshold; drift; the live probe."""
-    from shared.expiry.worker import monitor
+    from shared.expiry.wiring import monitor
 
     report = monitor().sweep()
     if report.problems:
@@ -66,16 +66,17 @@ def expiry_event(event: func.EventGridEvent) -> None:
     """Key Vault's SecretNearExpiry/SecretExpired/CertificateNearExpiry/CertificateExpired, through the
     same policy and state as the sweep (one alert per threshold, whichever sees it first)."""
     from shared.expiry.eventgrid import EventRejected, parse_vault_event
-    from shared.expiry.worker import monitor
+    from shared.expiry.wiring import monitor
 
     raw = {"id": event.id, "topic": event.topic, "subject": event.subject, "eventType": event.event_type,
            "data": event.get_json()}  # fmt: skip
     try:
-        parsed = parse_vault_event(raw, monitor().settings.event_topics)
+        watch = monitor()
+        parsed = parse_vault_event(raw, watch.settings.event_topics)
     except EventRejected as exc:  # acknowledged (no retry would change it) and logged
         log_event(logger, "expiry_event_ignored", logging.WARNING, reason=str(exc), event_id=str(event.id))
         return
-    alerts = monitor().on_event(parsed)
+    alerts = watch.on_event(parsed)
     log_event(logger, "expiry_event", event_type=parsed.event_type, name=parsed.object_name, alerts=len(alerts))
 
 
@@ -83,7 +84,7 @@ def expiry_event(event: func.EventGridEvent) -> None:
 def credentials_list(req: func.HttpRequest) -> func.HttpResponse:
     """Every credential the sweep knows, with its end date, days left and alert state."""
     from shared.expiry.policy import current_level
-    from shared.expiry.worker import monitor
+    from shared.expiry.wiring import monitor
 
     try:
         query(req.params, ())
@@ -146,7 +147,7 @@ def _silence_request(req: func.HttpRequest, action: str) -> tuple[str, dict[str,
         raise RequestRejected(400, "field 'by' is required: who acknowledges (a name or e-mail)")
     if action == "snooze" and checked["until"] is None and checked["days"] is None:
         raise RequestRejected(400, "field 'until' or 'days' is required")
-    # The wall clock, which the worker's monitor also keeps (shared.expiry.worker builds it without one).
+    # The wall clock, which the monitor also keeps (shared.expiry.wiring builds it without one).
     now = datetime.now(UTC)
     until = checked["until"]
     if until is not None and not now < until <= now + timedelta(days=MAX_SILENCE_DAYS):
@@ -164,7 +165,7 @@ def _until(checked: dict[str, Any], now: datetime) -> datetime | None:
 
 def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
     from shared.expiry.state import StateConflict
-    from shared.expiry.worker import monitor
+    from shared.expiry.wiring import monitor
 
     try:
         credential_id, checked = _silence_request(req, action)  # before any dependency: bad input is a 400

@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
 
         load_env_file(args.env_file)
     from shared.sync.engine import replay_dead_letters, run_inbound
+    from shared.sync.functions import sync_context
     from shared.sync.jobs import InboundJob
+    from shared.sync.jobs_file import jobs
     from shared.sync.outbound import run_outbound
-    from shared.sync.worker import jobs, sync_context
 
     defined = jobs()
     if args.command == "jobs":

@@ -21,9 +21,10 @@ import azure.functions as func
 from shared.http_input import RequestRejected, int_param, outage_answer, preview, query, text_param
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
-from shared.sync.worker import job_index, schedule_setting
+from shared.sync.jobs_file import job_index, schedule_setting
 
 if TYPE_CHECKING:
+    from shared.sync.engine import SyncContext
     from shared.sync.jobs import InboundJob
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,19 @@ RUN_ID_SHAPE = "a run id such as 20261201T195925-3f2a1b (letters, digits, . _ -;
 JOBS = job_index()  # validated at start-up: a broken file raises ConfigError naming file, job and field
 
 
+def sync_context() -> SyncContext:
+    """The runs' context on the worker's objects (their caches outlive each invocation)."""
+    from shared.composition import worker
+    from shared.sync.engine import SyncContext
+
+    root = worker()
+    return SyncContext(root.storage(), root.dataverse(), secret=root.secret, metadata=root.metadata())
+
+
 def _inbound_job(name: str) -> InboundJob | None:
     """The full model of an inbound job, or None."""
     from shared.sync.jobs import InboundJob
-    from shared.sync.worker import jobs
+    from shared.sync.jobs_file import jobs
 
     job = jobs().get(name)
     return job if isinstance(job, InboundJob) else None
@@ -51,8 +61,8 @@ def run_job(name: str) -> dict[str, Any]:
     """Run one job now and return its report (also logged and stored)."""
     from shared.sync.engine import run_inbound
     from shared.sync.jobs import InboundJob
+    from shared.sync.jobs_file import jobs
     from shared.sync.outbound import run_outbound
-    from shared.sync.worker import jobs, sync_context
 
     job = jobs()[name]
     if isinstance(job, InboundJob):
@@ -80,13 +90,13 @@ def _answer(status: int, body: Any) -> func.HttpResponse:
 @bp.route(route="sync/runs", methods=["GET"])
 def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
     """Recent run reports, newest first (``?limit=`` of them, 1..MAX_RUNS_LIMIT)."""
-    from shared.sync.worker import storage
+    from shared.composition import worker
 
     try:
         params = query(req.params, ("limit",))
         limit = int_param(params, "limit", low=1, high=MAX_RUNS_LIMIT, default=DEFAULT_RUNS_LIMIT)
         # Storage alone: the reports stay readable while the Dataverse credential is broken.
-        reports = storage().recent_reports(limit)
+        reports = worker().storage().recent_reports(limit)
     except RequestRejected as exc:
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
@@ -111,7 +121,6 @@ def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
 def sync_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Re-send a job's dead letters (``?run=<run id>`` for one run); admin key only."""
     from shared.sync.engine import replay_dead_letters
-    from shared.sync.worker import sync_context
 
     name = req.route_params.get("job", "")
     try:
@@ -154,8 +163,7 @@ def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpR
 def sync_chunk(item: func.QueueMessage) -> None:
     """Write one fanned-out chunk. Failures retry per host.json and end in ``sync-chunks-poison`` with
     their chunk id in the message."""
-    from shared.sync.engine import run_chunk
-    from shared.sync.worker import sync_context
+    from shared.sync.fanout import run_chunk
 
     work = json.loads(item.get_body())
     job = _inbound_job(str(work.get("job", "")))

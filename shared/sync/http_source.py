@@ -1,24 +1,19 @@
 """A paged HTTP JSON API as a sync source: page-number, cursor or next-link paging, an auth header whose
-value is a Key Vault secret, the API's own 429s honoured, and an optional watermark parameter."""
+value is a Key Vault secret, retries under the SOURCE_API policy (shared.outgoing_http: the API's own 429s
+honoured), and an optional watermark parameter."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from shared.logging import log_event
+from shared.outgoing_http import SOURCE_API, HttpCaller
 from shared.sync.jobs import HttpSource
-from shared.sync.storage import SourceRow
+from shared.sync.rows import SourceRow
 
-logger = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 6
-BACKOFF_S = 1.0
 MAX_PAGES = 100_000  # a guard against an API that never stops paging
 
 
@@ -28,8 +23,9 @@ def iter_http(
     secret: Callable[[str], str] | None = None,
     watermark: str | None = None,
     session: requests.Session | None = None,
+    caller: HttpCaller | None = None,
 ) -> Iterator[SourceRow]:
-    session = session or requests.Session()
+    caller = caller or HttpCaller(session or requests.Session(), SOURCE_API)
     headers = {"Accept": "application/json"}
     if source.auth_header and source.auth_secret:
         if secret is None:
@@ -45,7 +41,7 @@ def iter_http(
             return
         if source.paging == "page_number":
             params[source.page_param] = str(page)
-        payload = _get(session, url, headers, params)
+        payload = _get(caller, url, headers, params)
         items = payload.get(source.items_field) or []
         for item in items:
             line += 1
@@ -78,27 +74,7 @@ def _same_origin(base: str, link: Any) -> str | None:
     return resolved
 
 
-def _get(session: requests.Session, url: str, headers: dict[str, str], params: dict[str, str]) -> dict[str, Any]:
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            response = session.get(url, headers=headers, params=params or None, timeout=60)
-        except (requests.ConnectionError, requests.Timeout):
-            response = None
-        if response is not None and response.status_code < 400:
-            body = response.json()
-            return body if isinstance(body, dict) else {"items": body}
-        retryable = response is None or response.status_code in (429, 500, 502, 503, 504)
-        if not retryable or attempt == MAX_ATTEMPTS:
-            status = response.status_code if response is not None else "no response"
-            raise RuntimeError(f"source API {url} answered {status}")
-        retry_after = response.headers.get("Retry-After") if response is not None else None
-        wait = (
-            float(retry_after)
-            if retry_after and retry_after.replace(".", "", 1).isdigit()
-            else BACKOFF_S * 2 ** (attempt - 1)
-        )
-        log_event(
-            logger, "sync_source_retry", status=response.status_code if response is not None else "error", wait_s=wait
-        )
-        time.sleep(wait)
-    raise AssertionError("unreachable")
+def _get(caller: HttpCaller, url: str, headers: dict[str, str], params: dict[str, str]) -> dict[str, Any]:
+    response = caller.send("GET", url, headers=headers, params=params or None)
+    body = response.json()
+    return body if isinstance(body, dict) else {"items": body}

@@ -10,62 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
-
-TRANSFORMS = {"trim", "upper", "lower", "title", "date", "number", "integer", "default", "concat", "bool"}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from shared.mapping.spec import ColumnMapping, StrictModel
 
 
-class Transform(_Strict):
-    """One step: ``trim``, ``upper``/``lower``/``title``, ``date`` (formats), ``number``/``integer``,
-    ``bool``, ``default`` (value), ``concat`` (fields, separator)."""
-
-    op: str
-    formats: tuple[str, ...] = ()
-    value: Any = None
-    fields: tuple[str, ...] = ()
-    separator: str = " "
-    decimal_separator: str = "."
-
-    @field_validator("op")
-    @classmethod
-    def _known(cls, op: str) -> str:
-        if op not in TRANSFORMS:
-            raise ValueError(f"unknown transform {op!r}; use one of {sorted(TRANSFORMS)}")
-        return op
-
-
-class ColumnMapping(_Strict):
-    """How one Dataverse column is filled: from a source field (``source``) or a constant (``value``)."""
-
-    source: str | None = None
-    value: Any = None
-    transforms: tuple[Transform, ...] = ()
-    option_label: bool = False  # the source holds a choice label; map it to its value via metadata
-    lookup: LookupSpec | None = None
-    required: bool = False
-
-    @model_validator(mode="after")
-    def _one_origin(self) -> ColumnMapping:
-        if self.source is None and self.value is None and not any(t.op == "concat" for t in self.transforms):
-            raise ValueError("give 'source' (a source field), 'value' (a constant) or a 'concat' transform")
-        return self
-
-
-class LookupSpec(_Strict):
-    """``parentcustomerid_account@odata.bind`` to ``/accounts(accountnumber='…')``."""
-
-    navigation: str  # the single-valued navigation property, e.g. parentcustomerid_account
-    entity_set: str  # the target's entity set, e.g. accounts
-    key: str  # the target's alternate-key column, e.g. accountnumber
-
-
-class CsvSource(_Strict):
+class CsvSource(StrictModel):
     kind: Literal["blob_csv"]
     container: str
     prefix: str = ""
@@ -74,14 +25,14 @@ class CsvSource(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)  # rename source headers
 
 
-class JsonlSource(_Strict):
+class JsonlSource(StrictModel):
     kind: Literal["blob_jsonl"]
     container: str
     prefix: str = ""
     encoding: str = "utf-8"
 
 
-class HttpSource(_Strict):
+class HttpSource(StrictModel):
     kind: Literal["http_json"]
     url: str
     paging: Literal["page_number", "cursor", "next_link"] = "next_link"
@@ -95,12 +46,12 @@ class HttpSource(_Strict):
     watermark_param: str | None = None  # sent with the last watermark for incremental reads
 
 
-class BlobSink(_Strict):
+class BlobSink(StrictModel):
     kind: Literal["blob_jsonl"]
     container: str
 
 
-class HttpSink(_Strict):
+class HttpSink(StrictModel):
     kind: Literal["http_post"]
     url: str
     batch_size: int = Field(default=100, ge=1, le=5000)
@@ -110,7 +61,7 @@ Source = Annotated[CsvSource | JsonlSource | HttpSource, Field(discriminator="ki
 Sink = Annotated[BlobSink | HttpSink, Field(discriminator="kind")]
 
 
-class InboundJob(_Strict):
+class InboundJob(StrictModel):
     direction: Literal["inbound"]
     schedule: str = "0 */15 * * * *"
     source: Source
@@ -131,7 +82,7 @@ class InboundJob(_Strict):
         return self
 
 
-class OutboundJob(_Strict):
+class OutboundJob(StrictModel):
     direction: Literal["outbound"]
     schedule: str = "0 */15 * * * *"
     table: str
@@ -143,11 +94,8 @@ class OutboundJob(_Strict):
 Job = Annotated[InboundJob | OutboundJob, Field(discriminator="direction")]
 
 
-class JobsFile(_Strict):
+class JobsFile(StrictModel):
     jobs: dict[str, Job]
-
-
-ColumnMapping.model_rebuild()
 
 
 def load_jobs(path: str | Path) -> dict[str, InboundJob | OutboundJob]:

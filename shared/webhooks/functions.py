@@ -25,7 +25,9 @@ from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
 if TYPE_CHECKING:
+    from shared.storage import Storage
     from shared.webhooks.dedupe import Dedupe
+    from shared.webhooks.processor import HandlerContext
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -43,13 +45,28 @@ def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = 
 
 def _secret(name: str) -> str:
     """A Key Vault secret through the worker's cached store (managed identity; no Dataverse credential)."""
-    from shared.identity.worker import secret_store
+    from shared.composition import worker
 
-    return secret_store().get(name).value
+    return worker().secret(name)
+
+
+def storage() -> Storage:
+    """Storage alone (managed identity): receivers keep accepting while the Dataverse credential is broken."""
+    from shared.composition import worker
+
+    return worker().storage()
+
+
+def handler_context() -> HandlerContext:
+    """What the processor's handlers use, on the worker's objects."""
+    from shared.composition import worker
+    from shared.webhooks.processor import HandlerContext
+
+    root = worker()
+    return HandlerContext(root.storage(), root.dataverse(), root.metadata(), root.secret)
 
 
 def _dedupe() -> Dedupe:
-    from shared.sync.worker import storage
     from shared.webhooks.dedupe import DEDUPE_TABLE, Dedupe
 
     return Dedupe(storage().table(DEDUPE_TABLE))
@@ -64,7 +81,6 @@ def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse 
     failed enqueue answers 503 with nothing written, so the sender's retry starts afresh. When the record
     cannot be written, the message stays and the answer is 202: the event is on the queue, and a second copy
     of it, should the sender retry anyway, is reduced to one effect by the processor's claim."""
-    from shared.sync.worker import storage
     from shared.webhooks.dedupe import Claim
     from shared.webhooks.processor import enqueue_event, withdraw_event
 
@@ -167,16 +183,14 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
 @bp.queue_trigger(arg_name="item", queue_name="webhook-events", connection=EnvVars.STORAGE)
 def webhook_processor(item: func.QueueMessage) -> None:
     """Dispatch to the routed handlers; failures retry per host.json, then ``webhook-events-poison``."""
-    from shared.sync.worker import sync_context
     from shared.webhooks.processor import process
 
-    process(json.loads(item.get_body()), routes(), sync_context())
+    process(json.loads(item.get_body()), routes(), handler_context())
 
 
 @bp.route(route="webhooks-admin/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Move poisoned webhook events back onto the processing queue (after a fix)."""
-    from shared.sync.worker import storage
     from shared.webhooks.processor import EVENT_QUEUE
 
     try:

@@ -21,16 +21,18 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.dataverse.addressing import KeyValueRefused, guid, table_definition_path
+from shared.dataverse.addressing import KeyValueRefused, guid
+from shared.dataverse.client import DataverseClient
+from shared.dataverse.schema import TableMetadata, TableSchema
 from shared.errors import DataverseError, DvbridgeError
 from shared.logging import log_event
-from shared.sync.engine import SyncContext
-from shared.sync.jobs import InboundJob
-from shared.sync.mapping import Mapper, Rejection
-from shared.sync.storage import QueuedMessage, SyncStorage, queue_message_fits
+from shared.mapping.mapper import Mapper, Rejection
+from shared.storage import Storage
+from shared.storage.queues import QueuedMessage, queue_message_fits
 from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, LeaseKeeper, processed_scope
 from shared.webhooks.routes import BlobHandler, HttpForwardHandler, RoutesFile, UpsertHandler
 
@@ -52,7 +54,6 @@ PROCESS_LEASE_S = 60
 # A copy that finds another copy processing waits this long for it to settle before asking the queue to
 # deliver it again later (one worker thread is held meanwhile).
 PROCESS_WAIT_S = 5.0
-_entity_sets: dict[str, str] = {}
 
 
 class EventInProgress(DvbridgeError):
@@ -81,6 +82,20 @@ def _claim_blob(message: dict[str, Any], source: str, key: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class HandlerContext:
+    """What the handlers use: storage, the Dataverse client, table metadata (read once per worker) and
+    Key Vault secrets (forwarding signatures)."""
+
+    storage: Storage
+    client: DataverseClient
+    metadata: TableMetadata
+    secret: Callable[[str], str] | None = None
+
+    def schema(self, table: str) -> TableSchema:
+        return self.metadata.schema(table)
+
+
+@dataclass(frozen=True)
 class Enqueued:
     """An event this copy put on the queue: its message, and its claim-check blob when it needed one."""
 
@@ -88,7 +103,7 @@ class Enqueued:
     blob: str | None
 
 
-def enqueue_event(storage: SyncStorage, message: dict[str, Any]) -> Enqueued:
+def enqueue_event(storage: Storage, message: dict[str, Any]) -> Enqueued:
     """Put an event message on the queue; one too large for a queue message goes to a blob and the queue
     carries a reference to it. A failed enqueue removes that blob."""
     text = json.dumps(message)
@@ -105,7 +120,7 @@ def enqueue_event(storage: SyncStorage, message: dict[str, Any]) -> Enqueued:
     return Enqueued(sent, name)
 
 
-def withdraw_event(storage: SyncStorage, enqueued: Enqueued) -> bool:
+def withdraw_event(storage: Storage, enqueued: Enqueued) -> bool:
     """Take back a copy's message (another copy of the event is on the queue already), best effort: a
     message that stays, because it was received meanwhile or storage failed, is reduced to no effect by the
     processor's claim. True when the message was deleted (and with it the copy's claim-check blob)."""
@@ -119,7 +134,7 @@ def withdraw_event(storage: SyncStorage, enqueued: Enqueued) -> bool:
     return withdrawn
 
 
-def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> list[str]:
+def process(message: dict[str, Any], routes: RoutesFile, ctx: HandlerContext) -> list[str]:
     """Run every handler routed for this event once; return what each did. Raises to have the queue retry.
 
     An event another copy already processed is skipped; one another copy is processing raises
@@ -156,7 +171,7 @@ def process(message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> li
     return effects
 
 
-def _load(storage: SyncStorage, blob: str) -> dict[str, Any]:
+def _load(storage: Storage, blob: str) -> dict[str, Any]:
     data = storage.get_blob(CLAIM_CONTAINER, blob)
     if data is None:  # written before the reference was enqueued and deleted only after "done": not ours
         raise RuntimeError(f"the claim-check blob {CLAIM_CONTAINER}/{blob} is missing")
@@ -171,14 +186,14 @@ def _give_up(claims: Dedupe, claim: Claim, source: str) -> None:
         log_event(logger, "webhook_claim_release_failed", logging.WARNING, source=source, error=type(exc).__name__)
 
 
-def _drop_claim_blob(storage: SyncStorage, blob: str) -> None:
+def _drop_claim_blob(storage: Storage, blob: str) -> None:
     try:
         storage.delete_blob(CLAIM_CONTAINER, blob)
     except Exception as exc:  # the event is done; a leftover blob costs storage, not correctness
         log_event(logger, "webhook_claim_blob_left", logging.WARNING, error=type(exc).__name__)
 
 
-def _run_handlers(source: str, key: str, message: dict[str, Any], routes: RoutesFile, ctx: SyncContext) -> list[str]:
+def _run_handlers(source: str, key: str, message: dict[str, Any], routes: RoutesFile, ctx: HandlerContext) -> list[str]:
     event: dict[str, Any] = message.get("event") or {}
     payload: dict[str, Any] = message.get("payload") or {}
     table, verb = event.get("table"), event.get("message")
@@ -210,11 +225,8 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
     return effects
 
 
-def _fetch(ctx: SyncContext, table: str, record_id: str) -> dict[str, Any]:
-    if table not in _entity_sets:
-        metadata = ctx.client.request("GET", table_definition_path(table), params={"$select": "EntitySetName"})
-        _entity_sets[table] = str(metadata.json()["EntitySetName"])
-    record = ctx.client.get(_entity_sets[table], guid(record_id, "PrimaryEntityId"))
+def _fetch(ctx: HandlerContext, table: str, record_id: str) -> dict[str, Any]:
+    record = ctx.client.get(ctx.metadata.entity_set_name(table), guid(record_id, "PrimaryEntityId"))
     return {k: v for k, v in (record or {}).items() if not k.startswith("@")}
 
 
@@ -231,7 +243,7 @@ def _name_part(value: Any) -> str:
     return "h-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
-def _to_blob(ctx: SyncContext, handler: BlobHandler, source: str, key: str, body: dict[str, Any]) -> str:
+def _to_blob(ctx: HandlerContext, handler: BlobHandler, source: str, key: str, body: dict[str, Any]) -> str:
     container = ctx.storage.container(handler.container)
     subject = f"{_name_part(body.get('table', source))}/{_name_part(body.get('record_id', _event_name(key)))}"
     name = f"{source}/{subject}/{_event_name(key)}.json"
@@ -239,13 +251,13 @@ def _to_blob(ctx: SyncContext, handler: BlobHandler, source: str, key: str, body
     return f"blob {handler.container}/{name}"
 
 
-def _forward(ctx: SyncContext, handler: HttpForwardHandler, key: str, body: dict[str, Any]) -> str:
-    import requests
-
+def _forward(ctx: HandlerContext, handler: HttpForwardHandler, key: str, body: dict[str, Any]) -> str:
+    from shared.webhooks.forward import forward_event
     from shared.webhooks.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
     data = json.dumps(body, default=str).encode()
-    for attempt in range(1, FORWARD_ATTEMPTS + 1):
+
+    def headers_for_attempt() -> dict[str, str]:  # signed afresh for each attempt: the timestamp moves on
         headers = {"Content-Type": "application/json"}
         if handler.secret and ctx.secret:
             timestamp = int(time.time())
@@ -255,31 +267,13 @@ def _forward(ctx: SyncContext, handler: HttpForwardHandler, key: str, body: dict
                 NONCE_HEADER: nonce,
                 SIGNATURE_HEADER: sign(ctx.secret(handler.secret), timestamp, nonce, data),
             }
-        try:
-            response = requests.post(handler.url, data=data, headers=headers, timeout=30)
-            if response.status_code < 300:
-                return f"forwarded to {handler.url} ({response.status_code})"
-            if response.status_code not in (408, 429, 500, 502, 503, 504):
-                raise RuntimeError(f"{handler.url} refused the event with {response.status_code}")
-        except requests.RequestException as exc:
-            if attempt == FORWARD_ATTEMPTS:
-                raise RuntimeError(f"{handler.url} unreachable: {type(exc).__name__}") from exc
-        time.sleep(FORWARD_BACKOFF_S * 2 ** (attempt - 1))
-    raise RuntimeError(f"{handler.url} kept failing; the queue retries, then the poison queue keeps the event")
+        return headers
+
+    return forward_event(handler.url, data, headers_for_attempt)
 
 
-def _upsert(ctx: SyncContext, handler: UpsertHandler, source: str, key: str, row: dict[str, Any]) -> str:
-    job = InboundJob.model_validate(
-        {
-            "direction": "inbound",
-            "source": {"kind": "blob_csv", "container": "-"},  # unused: the row comes from the webhook
-            "table": handler.table,
-            "entity_set": handler.entity_set,
-            "key": list(handler.key),
-            "mapping": {k: v.model_dump(exclude_defaults=True) for k, v in handler.mapping.items()},
-        }
-    )
-    columns = Mapper(job, ctx.schema(handler.table)).map(row)
+def _upsert(ctx: HandlerContext, handler: UpsertHandler, source: str, key: str, row: dict[str, Any]) -> str:
+    columns = Mapper(handler.mapping, handler.key, ctx.schema(handler.table)).map(row)
     if isinstance(columns, Rejection):
         _dead_letter(ctx, source, key, row, columns)  # a retry would fail the same way: keep it with the reason
         return f"dead-lettered ({columns.code})"
@@ -289,7 +283,7 @@ def _upsert(ctx: SyncContext, handler: UpsertHandler, source: str, key: str, row
     return f"{'created' if created else 'updated'} {handler.table} {record_key}"
 
 
-def _dead_letter(ctx: SyncContext, source: str, key: str, row: dict[str, Any], rejection: Rejection) -> None:
+def _dead_letter(ctx: HandlerContext, source: str, key: str, row: dict[str, Any], rejection: Rejection) -> None:
     container = ctx.storage.container(DEAD_LETTER_CONTAINER)
     record = {"key": key, "record": row, "code": rejection.code, "reason": rejection.reason, "field": rejection.field}
     container.upload_blob(f"{source}/{_event_name(key)}.json", json.dumps(record, default=str).encode(), overwrite=True)

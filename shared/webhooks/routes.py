@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
-from shared.sync.jobs import ColumnMapping
+from shared.mapping.spec import ColumnMapping
 
 
 class _Strict(BaseModel):

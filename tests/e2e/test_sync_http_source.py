@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared.dataverse.client import ClientOptions, DataverseClient
-from shared.identity.worker import secret_store, token_provider
+from shared.composition import secret_store, token_provider
+from shared.storage import Storage
 from shared.sync.engine import SyncContext, run_inbound
 from shared.sync.jobs import InboundJob
-from shared.sync.storage import SyncStorage
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
 
@@ -130,7 +130,7 @@ def test_paged_api_with_key_vault_auth_429_and_watermark(stack, app_env, style: 
         settings["DATAVERSE_URL"], token_provider(), options=ClientOptions(verify=settings["REQUESTS_CA_BUNDLE"])
     )
     ctx = SyncContext(
-        SyncStorage(settings["AzureWebJobsStorage"]), client, secret=lambda name: secret_store().get(name).value
+        Storage(settings["AzureWebJobsStorage"]), client, secret=lambda name: secret_store().get(name).value
     )
     name = f"erp-api-{prefix}"
 

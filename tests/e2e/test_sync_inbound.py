@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from shared.dataverse.client import ClientOptions, DataverseClient
-from shared.identity.worker import token_provider
+from shared.composition import token_provider
+from shared.storage import Storage
 from shared.sync.engine import SyncContext, run_inbound
 from shared.sync.jobs import InboundJob, load_jobs
-from shared.sync.storage import SyncStorage
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
 
@@ -63,7 +63,7 @@ def rows(prefix: str, count: int, *, changed: set[int] = frozenset()) -> list[li
     return out
 
 
-def upload(storage: SyncStorage, name: str, data: list[list[str]]) -> None:
+def upload(storage: Storage, name: str, data: list[list[str]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=";")
     writer.writerow(HEADER)
@@ -80,7 +80,7 @@ def context(stack: DevstackProcess) -> SyncContext:
         token_provider(),
         options=ClientOptions(max_concurrency=4, verify=stack.env["REQUESTS_CA_BUNDLE"]),
     )
-    return SyncContext(SyncStorage(stack.env["AzureWebJobsStorage"]), client)
+    return SyncContext(Storage(stack.env["AzureWebJobsStorage"]), client)
 
 
 def accounts_job(prefix: str) -> InboundJob:

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from shared.dataverse.client import ClientOptions, DataverseClient
-from shared.identity.worker import token_provider
+from shared.composition import token_provider
+from shared.storage import Storage
 from shared.sync.engine import SyncContext
 from shared.sync.jobs import OutboundJob, load_jobs
 from shared.sync.outbound import run_outbound
-from shared.sync.storage import SyncStorage
 from tests.devstack_process import ROOT, DevstackProcess
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]
     process.stop()
 
 
-def sink_lines(storage: SyncStorage, job: str) -> list[dict[str, object]]:
+def sink_lines(storage: Storage, job: str) -> list[dict[str, object]]:
     container = storage.blob_service().get_container_client("erp-export")
     lines = []
     for blob in container.list_blobs(name_starts_with=f"{job}/"):
@@ -47,7 +47,7 @@ def test_changes_reach_the_sink_exactly_once(stack, app_env) -> None:
     client = DataverseClient(
         stack.env["DATAVERSE_URL"], token_provider(), options=ClientOptions(verify=stack.env["REQUESTS_CA_BUNDLE"])
     )
-    ctx = SyncContext(SyncStorage(stack.env["AzureWebJobsStorage"]), client)
+    ctx = SyncContext(Storage(stack.env["AzureWebJobsStorage"]), client)
     job = load_jobs(ROOT / "sync_jobs.yaml")["shipments-out"]
     assert isinstance(job, OutboundJob)
     name = f"shipments-{uuid.uuid4().hex[:5]}"
@@ -88,7 +88,7 @@ def test_a_crash_before_the_delta_link_is_saved_does_not_duplicate(stack, app_en
     client = DataverseClient(
         stack.env["DATAVERSE_URL"], token_provider(), options=ClientOptions(verify=stack.env["REQUESTS_CA_BUNDLE"])
     )
-    storage = SyncStorage(stack.env["AzureWebJobsStorage"])
+    storage = Storage(stack.env["AzureWebJobsStorage"])
     ctx = SyncContext(storage, client)
     job = load_jobs(ROOT / "sync_jobs.yaml")["shipments-out"]
     assert isinstance(job, OutboundJob)
@@ -141,7 +141,7 @@ def test_http_sink_is_retried_and_the_delta_link_waits_for_it(stack, app_env) ->
         client = DataverseClient(
             stack.env["DATAVERSE_URL"], token_provider(), options=ClientOptions(verify=stack.env["REQUESTS_CA_BUNDLE"])
         )
-        ctx = SyncContext(SyncStorage(stack.env["AzureWebJobsStorage"]), client)
+        ctx = SyncContext(Storage(stack.env["AzureWebJobsStorage"]), client)
         job = OutboundJob.model_validate(
             {"direction": "outbound", "table": "dvb_shipment", "entity_set": "dvb_shipments", "select": ["dvb_name"],
              "sink": {"kind": "http_post", "url": f"http://127.0.0.1:{server.server_address[1]}/hook", "batch_size": 2}}

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import requests
 
+from shared.composition import token_provider
 from shared.dataverse.client import ClientOptions, DataverseClient
-from shared.identity.worker import token_provider
-from shared.sync.storage import SyncStorage
+from shared.storage import Storage
 from shared.webhooks.context import parse_remote_execution_context
 from shared.webhooks.dedupe import (
     DEDUPE_TABLE,
@@ -48,7 +48,7 @@ def processor_runs(stack: DevstackProcess) -> Counter[str]:
 
 def wait_until_quiet(stack: DevstackProcess) -> None:
     """The event queue empty and no processor invocation for QUIET_S: earlier work is not counted as ours."""
-    events = SyncStorage(stack.env["AzureWebJobsStorage"])._queue("webhook-events")
+    events = Storage(stack.env["AzureWebJobsStorage"]).queue("webhook-events")
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     seen = processor_runs(stack)
     quiet_since = time.monotonic()
@@ -73,7 +73,7 @@ def dataverse_writes(stack: DevstackProcess, entity_set: str) -> int:
 
 
 def claim_state(stack: DevstackProcess, scope: str, key: str) -> str:
-    table = SyncStorage(stack.env["AzureWebJobsStorage"]).table(DEDUPE_TABLE)
+    table = Storage(stack.env["AzureWebJobsStorage"]).table(DEDUPE_TABLE)
     return str(table.get_entity(partition_key(scope, _row_key(key)), _row_key(key))["State"])
 
 
@@ -170,13 +170,13 @@ def test_twenty_simultaneous_copies_of_a_dataverse_delivery_are_enqueued_once(ho
 def test_copies_of_one_message_processed_at_once_write_to_dataverse_once(
     hooks_stack: DevstackProcess, app_env: Any
 ) -> None:
-    from shared.sync.worker import sync_context
+    from shared.webhooks.functions import handler_context
     from shared.webhooks.processor import EventInProgress, process
     from shared.webhooks.routes_file import routes
 
     stack = hooks_stack
     app_env(stack)
-    ctx = sync_context()
+    ctx = handler_context()
     client = client_for(stack)
     number = f"AP{uuid.uuid4().hex[:10].upper()}"
     message = {"source": "erp", "key": uuid.uuid4().hex, "payload": {"customer_no": number, "name": "Once Ltd"}}

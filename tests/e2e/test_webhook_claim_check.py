@@ -14,7 +14,7 @@ import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
-from shared.sync.storage import queue_message_fits
+from shared.storage.queues import queue_message_fits
 from shared.webhooks.context import parse_remote_execution_context
 from shared.webhooks.dedupe import processed_scope
 from shared.webhooks.processor import CLAIM_CONTAINER, claim_blob_name

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from bench.webhooks import account_creates, dataverse_sender, send_at_rate, wait_until_processed
-from shared.sync.storage import SyncStorage
+from shared.storage import Storage
 from tests.devstack_process import DevstackProcess
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,7 @@ def processor_runs(stack: DevstackProcess) -> Counter[str]:
 
 
 def wait_for_empty_queue(stack: DevstackProcess) -> None:
-    events = SyncStorage(stack.env["AzureWebJobsStorage"])._queue("webhook-events")
+    events = Storage(stack.env["AzureWebJobsStorage"]).queue("webhook-events")
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while events.get_queue_properties().approximate_message_count and time.monotonic() < deadline:
         time.sleep(0.5)

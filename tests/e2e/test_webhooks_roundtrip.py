@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from shared.dataverse.client import ClientOptions, DataverseClient
-from shared.identity.worker import token_provider
+from shared.composition import token_provider
 from tests.devstack_process import DevstackProcess
 
 pytestmark = pytest.mark.e2e
@@ -95,13 +95,13 @@ def test_n_changes_give_n_effects_even_with_repeated_deliveries(hooks_stack: Dev
 
     # An event that failed until it landed in the poison queue is replayed by the admin after a fix: it is
     # processed once. Replaying a copy again (an operator's double click) changes nothing.
-    from shared.sync.storage import SyncStorage
+    from shared.storage import Storage
     from shared.webhooks.context import parse_remote_execution_context
 
     poisoned_context = {**context, "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4())}
     poisoned = parse_remote_execution_context(json.dumps(poisoned_context).encode())
     message = {"source": "dataverse", "key": poisoned.dedupe_key, "event": poisoned.to_dict()}
-    storage = SyncStorage(stack.env["AzureWebJobsStorage"])
+    storage = Storage(stack.env["AzureWebJobsStorage"])
     admin = {"x-functions-key": json.loads((stack.directory / "host-keys.json").read_text())["masterKey"]}
     replay_url = f"{stack.env['FUNCTIONS_BASE_URL']}/api/webhooks-admin/replay"
     for attempt in (1, 2):
@@ -109,7 +109,7 @@ def test_n_changes_give_n_effects_even_with_repeated_deliveries(hooks_stack: Dev
         replay = requests.post(replay_url, headers=admin, timeout=30)
         assert (replay.status_code, replay.json()) == (200, {"replayed": 1})
         assert len(wait_for(stack, ids, expected + 1)) == expected + 1, attempt
-    events = storage._queue("webhook-events")
+    events = storage.queue("webhook-events")
     deadline = time.monotonic() + 30
     while events.get_queue_properties().approximate_message_count and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from shared.dataverse.addressing import PATH_UNSAFE_CHARACTERS, KeyValueRefused
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.dataverse.planner import WritePlanner
-from shared.identity.worker import token_provider
+from shared.composition import token_provider
 from tests.devstack_process import DevstackProcess
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))
@@ -181,11 +181,11 @@ SYNC_KEYS_PER_RUN = 25
 
 @pytest.fixture(scope="module")
 def sync_world(world: Any, devstack: DevstackProcess) -> Any:
+    from shared.storage import Storage
     from shared.sync.engine import SyncContext
-    from shared.sync.storage import SyncStorage
 
     client, store = world
-    storage = SyncStorage(devstack.env["AzureWebJobsStorage"])
+    storage = Storage(devstack.env["AzureWebJobsStorage"])
     container = storage.blob_service().get_container_client("erp-import")
     if not container.exists():
         container.create_container()
@@ -246,11 +246,11 @@ WEBHOOK_SETTLE_S = 60.0
 
 @pytest.fixture(scope="module")
 def webhook_world(hooks_stack: DevstackProcess, erp_secret: str) -> Any:
-    from shared.sync.storage import SyncStorage
+    from shared.storage import Storage
     from tests.e2e.test_webhooks_receivers import key_header
 
     url = f"{hooks_stack.env['FUNCTIONS_BASE_URL']}/api/webhooks/erp"
-    letters = SyncStorage(hooks_stack.env["AzureWebJobsStorage"]).container("webhook-deadletters")
+    letters = Storage(hooks_stack.env["AzureWebJobsStorage"]).container("webhook-deadletters")
     return erp_secret, url, key_header(hooks_stack, "signed_webhook"), Store(hooks_stack), letters
 
 

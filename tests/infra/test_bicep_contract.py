@@ -19,7 +19,7 @@ import yaml
 from pycep import BicepParser
 
 from shared.settings_registry import SETTINGS, Deploy, setting
-from shared.sync.worker import schedule_setting
+from shared.sync.jobs_file import schedule_setting
 from tests.devstack_process import ROOT
 
 pytestmark = pytest.mark.infra

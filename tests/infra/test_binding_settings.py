@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from shared.expiry.settings import DEFAULT_SWEEP_SCHEDULE
-from shared.sync.worker import schedule_setting
+from shared.sync.jobs_file import schedule_setting
 from tests.devstack_process import ROOT
 from tests.infra.test_bicep_contract import parsed, walk
 

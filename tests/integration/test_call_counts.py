@@ -17,7 +17,7 @@ INVOCATIONS = 50
 WORKER = textwrap.dedent(
     f"""
     import json
-    from shared.identity.worker import dataverse_token
+    from shared.composition import dataverse_token
 
     tokens = [dataverse_token() for _ in range({INVOCATIONS})]
     print(json.dumps({{"distinct": len({{t.value for t in tokens}}), "sources": [t.source for t in tokens]}}))

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import requests
 
-from shared.identity.worker import dataverse_token
+from shared.composition import dataverse_token
 from tests.dataverse_api import DataverseApi, api_for
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from shared.identity.worker import token_provider
+from shared.composition import token_provider
 
 pytestmark = pytest.mark.integration
 

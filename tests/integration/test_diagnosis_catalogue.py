@@ -11,7 +11,7 @@ import pytest
 from shared.errors import AuthError, ConfigError
 from shared.identity.diagnosis import CATALOGUE
 from shared.identity.doctor import run_doctor
-from shared.identity.worker import dataverse_token
+from shared.composition import dataverse_token
 
 pytestmark = pytest.mark.integration
 

@@ -76,7 +76,7 @@ class Clock:
 RESTART_SCRIPT = """
 import json, os
 from datetime import datetime
-from shared.expiry.worker import build_monitor
+from shared.expiry.wiring import build_monitor
 now = datetime.fromisoformat(os.environ["TEST_NOW"])
 report = build_monitor(clock=lambda: now).sweep()
 print(json.dumps({"alerts": [(a.credential.id, a.level) for a in report.alerts], "problems": report.problems}))
@@ -94,7 +94,7 @@ def restart_and_sweep(stack: DevstackProcess, now: datetime) -> Any:
 def test_each_threshold_once_in_order_over_40_days_with_ack_snooze_and_restarts(
     expiry_stack: DevstackProcess, app_env: Any
 ) -> None:
-    from shared.expiry.worker import build_monitor
+    from shared.expiry.wiring import build_monitor
 
     stack = expiry_stack
     app_env(stack)
@@ -135,7 +135,7 @@ def test_each_threshold_once_in_order_over_40_days_with_ack_snooze_and_restarts(
 def test_a_vault_copy_that_outlives_its_entra_secret_raises_one_drift_alert(
     expiry_stack: DevstackProcess, app_env: Any
 ) -> None:
-    from shared.expiry.worker import build_monitor
+    from shared.expiry.wiring import build_monitor
 
     app_env(expiry_stack)
     monitor = build_monitor()
@@ -154,7 +154,7 @@ def test_a_vault_copy_that_outlives_its_entra_secret_raises_one_drift_alert(
 def test_a_dead_channel_does_not_stop_the_others_and_is_retried_next_run(
     expiry_stack: DevstackProcess, app_env: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from shared.expiry.worker import build_monitor
+    from shared.expiry.wiring import build_monitor
 
     stack = expiry_stack
     app_env(
@@ -185,7 +185,7 @@ def test_a_rotated_secret_gets_one_resolution_notice_and_starts_over(
     from azure.identity import ManagedIdentityCredential
     from azure.keyvault.secrets import SecretClient
 
-    from shared.expiry.worker import build_monitor
+    from shared.expiry.wiring import build_monitor
 
     stack = expiry_stack
     app_env(stack)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shared.identity.worker import dataverse_token, token_provider
+from shared.composition import dataverse_token, token_provider
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def test_refresh_margin_wider_than_msal_forces_a_new_token(faults_devstack, app_
     import dataclasses
 
     from shared.identity.token_provider import DataverseTokenProvider
-    from shared.identity.worker import secret_store, settings
+    from shared.composition import secret_store, settings
 
     app_env(faults_devstack)
     provider = DataverseTokenProvider(dataclasses.replace(settings(), token_refresh_margin_s=3597), secret_store())

@@ -10,7 +10,7 @@ import pytest
 
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.dataverse.planner import WritePlanner
-from shared.identity.worker import token_provider
+from shared.composition import token_provider
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
 

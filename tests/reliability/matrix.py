@@ -165,7 +165,7 @@ def accounts_in_store(stack: DevstackProcess) -> int:
 def dead_letters(stack: DevstackProcess) -> list[dict[str, Any]]:
     from azure.storage.blob import BlobServiceClient
 
-    from shared.sync.storage import DEAD_LETTER_CONTAINER
+    from shared.storage.dead_letters import DEAD_LETTER_CONTAINER
 
     container = BlobServiceClient.from_connection_string(stack.env["AzureWebJobsStorage"]).get_container_client(
         DEAD_LETTER_CONTAINER

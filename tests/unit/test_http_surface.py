@@ -99,7 +99,7 @@ def test_webhook_secrets_and_signatures_are_compared_in_constant_time() -> None:
 def test_a_bad_snooze_is_a_400_naming_the_fix(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import UTC, datetime
 
-    from shared.expiry import worker
+    from shared.expiry import wiring as worker
 
     class Watch:  # the monitor needs Key Vault; the body is refused before it would be used
         clock = staticmethod(lambda: datetime.now(UTC))
@@ -336,17 +336,17 @@ class Dependencies:
         return SimpleNamespace(ok=ok, to_dict=lambda: {"ok": ok})
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Dependencies:
-        from shared.expiry import worker as expiry_worker
+        from shared import composition
+        from shared.expiry import wiring as expiry_wiring
         from shared.identity import doctor
         from shared.sync import engine
         from shared.sync import functions as sync_functions
-        from shared.sync import worker as sync_worker
 
-        monkeypatch.setattr(sync_worker, "storage", self.storage)
-        monkeypatch.setattr(sync_worker, "sync_context", self.sync_context)
+        monkeypatch.setattr(composition, "worker", lambda: SimpleNamespace(storage=self.storage))
+        monkeypatch.setattr(sync_functions, "sync_context", self.sync_context)
         monkeypatch.setattr(sync_functions, "run_job", self.run_job)
         monkeypatch.setattr(engine, "replay_dead_letters", self.replay)
-        monkeypatch.setattr(expiry_worker, "monitor", self.monitor)
+        monkeypatch.setattr(expiry_wiring, "monitor", self.monitor)
         monkeypatch.setattr(doctor, "run_doctor", self.doctor)
         monkeypatch.setattr(webhook_functions, "_secret", self.secret)
         monkeypatch.setattr(webhook_functions, "_accept_dataverse", self.accept)
@@ -532,7 +532,7 @@ def test_an_outbound_job_has_nothing_to_replay(deps: Dependencies) -> None:
 
 
 def test_a_silence_lands_where_the_body_says(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.expiry import worker
+    from shared.expiry import wiring as worker
 
     now = datetime(2026, 12, 1, tzinfo=UTC)
     calls: list[tuple[str, object]] = []

@@ -93,8 +93,8 @@ def test_a_job_schedule_setting_is_the_pattern() -> None:
 
 # -- defaults, exactly as before the registry ----------------------------------------------------------------
 def test_defaults_are_the_ones_the_modules_had(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.sync.engine import chunk_concurrency
-    from shared.sync.storage import lease_duration_s, lease_renew_s
+    from shared.storage.leases import lease_duration_s, lease_renew_s
+    from shared.sync.fanout import chunk_concurrency
     from shared.webhooks.dedupe import Dedupe, dedupe_ttl_s
 
     env: dict[str, str] = {}
@@ -120,8 +120,8 @@ def test_defaults_are_the_ones_the_modules_had(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_module_readers_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.sync.storage import lease_duration_s
-    from shared.sync.worker import jobs_file
+    from shared.storage.leases import lease_duration_s
+    from shared.sync.jobs_file import jobs_file
     from shared.webhooks.dedupe import Dedupe
 
     monkeypatch.setenv(EnvVars.SYNC_LEASE_DURATION_S, "15")

@@ -10,7 +10,7 @@ import pytest
 
 from shared.errors import ConfigError
 from shared.stamps import JOBS_VALIDATORS, digest, read_stamp, stamp_path
-from shared.sync import worker
+from shared.sync import jobs_file as worker
 from shared.webhooks import routes_file
 
 pytestmark = pytest.mark.unit

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.dataverse.schema import Column, TableSchema
 from shared.errors import ConfigError
+from shared.mapping.mapper import Mapper, Rejection
 from shared.sync.jobs import InboundJob, load_jobs
-from shared.sync.mapping import Column, Mapper, Rejection, TableSchema
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +79,7 @@ def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
 def mapper(job: str, schema: TableSchema) -> Mapper:
     spec = load_jobs(ROOT / "sync_jobs.yaml")[job]
     assert isinstance(spec, InboundJob)
-    return Mapper(spec, schema)
+    return Mapper(spec.mapping, spec.key, schema)
 
 
 def test_a_good_row_maps_with_every_transform() -> None:

@@ -21,7 +21,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableEntity, UpdateMode
 
-from shared.sync.storage import QUEUE_MESSAGE_LIMIT_BYTES, QueuedMessage, queue_message_fits
+from shared.storage.queues import QUEUE_MESSAGE_LIMIT_BYTES, QueuedMessage, queue_message_fits
 from shared.webhooks import dedupe as dedupe_module
 from shared.webhooks import functions, processor
 from shared.webhooks.dedupe import Claim, ClaimLost, Dedupe, Held, LeaseKeeper
@@ -234,7 +234,7 @@ def test_marks_written_before_claims_existed_count_as_settled() -> None:
 # -- the receiver -------------------------------------------------------------------------------------------
 @dataclass
 class FakeStorage:
-    """The SyncStorage calls the webhook path makes, in memory; ``fail_enqueue`` makes the queue refuse."""
+    """The Storage calls the webhook path makes, in memory; ``fail_enqueue`` makes the queue refuse."""
 
     table_: FakeTable = field(default_factory=FakeTable)
     queue: list[str] = field(default_factory=list)
@@ -281,10 +281,8 @@ class FakeStorage:
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> FakeStorage:
-    from shared.sync import worker
-
     fake = FakeStorage()
-    monkeypatch.setattr(worker, "storage", lambda: fake)
+    monkeypatch.setattr(functions, "storage", lambda: fake)
     return fake
 
 

@@ -1,4 +1,4 @@
-"""Per-worker sync singletons: the validated jobs and the SyncContext (storage + Dataverse client).
+"""The sync jobs file: where it is, its validated models (re-read when it changes), and what indexing needs.
 
 Indexing needs only each job's name, direction and schedule (``job_index``); the pydantic models are
 loaded on first use (``jobs``). See ``shared.stamps`` for how start-up validation stays cheap.
@@ -6,7 +6,6 @@ loaded on first use (``jobs``). See ``shared.stamps`` for how start-up validatio
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -15,15 +14,10 @@ from shared.settings_registry import SYNC_SCHEDULE_PREFIX, EnvVars
 from shared.stamps import JOBS_VALIDATORS, read_stamp, write_stamp
 
 if TYPE_CHECKING:
-    from shared.sync.engine import SyncContext
     from shared.sync.jobs import InboundJob, OutboundJob
-    from shared.sync.storage import SyncStorage
 
 JOBS_FILE_SETTING = EnvVars.SYNC_JOBS_FILE
 APP_ROOT = Path(__file__).resolve().parents[2]
-_lock = threading.Lock()
-_context: SyncContext | None = None
-_storage: SyncStorage | None = None
 _jobs_cache: tuple[tuple[str, int, int], dict[str, InboundJob | OutboundJob]] | None = None
 
 
@@ -83,38 +77,3 @@ def job_index() -> dict[str, JobSummary]:
 def schedule_setting(job: str) -> str:
     """The app setting that carries a job's timer schedule, e.g. ``SYNC_SCHEDULE_ACCOUNTS``."""
     return SYNC_SCHEDULE_PREFIX + "".join(c if c.isalnum() else "_" for c in job).upper()
-
-
-def storage() -> SyncStorage:
-    """Storage alone: webhook receivers need nothing else, so they keep accepting events while the
-    Dataverse credential is broken (an expired secret must not turn deliveries away)."""
-    global _storage
-    from shared.identity.worker import settings
-    from shared.sync.storage import SyncStorage
-
-    config = settings()
-    with _lock:
-        if _storage is None:
-            _storage = SyncStorage(config.storage_connection, account_name=config.storage_account_name)
-        return _storage
-
-
-def sync_context() -> SyncContext:
-    global _context
-    from shared.dataverse.client import ClientOptions, DataverseClient
-    from shared.identity.worker import secret_store, settings, token_provider
-    from shared.sync.engine import SyncContext
-
-    shared_storage = storage()
-    with _lock:
-        if _context is None:
-            client = DataverseClient(settings().dataverse_url, token_provider(), options=ClientOptions())
-            _context = SyncContext(shared_storage, client, secret=lambda name: secret_store().get(name).value)
-        return _context
-
-
-def reset() -> None:
-    """Forget the storage and sync context (tests that switch between devstacks)."""
-    global _storage, _context
-    with _lock:
-        _storage, _context = None, None

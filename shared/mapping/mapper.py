@@ -9,57 +9,19 @@ the table's metadata comes in as a :class:`TableSchema` (built once per worker f
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.dataverse.addressing import KeyValueRefused, bind_path, check_key_value
-from shared.sync.jobs import ColumnMapping, InboundJob, Transform
+from shared.dataverse.schema import Column, TableSchema
+from shared.mapping.spec import ColumnMapping, Transform
 
 TRUE_WORDS = {"true", "yes", "y", "1", "ja", "oui"}
 FALSE_WORDS = {"false", "no", "n", "0", "nein", "non"}
 DEFAULT_DATE_FORMATS = ("%Y-%m-%d",)
 DATE_CACHE_ENTRIES = 65_536  # distinct (text, formats) pairs kept per worker; ~10 MB at most
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str  # String, Memo, Integer, Decimal, Money, Boolean, DateTime, Picklist, Lookup, Uniqueidentifier
-    max_length: int | None = None
-    required: bool = False
-    options: Mapping[str, int] = field(default_factory=dict)  # lower-case label -> value
-
-
-@dataclass(frozen=True)
-class TableSchema:
-    logical_name: str
-    columns: Mapping[str, Column]
-
-    @classmethod
-    def from_metadata(cls, entity: Mapping[str, Any], picklists: list[Mapping[str, Any]] | None = None) -> TableSchema:
-        """From ``EntityDefinitions(LogicalName=…)?$expand=Attributes`` and the picklist cast's ``value``."""
-        options: dict[str, dict[str, int]] = {}
-        for picklist in picklists or []:
-            labels = {}
-            for option in (picklist.get("OptionSet") or {}).get("Options", []):
-                label = ((option.get("Label") or {}).get("UserLocalizedLabel") or {}).get("Label")
-                if label is not None:
-                    labels[str(label).lower()] = int(option["Value"])
-            options[str(picklist["LogicalName"])] = labels
-        columns = {}
-        for attr in entity.get("Attributes", []):
-            name = str(attr["LogicalName"])
-            columns[name] = Column(
-                name,
-                str(attr.get("AttributeType", "String")),
-                attr.get("MaxLength"),
-                (attr.get("RequiredLevel") or {}).get("Value") in ("ApplicationRequired", "SystemRequired")
-                and not attr.get("IsPrimaryId"),
-                options.get(name, {}),
-            )
-        return cls(str(entity["LogicalName"]), columns)
 
 
 @dataclass(frozen=True)
@@ -75,15 +37,19 @@ class _Reject(Exception):
 
 
 class Mapper:
-    def __init__(self, job: InboundJob, schema: TableSchema) -> None:
-        self.job = job
+    """Maps source rows to the columns of one table: ``mapping`` says how each column is filled, ``key``
+    names the alternate-key columns every row must fill, ``schema`` is the table's metadata."""
+
+    def __init__(self, mapping: Mapping[str, ColumnMapping], key: Sequence[str], schema: TableSchema) -> None:
+        self.mapping = dict(mapping)
+        self.key = tuple(key)
         self.schema = schema
 
     def map(self, row: Mapping[str, Any]) -> dict[str, Any] | Rejection:
         """The columns to write (keys included), or why the row cannot be written."""
         out: dict[str, Any] = {}
         try:
-            for column, spec in self.job.mapping.items():
+            for column, spec in self.mapping.items():
                 value = self._value(row, column, spec)
                 if spec.lookup is not None:
                     if value is not None:
@@ -97,7 +63,7 @@ class Mapper:
                         out[f"{spec.lookup.navigation}@odata.bind"] = target
                     continue
                 out[column] = self._validate(column, spec, value)
-            for key in self.job.key:
+            for key in self.key:
                 if out.get(key) in (None, ""):
                     raise _Reject("MissingKey", f"key column {key!r} is empty (source {self._source_name(key)!r})", key)
                 try:
@@ -109,7 +75,7 @@ class Mapper:
         return out
 
     def _source_name(self, column: str) -> str | None:
-        spec = self.job.mapping.get(column)
+        spec = self.mapping.get(column)
         return spec.source if spec else None
 
     def _value(self, row: Mapping[str, Any], column: str, spec: ColumnMapping) -> Any:
@@ -134,7 +100,7 @@ class Mapper:
         if column is None:
             raise _Reject("UnknownColumn", f"{name}: the {self.schema.logical_name} table has no such column", name)
         if value is None:
-            if name in self.job.key:
+            if name in self.key:
                 raise _Reject("MissingKey", f"key column {name!r} is empty (source {spec.source!r})", name)
             if spec.required or column.required:
                 raise _Reject("MissingRequired", f"{name} is required but empty", name)

@@ -1,0 +1,176 @@
+"""The composition root: the one place that builds the objects a worker keeps for its lifetime.
+
+A Functions worker process serves many invocations; the settings, the managed-identity credential, the
+Key Vault secret store, the Dataverse token provider and client, table metadata, storage and the Graph
+reader (with the caches inside them) are built here once, on first use, and handed to the capabilities'
+doors (``shared.*.functions``), which build their own small contexts from them. No capability builds
+a client itself, so no capability depends on another for its wiring.
+
+Storage and the secret store need only the managed identity: webhook receivers keep accepting events
+while the Dataverse credential is broken (an expired secret must not turn deliveries away).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from shared.config import Settings
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+    from shared.dataverse.client import DataverseClient
+    from shared.dataverse.schema import TableMetadata
+    from shared.expiry.inventory import GraphReader
+    from shared.identity.secret_store import SecretStore
+    from shared.identity.token_provider import AccessToken, DataverseTokenProvider
+    from shared.storage import Storage
+
+
+class Worker:
+    """The per-worker objects, each built on first use under one lock (no import cost at indexing)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+        self._lock = threading.RLock()
+        self._credential: TokenCredential | None = None
+        self._secrets: SecretStore | None = None
+        self._tokens: DataverseTokenProvider | None = None
+        self._dataverse: DataverseClient | None = None
+        self._metadata: TableMetadata | None = None
+        self._storage: Storage | None = None
+        self._graph: GraphReader | None = None
+
+    def settings(self) -> Settings:
+        with self._lock:
+            if self._settings is None:
+                self._settings = Settings.from_env()
+            return self._settings
+
+    def credential(self) -> TokenCredential:
+        """The managed identity: system-assigned, or the user-assigned one that ``AZURE_CLIENT_ID`` names."""
+        with self._lock:
+            if self._credential is None:
+                from shared.identity.managed_identity import managed_identity_credential
+
+                self._credential = managed_identity_credential(self.settings().managed_identity_client_id)
+            return self._credential
+
+    def secret_store(self) -> SecretStore:
+        with self._lock:
+            if self._secrets is None:
+                from shared.identity.secret_store import SecretStore
+
+                config = self.settings()
+                self._secrets = SecretStore(
+                    config.key_vault_url,
+                    self.credential(),
+                    ttl_s=config.secret_cache_ttl_s,
+                    max_stale_s=config.secret_max_stale_s,
+                    verify_challenge_resource=config.verify_challenge_resource,
+                    identity_label=identity_label(config),
+                )
+            return self._secrets
+
+    def secret(self, name: str) -> str:
+        """A Key Vault secret's value (cached by the secret store)."""
+        return self.secret_store().get(name).value
+
+    def token_provider(self) -> DataverseTokenProvider:
+        with self._lock:
+            if self._tokens is None:
+                from shared.identity.token_provider import DataverseTokenProvider
+
+                self._tokens = DataverseTokenProvider(self.settings(), self.secret_store())
+            return self._tokens
+
+    def dataverse_token(self) -> AccessToken:
+        """The invocation's Dataverse token: call once at the start of an invocation."""
+        return self.token_provider().token_for_invocation()
+
+    def dataverse(self) -> DataverseClient:
+        """The worker's Dataverse client: one pooled session and one throttle governor for every run."""
+        with self._lock:
+            if self._dataverse is None:
+                from shared.dataverse.client import ClientOptions, DataverseClient
+
+                self._dataverse = DataverseClient(
+                    self.settings().dataverse_url, self.token_provider(), options=ClientOptions()
+                )
+            return self._dataverse
+
+    def metadata(self) -> TableMetadata:
+        with self._lock:
+            if self._metadata is None:
+                from shared.dataverse.schema import TableMetadata
+
+                self._metadata = TableMetadata(self.dataverse())
+            return self._metadata
+
+    def storage(self) -> Storage:
+        with self._lock:
+            if self._storage is None:
+                from shared.storage import Storage
+
+                config = self.settings()
+                # The credential only where there is no connection string: in Azure, identity-based storage.
+                credential = None if config.storage_connection else self.credential()
+                self._storage = Storage(
+                    config.storage_connection, account_name=config.storage_account_name, credential=credential
+                )
+            return self._storage
+
+    def graph(self) -> GraphReader:
+        with self._lock:
+            if self._graph is None:
+                from shared.expiry.inventory import GraphReader
+
+                config = self.settings()
+                self._graph = GraphReader(config.graph_url, self.credential(), timeout_s=config.http_timeout_s)
+            return self._graph
+
+
+def identity_label(config: Settings) -> str:
+    client_id = config.managed_identity_client_id
+    return f"user-assigned {client_id}" if client_id else "system-assigned"
+
+
+_lock = threading.Lock()
+_worker: Worker | None = None
+
+
+def worker() -> Worker:
+    """This worker process's objects."""
+    global _worker
+    with _lock:
+        if _worker is None:
+            _worker = Worker()
+        return _worker
+
+
+def reset_worker() -> None:
+    """Forget every per-worker object (tests that change the environment between 'workers')."""
+    global _worker
+    from shared.identity.managed_identity import reset_managed_identity
+
+    with _lock:
+        _worker = None
+    reset_managed_identity()
+
+
+# Shorthands for the objects most callers want (the CLI tools, the doctor, tests).
+def settings() -> Settings:
+    return worker().settings()
+
+
+def secret_store() -> SecretStore:
+    return worker().secret_store()
+
+
+def token_provider() -> DataverseTokenProvider:
+    return worker().token_provider()
+
+
+def dataverse_token() -> AccessToken:
+    return worker().dataverse_token()

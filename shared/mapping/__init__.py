@@ -1,0 +1,1 @@
+"""Source rows to Dataverse columns: the mapping models (``spec``) and the mapper (``mapper``)."""
