@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import AuthError
 from shared.expiry.eventgrid import VaultExpiryEvent
@@ -34,11 +34,67 @@ from shared.expiry.settings import ExpirySettings, vault_name
 from shared.expiry.state import StateConflict, StateStore
 from shared.logging import log_event
 
+if TYPE_CHECKING:
+    from shared.identity.secret_store import SecretStore
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ACK_DAYS = 7
 CLAIM_ATTEMPTS = 3
 PROBE_ID = "probe:dataverse"
+_ID_SOURCES = {"kv-secret": "keyvault-secret", "kv-certificate": "keyvault-certificate",
+               "entra-password": "entra-password", "entra-certificate": "entra-certificate"}  # fmt: skip
+
+
+# What the monitor uses of each collaborator, so a unit test can hand it in-memory ones; the functions under
+# TYPE_CHECKING below make mypy prove the production classes still fit.
+class SecretValueLike(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class VaultStore(Protocol):
+    """``SecretStore``: the vault's URL, its properties listings (for ``vault_credentials``) and a value read."""
+
+    @property
+    def vault_url(self) -> str: ...
+
+    def list_secret_properties(self) -> list[Any]: ...
+
+    def list_certificate_properties(self) -> list[Any]: ...
+
+    def get(self, name: str) -> SecretValueLike: ...
+
+
+class CredentialStates(Protocol):
+    """``StateStore``: ``save`` raises StateConflict when the row changed since it was read, and sets the
+    saved state's etag."""
+
+    def get(self, credential_id: str) -> CredentialState | None: ...
+
+    def all(self) -> list[tuple[CredentialState, dict[str, Any]]]: ...
+
+    def save(self, state: CredentialState, credential: Credential | None = None) -> CredentialState: ...
+
+
+class AlertSender(Protocol):
+    """``Notifier``: sends to every channel (or ``only`` these) and returns the names of those that failed."""
+
+    def send(self, alert: Alert, only: Sequence[str] | None = None) -> list[str]: ...
+
+
+class ApplicationSource(Protocol):
+    """``GraphReader``: the app registrations' JSON as Graph returns it; AuthError when Graph refuses."""
+
+    def applications(self, app_ids: Sequence[str]) -> Iterable[dict[str, Any]]: ...
+
+
+if TYPE_CHECKING:
+
+    def _production_classes_fit(
+        store: SecretStore, states: StateStore, notifier: Notifier, graph: GraphReader
+    ) -> tuple[VaultStore, CredentialStates, AlertSender, ApplicationSource]:
+        return store, states, notifier, graph
 
 
 @dataclass
@@ -55,10 +111,10 @@ class ExpiryMonitor:
         self,
         settings: ExpirySettings,
         *,
-        store: Any,
-        states: StateStore,
-        notifier: Notifier,
-        graph: GraphReader | None = None,
+        store: VaultStore,
+        states: CredentialStates,
+        notifier: AlertSender,
+        graph: ApplicationSource | None = None,
         probe: Callable[[], str] | None = None,
         dataverse_secret_name: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -78,26 +134,39 @@ class ExpiryMonitor:
         now = self.clock()
         report = SweepReport(at=now)
         listed: list[Credential] = []
-        complete_sources: set[str] = set()
+        # Id prefixes of the credentials a source listed in full: only those can be proved gone. An event
+        # may have told us about another vault's secret, and EXPIRY_APP_IDS may name only some apps.
+        complete: set[str] = set()
         vault = self.settings.vault_name or vault_name(self.store.vault_url)
         try:
             listed += vault_credentials(self.store, vault)
-            complete_sources |= {"keyvault-secret", "keyvault-certificate"}
+            complete |= {f"kv-secret:{vault}:", f"kv-certificate:{vault}:"}
         except AuthError as exc:
             report.problems.append(f"Key Vault not listed: {exc.code}: {exc.fix}")
+        entra_listed = False
         if self.graph is not None and self.settings.app_ids:
+            app_ids = self.settings.app_ids
             try:
-                listed += entra_credentials(list(self.graph.applications(self.settings.app_ids)))
-                complete_sources |= {"entra-password", "entra-certificate"}
+                listed += entra_credentials(list(self.graph.applications(app_ids)))
+                entra_listed = True
+                if tuple(app_ids) == ("*",):
+                    complete |= {"entra-password:", "entra-certificate:"}
+                else:
+                    complete |= {
+                        f"{kind}:{app}:" for app in app_ids for kind in ("entra-password", "entra-certificate")
+                    }
             except AuthError as exc:
                 report.problems.append(f"Entra credentials not listed: {exc.code}: {exc.fix}")
+            except Exception as exc:  # unreachable or no token: the vault's alerts must still go out
+                report.problems.append(f"Entra credentials not listed: {type(exc).__name__}: {_first_line(exc)}")
         for problem in report.problems:
             log_event(logger, "expiry_source_unavailable", logging.ERROR, problem=problem)
         for credential in listed:
             label = self._process(credential, now, report)
             report.credentials.append((credential, label))
-        self._drift(listed, now, report)
-        self._removed(listed, complete_sources, now, report)
+        if entra_listed:  # without Entra's list every tagged copy would look like it names a deleted secret
+            self._drift(listed, now, report)
+        self._removed(listed, complete, now, report)
         if self.probe is not None:
             self._probe(now, report)
         log_event(logger, "expiry_sweep", credentials=len(listed), alerts=len(report.alerts),
@@ -197,10 +266,16 @@ class ExpiryMonitor:
     def _removed(self, listed: list[Credential], complete: set[str], now: datetime, report: SweepReport) -> None:
         present = {c.id for c in listed}
         for state, row in self.states.all():
-            source = str(row.get("source") or "")
-            if state.id in present or source not in complete or not state.last_level:
+            listed_in_full = any(state.id.startswith(prefix) for prefix in complete)
+            if state.id in present or not listed_in_full or not state.last_level:
                 continue  # only a source listed in full proves a credential gone
-            gone = Credential(state.id, str(row.get("name")), source, state.expires_on, str(row.get("owner")))  # type: ignore[arg-type]
+            # A row acknowledged or snoozed before saves merged has lost these facts; its id still names them.
+            kind, _, rest = state.id.partition(":")
+            source = str(row.get("source") or _ID_SOURCES.get(kind, ""))
+            name = str(row.get("name") or rest.rpartition(":")[2])
+            if source not in _ID_SOURCES.values():
+                continue
+            gone = Credential(state.id, name, source, state.expires_on, str(row.get("owner") or ""))  # type: ignore[arg-type]
             state.last_level = None
             try:
                 self.states.save(state, gone)
@@ -268,6 +343,11 @@ class ExpiryMonitor:
             except StateConflict:
                 continue
         raise StateConflict(credential_id)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "no detail"
 
 
 def _day(value: datetime | None) -> str:

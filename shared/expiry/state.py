@@ -4,13 +4,18 @@ a sweep and an Event Grid invocation racing for the same threshold cannot both c
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import DvbridgeError
 from shared.expiry.model import Credential
 from shared.expiry.policy import CredentialState
+
+if TYPE_CHECKING:  # the SDK loads lazily: indexing must stay light
+    from azure.core import MatchConditions
+    from azure.data.tables import TableClient, TableEntity, UpdateMode
 
 STATE_TABLE = "credentialstate"
 PARTITION = "credential"
@@ -25,8 +30,33 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+class StateTable(Protocol):
+    """The part of ``azure.data.tables.TableClient`` the store uses (a unit test passes an in-memory table)."""
+
+    def get_entity(self, partition_key: str, row_key: str) -> TableEntity: ...
+
+    def create_entity(self, entity: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+    def update_entity(
+        self,
+        entity: Mapping[str, Any],
+        mode: UpdateMode = ...,
+        *,
+        etag: str | None = ...,
+        match_condition: MatchConditions | None = ...,
+    ) -> Mapping[str, Any]: ...
+
+    def query_entities(self, query_filter: str) -> Iterable[TableEntity]: ...
+
+
+if TYPE_CHECKING:
+
+    def _sdk_client_is_a_state_table(client: TableClient) -> StateTable:
+        return client  # mypy proves the real client still fits the Protocol
+
+
 class StateStore:
-    def __init__(self, table_client: Any) -> None:
+    def __init__(self, table_client: StateTable) -> None:
         self._table = table_client
 
     def get(self, credential_id: str) -> CredentialState | None:
@@ -82,8 +112,11 @@ class StateStore:
             if state.etag is None:
                 metadata = self._table.create_entity(entity)
             else:
+                # Without the credential (acknowledge, snooze) a merge keeps its name, source and owner, which
+                # the credentials API shows and the sweep needs to notice the credential's removal.
+                mode = UpdateMode.REPLACE if credential is not None else UpdateMode.MERGE
                 metadata = self._table.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=state.etag, match_condition=MatchConditions.IfNotModified
+                    entity, mode=mode, etag=state.etag, match_condition=MatchConditions.IfNotModified
                 )
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise StateConflict(state.id) from exc
