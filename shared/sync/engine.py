@@ -11,7 +11,7 @@ Files above the job's threshold fan out to queue workers (``shared.sync.fanout``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.dataverse.client import DataverseClient
 from shared.dataverse.planner import WritePlanner
@@ -24,6 +24,9 @@ from shared.sync.rows import SourceRow
 from shared.sync.run import RunReport, RunStorage, SyncRun
 from shared.sync.sinks import DataverseWriter, Progress, RecordWriter
 from shared.sync.sources import ApiPages, BlobFiles, SourceStorage
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["RunReport", "SyncContext", "replay_dead_letters", "run_inbound"]
 
@@ -58,12 +61,14 @@ class SyncContext:
         secret: Callable[[str], str] | None = None,  # Key Vault secrets for source auth headers
         metadata: SchemaSource | None = None,
         planner: RecordWriter | None = None,
+        http: requests.Session | None = None,  # for HTTP sources and sinks; None: a session per run
     ) -> None:
         self.storage = storage
         self.client = client
         self.secret = secret
         self.metadata: SchemaSource = metadata or TableMetadata(client)
         self.planner: RecordWriter = planner or WritePlanner(client)
+        self.http = http
 
     def schema(self, table: str) -> TableSchema:
         return self.metadata.schema(table)
@@ -90,7 +95,7 @@ def run_inbound(
         index = HashIndex(ctx.storage, name)
         writer = ctx.writer(job, index)
         if isinstance(job.source, HttpSource):
-            api = ApiPages(name, job.source, ctx.storage, job.watermark_field, ctx.secret)
+            api = ApiPages(name, job.source, ctx.storage, job.watermark_field, ctx.secret, ctx.http)
             report.files += 1
             writer.write(api.rows(), report, run.dead, progress)
             index.flush()

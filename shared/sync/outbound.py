@@ -22,7 +22,7 @@ def run_outbound(name: str, job: OutboundJob, ctx: SyncContext, *, run_id: str |
         changes = source.changes()
         run.report.rows_read = len(changes)
         if changes:
-            outbound_sink(job.sink, ctx.storage).deliver(name, changes, source.previous)
+            outbound_sink(job.sink, ctx.storage, ctx.http).deliver(name, changes, source.previous)
         source.done()  # only after the sink confirmed
         run.report.written = len(changes)
     return run.report

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.dataverse.addressing import key_text
 from shared.logging import log_event
@@ -17,6 +17,9 @@ from shared.sync.hashes import ChangeIndex, row_hash
 from shared.sync.jobs import BlobSink, HttpSink, InboundJob
 from shared.sync.rows import SourceRow
 from shared.sync.run import DeadLetters, RunReport
+
+if TYPE_CHECKING:
+    import requests
 
 logger = logging.getLogger(__name__)
 
@@ -155,16 +158,18 @@ class HttpPostSink:
     delta link, so the next run delivers the same changes again."""
 
     spec: HttpSink
+    session: requests.Session | None = None
 
     def deliver(self, job: str, changes: list[dict[str, Any]], previous: str | None) -> None:
+        from shared.outgoing_http import HTTP_SINK, HttpCaller
         from shared.sync.http_sink import post_changes
 
-        post_changes(self.spec.url, job, changes, self.spec.batch_size)
+        post_changes(self.spec.url, job, changes, self.spec.batch_size, caller=HttpCaller(self.session, HTTP_SINK))
 
 
 class Sink(Protocol):
     def deliver(self, job: str, changes: list[dict[str, Any]], previous: str | None) -> None: ...
 
 
-def outbound_sink(spec: BlobSink | HttpSink, storage: BlobWriter) -> Sink:
-    return BlobJsonlSink(spec, storage) if isinstance(spec, BlobSink) else HttpPostSink(spec)
+def outbound_sink(spec: BlobSink | HttpSink, storage: BlobWriter, session: requests.Session | None = None) -> Sink:
+    return BlobJsonlSink(spec, storage) if isinstance(spec, BlobSink) else HttpPostSink(spec, session)

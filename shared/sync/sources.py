@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.sync.jobs import CsvSource, HttpSource, JsonlSource
 from shared.sync.rows import SourceRow, count_lines, csv_rows, jsonl_rows
+
+if TYPE_CHECKING:
+    import requests
 
 WATERMARK_STATE = "watermark"
 DELTA_LINK_STATE = "deltalink"
@@ -73,6 +76,7 @@ class ApiPages:
     storage: SourceStorage
     watermark_field: str | None
     secret: Callable[[str], str] | None = None
+    session: requests.Session | None = None
     _previous: str | None = None
     _highest: list[str] = field(default_factory=list)
 
@@ -81,7 +85,7 @@ class ApiPages:
 
         self._previous = self.storage.get_state(self.job, WATERMARK_STATE)
         self._highest = [self._previous] if self._previous else []
-        for row in iter_http(self.spec, secret=self.secret, watermark=self._previous):
+        for row in iter_http(self.spec, secret=self.secret, watermark=self._previous, session=self.session):
             value = row.values.get(self.watermark_field) if self.watermark_field else None
             if value is not None:
                 self._highest.append(str(value))
