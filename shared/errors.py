@@ -8,6 +8,8 @@
     ├── AuthError                 a step of the identity chain failed; .code, .cause, .fix, .step
     ├── DataverseError            the Web API refused a request; .status, .code, .message
     │   └── ThrottledError        429 after every retry; .retry_after_s
+    ├── DownstreamError           another service failed an outgoing call; .service, .status, .target
+    │                             (scheme://host only), .retryable (shared.outgoing_http)
     ├── BatchDecodeError          a $batch reply is not well-formed multipart (shared.dataverse.batch_codec)
     ├── KeyValueRefused           a key, id or name no URL may carry; .field (shared.dataverse.addressing)
     ├── EventRejected             an Event Grid event we do not act on (shared.expiry.eventgrid)
@@ -97,6 +99,83 @@ class DataverseError(DvbridgeError):
 
 class ThrottledError(DataverseError):
     """Still throttled (429) when the retry budget ran out."""
+
+
+class DownstreamError(DvbridgeError):
+    """A call to another service failed: it refused the request, or did not answer within the retry budget.
+
+    Attributes:
+        service: who was called (``source API``, ``HTTP sink``, ``forward target``, ``notification channel``,
+            ``Microsoft Graph``...)
+        target: ``scheme://host[:port]`` only: a channel URL or an API URL may carry a secret in its path or query
+        status: the last HTTP status, None when no response came
+        retryable: whether trying again later may succeed (no response, 408, 429, 5xx); False for another 4xx
+            and for a request whose outcome is unknown
+        reason: ``HTTP 503 after 5 attempt(s)``, ``ConnectionError``...
+        outcome_unknown: the connection broke during a request that is not safe to send twice, so the
+            service may or may not have applied it
+        context: what the failure means for the caller (``the delta link is kept``)
+    """
+
+    def __init__(
+        self,
+        service: str,
+        target: str,
+        status: int | None,
+        *,
+        retryable: bool,
+        reason: str = "",
+        outcome_unknown: bool = False,
+        context: str = "",
+        original: BaseException | None = None,
+    ) -> None:
+        self.service = service
+        self.target = target
+        self.status = status
+        self.retryable = retryable
+        self.reason = reason
+        self.outcome_unknown = outcome_unknown
+        self.context = context
+        # The exception of the HTTP library, kept for callers that map it; never put in the message,
+        # because its text carries the whole URL.
+        self.original = original
+        if outcome_unknown:
+            what = f"broke the connection mid-request ({reason}): whether it applied the request is unknown"
+        elif status is None:
+            what = f"did not answer ({reason or 'no response'})"
+        else:
+            what = f"answered {reason or f'HTTP {status}'}"
+        text = f"{service} at {target} {what}"
+        if context:
+            text += f"; {context}"
+        super().__init__(f"{text}. Check: {_downstream_check(service, target, status, outcome_unknown)}")
+
+    def with_context(self, context: str) -> DownstreamError:
+        """The same failure, with what it means for the caller added to the message."""
+        return DownstreamError(
+            self.service,
+            self.target,
+            self.status,
+            retryable=self.retryable,
+            reason=self.reason,
+            outcome_unknown=self.outcome_unknown,
+            context=f"{self.context}; {context}" if self.context else context,
+            original=self.original,
+        )
+
+
+def _downstream_check(service: str, target: str, status: int | None, outcome_unknown: bool) -> str:
+    if outcome_unknown:
+        return f"whether the {service} applied the request before it is sent again"
+    if status is None:
+        return f"that {target} resolves and is reachable from the function app (DNS, firewall, proxy, TLS) and is up"
+    if status in (401, 403):
+        return f"the credential, key or signature the {service} expects"
+    if status in (404, 405, 410):
+        return f"the URL configured for the {service}"
+    if status in (408, 429) or status >= 500:
+        return f"the {service}'s health and limits; it was retried as long as the retry policy allows"
+    return f"what the {service} accepts (the payload's shape and size) and its own error log"
 
 
 class WebhookRejected(DvbridgeError):

@@ -1,15 +1,14 @@
-"""``DataverseClient``: one pooled session per worker, the standard headers, retries that honour
-``Retry-After``, one token refresh on 401, reads (by id, by key, queries, paging, WhoAmI, change
-tracking), single writes, ``$batch`` and bulk messages.
+"""``DataverseClient``: one pooled session per worker, the standard headers, retries through the outgoing
+HTTP layer (shared.outgoing_http, DATAVERSE policy) with the throttle governor, one token refresh on 401,
+reads (by id, by key, queries, paging, WhoAmI, change tracking), single writes, ``$batch`` and bulk messages.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Protocol
 from urllib.parse import SplitResult, urlsplit
@@ -27,21 +26,15 @@ from shared.dataverse.addressing import (
 )
 from shared.dataverse.batch_codec import BatchItem, OperationResult, decode_batch, encode_batch, match_results
 from shared.dataverse.governor import ThrottleGovernor
-from shared.errors import DataverseError, ThrottledError
+from shared.errors import DataverseError, DownstreamError, ThrottledError
 from shared.logging import log_event
+from shared.outgoing_http import DATAVERSE, HttpCaller, RetryNotice, RetryPolicy, retry_after_s
 
 logger = logging.getLogger(__name__)
 
 API_PATH = "/api/data/v9.2"
 USER_AGENT = f"dvbridge/{__version__}"
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 60.0
 BULK_READ_TIMEOUT_S = 180.0  # bulk messages and large batches run for minutes on real environments
-RETRY_STATUSES = {429, 502, 503, 504}
-MAX_ATTEMPTS = 8
-RETRY_DEADLINE_S = 600.0
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 30.0
 MAX_PAGE_SIZE = 5000
 DUPLICATE_KEY_CODE = "0x80060892"  # "Entity Key … violated": another writer created this key first
 RECORD_NOT_FOUND_CODE = "0x80040217"  # Dataverse's "Does Not Exist"
@@ -68,8 +61,9 @@ class ClientOptions:
     bypass_custom_plugins: bool = False
     suppress_duplicate_detection: bool | None = None
     caller_object_id: str | None = None
-    max_attempts: int = MAX_ATTEMPTS
-    retry_deadline_s: float = RETRY_DEADLINE_S
+    policy: RetryPolicy = DATAVERSE  # PROBE for the doctor: one attempt
+    max_attempts: int | None = None  # None: the policy's
+    retry_deadline_s: float | None = None  # None: the policy's
     verify: str | bool | None = None  # None: requests' default (honours REQUESTS_CA_BUNDLE)
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -83,6 +77,7 @@ class DataverseClient:
         session: requests.Session | None = None,
         options: ClientOptions | None = None,
         governor: ThrottleGovernor | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.org_url = org_url.rstrip("/")
         self.root = f"{self.org_url}{API_PATH}"
@@ -90,8 +85,20 @@ class DataverseClient:
         self.tokens = tokens
         self.governor = governor or ThrottleGovernor(self.options.max_concurrency)
         self.session = session or self._new_session()
-        self.requests_sent = 0
+        policy = self.options.policy
+        if self.options.max_attempts is not None:
+            policy = replace(policy, attempts=self.options.max_attempts)
+        if self.options.retry_deadline_s is not None:
+            policy = replace(policy, deadline_s=self.options.retry_deadline_s)
+        self._caller = HttpCaller(
+            self.session, policy, attempt_context=self.governor.slot, on_retry=self._paused_for, sleep=sleep
+        )
         self._token = tokens.token_for_invocation()
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests put on the wire, every attempt and resend counted."""
+        return self._caller.requests_sent
 
     def __repr__(self) -> str:
         return f"DataverseClient(org_url={self.org_url!r})"
@@ -139,77 +146,65 @@ class DataverseClient:
         raise_for_status: bool = True,
         idempotent: bool | None = None,
     ) -> requests.Response:
-        """Send with retries on 429/502/503/504 and connection errors (honouring Retry-After); refresh once on 401."""
+        """Send under the client's retry policy (429/502/503/504 and connection errors; the server's wait
+        honoured once, by the governor on a 429); refresh the token once on 401."""
         url = path if path.startswith("https://") or path.startswith("http://") else f"{self.root}/{path.lstrip('/')}"
         if not _within(url, self.root):
             # A next or delta link names another host: never send it our bearer token.
             raise DataverseError(0, "ForeignUrl", f"refused to send a Dataverse request outside {self.root}")
-        timeout = (CONNECT_TIMEOUT_S, BULK_READ_TIMEOUT_S if long_running else READ_TIMEOUT_S)
-        deadline = time.monotonic() + self.options.retry_deadline_s
-        # After a connection breaks mid-response a POST may have been applied: re-send only what is safe.
-        safe_to_resend = idempotent if idempotent is not None else method.upper() != "POST"
+        policy = self._caller.policy
+        timeout = (policy.connect_timeout_s, BULK_READ_TIMEOUT_S if long_running else policy.read_timeout_s)
         refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            response: requests.Response | None = None
-            error: Exception | None = None
-            with self.governor.slot():
-                try:
-                    self.requests_sent += 1
-                    response = self.session.request(
-                        method,
-                        url,
-                        json=body if data is None else None,
-                        data=data,
-                        params=params,
-                        headers=self._headers(headers),
-                        timeout=timeout,
-                        verify=self.options.verify if self.options.verify is not None else True,
-                    )
-                except requests.ConnectTimeout as exc:
-                    error = exc  # nothing reached the server: always safe to retry
-                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                    if not safe_to_resend:
-                        raise DataverseError(
-                            0,
-                            "OutcomeUnknown",
-                            f"the connection broke during a non-idempotent {method}: {type(exc).__name__}",
-                        ) from exc
-                    error = exc
-            if response is not None:
-                hint = response.headers.get("x-ms-dop-hint")
-                if hint and hint.isdigit():
-                    self.governor.apply_dop_hint(int(hint))
-                if response.status_code == 401 and not refreshed:
-                    refreshed = True
-                    self._token = self.tokens.token_for_invocation(force_refresh=True)
-                    log_event(logger, "dataverse_token_refreshed", reason="401")
-                    continue
-                if response.status_code not in RETRY_STATUSES:
-                    self.governor.succeeded()
-                    if raise_for_status and response.status_code >= 400:
-                        raise _error(response)
-                    return response
-            retry_after = _retry_after(response)
-            if response is not None and response.status_code == 429:
-                self.governor.throttled(retry_after or 1.0)
-            wait = retry_after if retry_after is not None else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-            wait *= 1 + random.random() * 0.1  # noqa: S311 - jitter, not security  # nosec B311
-            if attempt >= self.options.max_attempts or time.monotonic() + wait > deadline:
-                if response is not None:
-                    raise _error(response) if response.status_code != 429 else _throttled(response)
-                raise DataverseError(0, "ConnectionError", f"{type(error).__name__}: {error}") from error
-            log_event(
-                logger,
-                "dataverse_retry",
-                logging.INFO,
-                attempt=attempt,
-                status=response.status_code if response is not None else type(error).__name__,
-                wait_s=round(wait, 2),
+
+        def on_response(response: requests.Response) -> bool:
+            nonlocal refreshed
+            hint = response.headers.get("x-ms-dop-hint")
+            if hint and hint.isdigit():
+                self.governor.apply_dop_hint(int(hint))
+            if response.status_code == 401 and not refreshed:
+                refreshed = True
+                self._token = self.tokens.token_for_invocation(force_refresh=True)
+                log_event(logger, "dataverse_token_refreshed", reason="401")
+                return True
+            if response.status_code not in policy.retry_statuses:
+                self.governor.succeeded()
+            return False
+
+        try:
+            response = self._caller.send(
+                method,
+                url,
+                json=body if data is None else None,
+                data=data,
+                params=params,
+                headers_for_attempt=lambda: self._headers(headers),
+                on_response=on_response,
+                # After a connection breaks mid-response a POST may have been applied: re-send only what is safe.
+                idempotent=idempotent if idempotent is not None else method.upper() != "POST",
+                raise_for_status=False,
+                timeout=timeout,
+                verify=self.options.verify if self.options.verify is not None else True,
             )
-            if response is None or response.status_code != 429:
-                time.sleep(wait)  # a 429 already paused every worker through the governor
+        except DownstreamError as exc:
+            cause = exc.original
+            if exc.outcome_unknown:
+                raise DataverseError(
+                    0,
+                    "OutcomeUnknown",
+                    f"the connection broke during a non-idempotent {method}: {type(cause).__name__}",
+                ) from cause
+            raise DataverseError(0, "ConnectionError", f"{type(cause).__name__}: {cause}") from cause
+        if raise_for_status and response.status_code >= 400:
+            raise _throttled(response) if response.status_code == 429 else _error(response)
+        return response
+
+    def _paused_for(self, notice: RetryNotice) -> bool:
+        """A 429 pauses every worker through the governor: that pause is the wait, the caller does not
+        sleep again."""
+        if notice.status != 429:
+            return False
+        self.governor.throttled(notice.retry_after_s or 1.0)
+        return True
 
     # -- reads ----------------------------------------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -453,16 +448,6 @@ class _NoCookies(DefaultCookiePolicy):
         return False
 
 
-def _retry_after(response: requests.Response | None) -> float | None:
-    if response is None:
-        return None
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def _error_fields(response: requests.Response) -> tuple[str, str]:
     try:
         error = response.json().get("error") or {}
@@ -474,10 +459,10 @@ def _error_fields(response: requests.Response) -> tuple[str, str]:
 def _error(response: requests.Response) -> DataverseError:
     code, message = _error_fields(response)
     return DataverseError(
-        response.status_code, code or f"HTTP{response.status_code}", message, retry_after_s=_retry_after(response)
+        response.status_code, code or f"HTTP{response.status_code}", message, retry_after_s=retry_after_s(response)
     )
 
 
 def _throttled(response: requests.Response) -> ThrottledError:
     code, message = _error_fields(response)
-    return ThrottledError(429, code, message, retry_after_s=_retry_after(response))
+    return ThrottledError(429, code, message, retry_after_s=retry_after_s(response))

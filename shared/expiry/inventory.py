@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import AuthError
+from shared.errors import AuthError, DownstreamError
 from shared.expiry.model import Credential
 from shared.expiry.settings import DEFAULT_DRIFT_TOLERANCE_S
+from shared.outgoing_http import GRAPH, HttpCaller
 
 if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
     import requests
 
 ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag naming the Entra passwordCredential a secret is a copy of
 GRAPH_SELECT = "id,appId,displayName,passwordCredentials,keyCredentials"
-GRAPH_TIMEOUT_S = 30
 
 
 def vault_credentials(store: Any, vault: str) -> list[Credential]:
@@ -65,24 +65,33 @@ def _graph_time(value: str | None) -> datetime | None:
 
 
 class GraphReader:
-    """App registrations' credentials. Needs the Graph application permission Application.Read.All."""
+    """App registrations' credentials. Needs the Graph application permission Application.Read.All.
 
-    def __init__(self, graph_url: str, credential: Any, *, session: requests.Session | None = None) -> None:
+    ``timeout_s`` is the HTTP_TIMEOUT_S setting (``Settings.http_timeout_s``); the GRAPH policy of
+    shared.outgoing_http retries Graph's throttling and outages."""
+
+    def __init__(
+        self, graph_url: str, credential: Any, *, timeout_s: float, session: requests.Session | None = None
+    ) -> None:
         self.graph_url = graph_url.rstrip("/")
         self._credential = credential
-        self._session = session
+        self._caller = HttpCaller(session, GRAPH.with_timeout(timeout_s))
 
     def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        import requests
-
         from shared.identity.diagnosis import diagnose
 
         token = self._credential.get_token(f"{self.graph_url}/.default").token
-        if self._session is None:
-            self._session = requests.Session()
-        response = self._session.get(
-            url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=GRAPH_TIMEOUT_S
-        )
+        try:
+            response = self._caller.send(
+                "GET", url, params=params, headers={"Authorization": f"Bearer {token}"}, raise_for_status=False
+            )
+        except DownstreamError as exc:  # no answer: reported like any other Graph failure, the sweep goes on
+            raise AuthError(
+                "GraphUnreachable",
+                cause=str(exc),
+                fix="Check outbound HTTPS from the function app to GRAPH_URL.",
+                step="graph",
+            ) from None
         if response.status_code != 200:
             try:
                 code = str(response.json()["error"]["code"])
@@ -91,6 +100,10 @@ class GraphReader:
             found = diagnose(code, identity="the function app's managed identity")
             raise AuthError(code, cause=found.cause, fix=found.fix, step="graph", status=response.status_code)
         return dict(response.json())
+
+    def application(self, app_id: str, select: str = GRAPH_SELECT) -> dict[str, Any]:
+        """One app registration by its appId (client id)."""
+        return self._get(f"{self.graph_url}/v1.0/applications(appId='{app_id}')", {"$select": select})
 
     def applications(self, app_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
         """The named apps, or every app the identity can read when ``app_ids`` is ``("*",)``."""
@@ -102,7 +115,7 @@ class GraphReader:
                 page = self._get(str(next_link)) if next_link else None
             return
         for app_id in app_ids:
-            yield self._get(f"{self.graph_url}/v1.0/applications(appId='{app_id}')", {"$select": GRAPH_SELECT})
+            yield self.application(app_id)
 
 
 def entra_credentials(apps: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> list[Credential]:

@@ -1,8 +1,9 @@
 """Notifiers: Teams (Workflows webhook with an Adaptive Card), Slack incoming webhook, generic JSON.
 
 Channel URLs are Key Vault secrets (a webhook URL is a bearer credential). Each channel is retried with
-backoff on its own; one failing channel never blocks the others, and its name is returned so the sweep can
-retry it on the next run. Every alert is also a structured log event for Azure Monitor alert rules.
+backoff on its own (the NOTIFY policy of shared.outgoing_http); one failing channel never blocks the others,
+and its name is returned so the sweep can retry it on the next run. Every alert is also a structured log
+event for Azure Monitor alert rules.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DownstreamError
 from shared.expiry.model import Alert
 from shared.logging import log_event
+from shared.outgoing_http import NOTIFY, HttpCaller
 
 if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
     import requests
@@ -23,10 +25,6 @@ if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
 logger = logging.getLogger(__name__)
 
 ChannelKind = Literal["teams", "slack", "json"]
-SEND_ATTEMPTS = 3
-SEND_BACKOFF_S = 0.5  # then 1 s: a channel down for longer is retried on the next run
-SEND_TIMEOUT_S = 15
-RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
 ADAPTIVE_CARD_VERSION = "1.5"  # Teams Workflows renders 1.5; 1.6 features are not needed here
 _COLOURS = {"info": "accent", "warning": "warning", "error": "attention", "critical": "attention"}
 _SLACK_EMOJI = {"info": ":information_source:", "warning": ":warning:", "error": ":rotating_light:",
@@ -124,8 +122,7 @@ class Notifier:
     ) -> None:
         self.channels = tuple(channels)
         self._secret = secret
-        self._session = session
-        self._sleep = sleep
+        self._caller = HttpCaller(session, NOTIFY, sleep=sleep)
 
     def send(self, alert: Alert, only: Sequence[str] | None = None) -> list[str]:
         """Send to every channel (or ``only`` these); return the names of those that failed."""
@@ -152,26 +149,13 @@ class Notifier:
         return failed
 
     def _deliver(self, channel: Channel, payload: dict[str, Any]) -> str | None:
-        import requests
-
-        if self._session is None:
-            self._session = requests.Session()
+        """None when delivered, else what went wrong, in words safe to log (never the URL: it is a credential)."""
         try:
             url = self._secret(channel.secret)
         except Exception as exc:  # the URL lives in Key Vault; a missing secret fails this channel only
             return f"its URL secret {channel.secret!r} could not be read ({type(exc).__name__})"
-        error = "not sent"
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            try:
-                response = self._session.post(url, json=payload, timeout=SEND_TIMEOUT_S)
-            except requests.RequestException as exc:
-                error = f"{type(exc).__name__} (connection failed)"
-            else:
-                if response.status_code < 300:
-                    return None
-                error = f"HTTP {response.status_code}"
-                if response.status_code not in RETRYABLE_STATUSES:
-                    return error  # the channel refuses this payload: retrying now will not help
-            if attempt < SEND_ATTEMPTS:
-                self._sleep(SEND_BACKOFF_S * 2 ** (attempt - 1))
-        return error
+        try:
+            self._caller.send("POST", url, json=payload)
+        except DownstreamError as exc:  # a refused payload fails at once; retrying now will not help
+            return f"HTTP {exc.status}" if exc.status is not None else f"{exc.reason} (connection failed)"
+        return None

@@ -19,15 +19,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings, load_env_file, read_float
-from shared.errors import AuthError, ConfigError
+from shared.errors import AuthError, ConfigError, DataverseError
 from shared.settings_registry import EnvVars
+
+if TYPE_CHECKING:  # the client loads requests: imported when the doctor runs
+    from shared.dataverse.client import DataverseClient, TokenSource
 
 EXPIRY_WARNING_DAYS = 30
 VAULT_SCOPE = "https://vault.azure.net/.default"
-GRAPH_TIMEOUT_S = 15
 ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag linking a secret to its Entra passwordCredential
 ICONS = {"ok": "✅", "warn": "⚠️ ", "fail": "❌", "skip": "⏭️ "}
 
@@ -88,11 +90,11 @@ def _failure(name: str, exc: AuthError | ConfigError) -> StepResult:
 
 def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float] = time.time) -> DoctorReport:
     """Run every step; a failed step makes the steps that depend on it ``skip``."""
+    from shared.composition import identity_label
     from shared.identity.credential import load_credential
     from shared.identity.managed_identity import managed_identity_credential
     from shared.identity.secret_store import SecretStore, key_vault_error
     from shared.identity.token_provider import DataverseTokenProvider
-    from shared.identity.worker import identity_label
 
     report = DoctorReport()
     remaining = [
@@ -204,17 +206,28 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
         return skip_rest("the token would be refused")
 
     remaining.pop(0)
-    whoami = _whoami_step(settings, token.value)
+    client = _probe_client(settings, provider)
+    whoami = _whoami_step(settings, client)
     report.steps.append(whoami)
     if whoami.status == "fail":
         return skip_rest("Dataverse refused the caller")
 
     remaining.pop(0)
-    report.steps.append(_privileges_step(settings, token.value))
+    report.steps.append(_privileges_step(settings, client))
     return report
 
 
-def _privileges_step(settings: Settings, token: str) -> StepResult:
+def _probe_client(settings: Settings, tokens: TokenSource) -> DataverseClient:
+    """A Dataverse client that tries each request once (a 401 still refreshes the token once): the doctor
+    reports what it finds now, within HTTP_TIMEOUT_S."""
+    from shared.dataverse.client import ClientOptions, DataverseClient
+    from shared.outgoing_http import PROBE
+
+    options = ClientOptions(max_concurrency=1, policy=PROBE.with_timeout(settings.http_timeout_s))
+    return DataverseClient(settings.dataverse_url, tokens, options=options)
+
+
+def _privileges_step(settings: Settings, client: DataverseClient) -> StepResult:
     """Read and write privileges on each configured table, without changing any data.
 
     Read: ``GET <set>?$top=1``. Write: ``PATCH <set>(<random id>)`` with ``If-Match: *``: with the
@@ -223,38 +236,28 @@ def _privileges_step(settings: Settings, token: str) -> StepResult:
     """
     import uuid
 
-    import requests
-
+    from shared.dataverse.addressing import entity_path
     from shared.identity.diagnosis import diagnose
 
     if not settings.tables:
         return StepResult(
             "privileges", "skip", "set DATAVERSE_TABLES (e.g. accounts,contacts) to probe read/write privileges"
         )
-    base = f"{settings.dataverse_url}/api/data/v9.2"
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "OData-Version": "4.0"}
     checked = []
     for entity_set in settings.tables:
-        probes = [
-            (
-                "read",
-                requests.get(
-                    f"{base}/{entity_set}", params={"$top": "1"}, headers=headers, timeout=settings.http_timeout_s
-                ),
-                {200},
-            ),
-            (
-                "write",
-                requests.patch(
-                    f"{base}/{entity_set}({uuid.uuid4()})",
-                    json={},
-                    headers={**headers, "If-Match": "*"},
-                    timeout=settings.http_timeout_s,
-                ),
-                {404},
-            ),
-        ]
-        for kind, response, expected in probes:
+        probes: list[tuple[str, str, str, dict[str, Any], set[int]]] = [
+            ("read", "GET", entity_set, {"params": {"$top": "1"}}, {200}),
+            ("write", "PATCH", entity_path(entity_set, str(uuid.uuid4())),
+             {"body": {}, "headers": {"If-Match": "*"}}, {404}),
+        ]  # fmt: skip
+        for kind, method, path, kwargs, expected in probes:
+            try:
+                response = client.request(method, path, raise_for_status=False, **kwargs)
+            except DataverseError as exc:  # no answer at all
+                found = diagnose("DataverseUnreachable", url=settings.dataverse_url)
+                return StepResult(
+                    "privileges", "fail", f"{kind} on {entity_set}: {exc.code}", found.code, found.cause, found.fix
+                )
             if response.status_code in expected:
                 checked.append(f"{entity_set}:{kind}")
                 continue
@@ -277,43 +280,26 @@ def _privileges_step(settings: Settings, token: str) -> StepResult:
     )
 
 
-def _whoami_step(settings: Settings, token: str) -> StepResult:
+def _whoami_step(settings: Settings, client: DataverseClient) -> StepResult:
     """Call WhoAmI: proves the application user exists in the environment."""
-    import requests
-
     from shared.identity.diagnosis import diagnose
 
-    url = f"{settings.dataverse_url}/api/data/v9.2/WhoAmI"
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Accept": "application/json",
-        "OData-MaxVersion": "4.0",
-        "OData-Version": "4.0",
-    }
     try:
-        response = requests.get(url, headers=headers, timeout=settings.http_timeout_s)
-    except requests.RequestException as exc:
-        found = diagnose("DataverseUnreachable", url=settings.dataverse_url)
-        return StepResult(
-            "whoami", "fail", f"DataverseUnreachable: {type(exc).__name__}", found.code, found.cause, found.fix
-        )
-    if response.status_code == 200:
-        body = response.json()
-        return StepResult(
-            "whoami",
-            "ok",
-            f"UserId={body.get('UserId')}, OrganizationId={body.get('OrganizationId')}",
-            details={k: body.get(k) for k in ("UserId", "BusinessUnitId", "OrganizationId")},
-        )
-    code, message = "DataverseUnauthorized", ""
-    if response.status_code != 401:
-        try:
-            error = response.json()["error"]
-            code, message = str(error.get("code") or f"HTTP {response.status_code}"), str(error.get("message", ""))
-        except (ValueError, KeyError, TypeError):
-            code = f"HTTP {response.status_code}"
-    found = diagnose(code, client_id=settings.client_id, url=settings.dataverse_url, detail=message)
-    return StepResult("whoami", "fail", f"{code}: {message or found.title}", found.code, found.cause, found.fix)
+        body = client.whoami()
+    except DataverseError as exc:
+        if exc.status == 0:  # no answer: the environment is not reachable from here
+            found = diagnose("DataverseUnreachable", url=settings.dataverse_url)
+            reason = type(exc.__cause__).__name__ if exc.__cause__ is not None else exc.code
+            return StepResult("whoami", "fail", f"DataverseUnreachable: {reason}", found.code, found.cause, found.fix)
+        code, message = ("DataverseUnauthorized", "") if exc.status == 401 else (exc.code, exc.message)
+        found = diagnose(code, client_id=settings.client_id, url=settings.dataverse_url, detail=message)
+        return StepResult("whoami", "fail", f"{code}: {message or found.title}", found.code, found.cause, found.fix)
+    return StepResult(
+        "whoami",
+        "ok",
+        f"UserId={body.get('UserId')}, OrganizationId={body.get('OrganizationId')}",
+        details={k: body.get(k) for k in ("UserId", "BusinessUnitId", "OrganizationId")},
+    )
 
 
 def _expiry_step(
@@ -380,29 +366,15 @@ def _entra_end_date(
     settings: Settings, credential: Any, secret: Any, dv_credential: Any
 ) -> tuple[datetime | None, str]:
     """The Entra end date of the credential in use, via Graph; ``(None, why)`` when unavailable."""
-    import requests
+    from shared.expiry.inventory import GraphReader
 
-    from shared.identity.diagnosis import diagnose
-
+    graph = GraphReader(settings.graph_url, credential, timeout_s=settings.http_timeout_s)
     try:
-        graph_token = credential.get_token(f"{settings.graph_url}/.default")
-        url = f"{settings.graph_url}/v1.0/applications(appId='{settings.client_id}')"
-        response = requests.get(
-            url,
-            params={"$select": "appId,passwordCredentials,keyCredentials"},
-            headers={"Authorization": f"Bearer {graph_token.token}"},
-            timeout=GRAPH_TIMEOUT_S,
-        )
-    except Exception as exc:  # Graph is optional for the doctor: report and move on
+        app = graph.application(settings.client_id, select="appId,passwordCredentials,keyCredentials")
+    except AuthError as exc:  # Graph is optional for the doctor: report and move on
+        return None, f"Entra credentials not checked ({exc.code}: {exc.fix})"
+    except Exception as exc:
         return None, f"Entra credentials not checked ({type(exc).__name__})"
-    if response.status_code != 200:
-        try:
-            code = response.json()["error"]["code"]
-        except (ValueError, KeyError, TypeError):
-            code = f"HTTP {response.status_code}"
-        found = diagnose(code, identity="the function app's managed identity")
-        return None, f"Entra credentials not checked ({code}: {found.fix})"
-    app = response.json()
     if dv_credential.kind == "certificate":
         wanted = bytes.fromhex(dv_credential.thumbprint or "")
         for key in app.get("keyCredentials", []):
