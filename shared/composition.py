@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from shared.dataverse.client import DataverseClient
     from shared.dataverse.schema import TableMetadata
-    from shared.expiry.inventory import GraphReader
+    from shared.graph import GraphReader
     from shared.identity.secret_store import SecretStore
     from shared.identity.token_provider import AccessToken, DataverseTokenProvider
     from shared.storage import Storage
@@ -60,6 +60,7 @@ class Worker:
     def secret_store(self) -> SecretStore:
         with self._lock:
             if self._secrets is None:
+                from shared.identity.managed_identity import identity_label
                 from shared.identity.secret_store import SecretStore
 
                 config = self.settings()
@@ -124,16 +125,11 @@ class Worker:
     def graph(self) -> GraphReader:
         with self._lock:
             if self._graph is None:
-                from shared.expiry.inventory import GraphReader
+                from shared.graph import GraphReader
 
                 config = self.settings()
                 self._graph = GraphReader(config.graph_url, self.credential(), timeout_s=config.http_timeout_s)
             return self._graph
-
-
-def identity_label(config: Settings) -> str:
-    client_id = config.managed_identity_client_id
-    return f"user-assigned {client_id}" if client_id else "system-assigned"
 
 
 _lock = threading.Lock()

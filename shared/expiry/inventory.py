@@ -8,18 +8,12 @@ import base64
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared.errors import AuthError, DownstreamError
 from shared.expiry.model import Credential
 from shared.expiry.settings import DEFAULT_DRIFT_TOLERANCE_S
-from shared.outgoing_http import GRAPH, HttpCaller
-
-if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
-    import requests
 
 ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag naming the Entra passwordCredential a secret is a copy of
-GRAPH_SELECT = "id,appId,displayName,passwordCredentials,keyCredentials"
 
 
 def vault_credentials(store: Any, vault: str) -> list[Credential]:
@@ -62,60 +56,6 @@ def _graph_time(value: str | None) -> datetime | None:
         return None
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-class GraphReader:
-    """App registrations' credentials. Needs the Graph application permission Application.Read.All.
-
-    ``timeout_s`` is the HTTP_TIMEOUT_S setting (``Settings.http_timeout_s``); the GRAPH policy of
-    shared.outgoing_http retries Graph's throttling and outages."""
-
-    def __init__(
-        self, graph_url: str, credential: Any, *, timeout_s: float, session: requests.Session | None = None
-    ) -> None:
-        self.graph_url = graph_url.rstrip("/")
-        self._credential = credential
-        self._caller = HttpCaller(session, GRAPH.with_timeout(timeout_s))
-
-    def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        from shared.identity.diagnosis import diagnose
-
-        token = self._credential.get_token(f"{self.graph_url}/.default").token
-        try:
-            response = self._caller.send(
-                "GET", url, params=params, headers={"Authorization": f"Bearer {token}"}, raise_for_status=False
-            )
-        except DownstreamError as exc:  # no answer: reported like any other Graph failure, the sweep goes on
-            raise AuthError(
-                "GraphUnreachable",
-                cause=str(exc),
-                fix="Check outbound HTTPS from the function app to GRAPH_URL.",
-                step="graph",
-            ) from None
-        if response.status_code != 200:
-            try:
-                code = str(response.json()["error"]["code"])
-            except (ValueError, KeyError, TypeError):
-                code = f"HTTP {response.status_code}"
-            found = diagnose(code, identity="the function app's managed identity")
-            raise AuthError(code, cause=found.cause, fix=found.fix, step="graph", status=response.status_code)
-        return dict(response.json())
-
-    def application(self, app_id: str, select: str = GRAPH_SELECT) -> dict[str, Any]:
-        """One app registration by its appId (client id)."""
-        return self._get(f"{self.graph_url}/v1.0/applications(appId='{app_id}')", {"$select": select})
-
-    def applications(self, app_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
-        """The named apps, or every app the identity can read when ``app_ids`` is ``("*",)``."""
-        if tuple(app_ids) == ("*",):
-            page: dict[str, Any] | None = self._get(f"{self.graph_url}/v1.0/applications", {"$select": GRAPH_SELECT})
-            while page is not None:
-                yield from page.get("value", [])
-                next_link = page.get("@odata.nextLink")
-                page = self._get(str(next_link)) if next_link else None
-            return
-        for app_id in app_ids:
-            yield self.application(app_id)
 
 
 def entra_credentials(apps: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> list[Credential]:

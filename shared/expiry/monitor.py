@@ -13,12 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import AuthError
 from shared.expiry.eventgrid import VaultExpiryEvent
-from shared.expiry.inventory import (
-    GraphReader,
-    drift_findings,
-    entra_credentials,
-    vault_credentials,
-)
+from shared.expiry.inventory import drift_findings, entra_credentials, vault_credentials
 from shared.expiry.model import Alert, Credential
 from shared.expiry.notify import Notifier, parse_channels
 from shared.expiry.policy import (
@@ -32,6 +27,7 @@ from shared.expiry.policy import (
 )
 from shared.expiry.settings import ExpirySettings, vault_name
 from shared.expiry.state import StateConflict, StateStore
+from shared.graph import GraphReader
 from shared.logging import log_event
 
 if TYPE_CHECKING:

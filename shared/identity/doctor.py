@@ -90,9 +90,8 @@ def _failure(name: str, exc: AuthError | ConfigError) -> StepResult:
 
 def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float] = time.time) -> DoctorReport:
     """Run every step; a failed step makes the steps that depend on it ``skip``."""
-    from shared.composition import identity_label
     from shared.identity.credential import load_credential
-    from shared.identity.managed_identity import managed_identity_credential
+    from shared.identity.managed_identity import identity_label, managed_identity_credential
     from shared.identity.secret_store import SecretStore, key_vault_error
     from shared.identity.token_provider import DataverseTokenProvider
 
@@ -366,7 +365,7 @@ def _entra_end_date(
     settings: Settings, credential: Any, secret: Any, dv_credential: Any
 ) -> tuple[datetime | None, str]:
     """The Entra end date of the credential in use, via Graph; ``(None, why)`` when unavailable."""
-    from shared.expiry.inventory import GraphReader
+    from shared.graph import GraphReader
 
     graph = GraphReader(settings.graph_url, credential, timeout_s=settings.http_timeout_s)
     try:

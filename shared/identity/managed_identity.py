@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
+    from shared.config import Settings
+
 _credentials: dict[str | None, TokenCredential] = {}
 _lock = threading.Lock()
 
@@ -30,6 +32,12 @@ def managed_identity_credential(client_id: str | None) -> TokenCredential:
             credential = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
             _credentials[client_id] = credential
         return credential
+
+
+def identity_label(config: Settings) -> str:
+    """How errors and the doctor name the identity in use."""
+    client_id = config.managed_identity_client_id
+    return f"user-assigned {client_id}" if client_id else "system-assigned"
 
 
 def reset_managed_identity() -> None:

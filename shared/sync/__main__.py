@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         from shared.config import load_env_file
 
         load_env_file(args.env_file)
-    from shared.sync.engine import replay_dead_letters, run_inbound
-    from shared.sync.functions import sync_context
+    from shared.composition import worker
+    from shared.sync.engine import SyncContext, replay_dead_letters, run_inbound
     from shared.sync.jobs import InboundJob
     from shared.sync.jobs_file import jobs
     from shared.sync.outbound import run_outbound
@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(job, InboundJob):
             print(f"{args.job} is not an inbound job", file=sys.stderr)
             return 2
-        report = replay_dead_letters(args.job, job, sync_context(), run_id=args.run)
+        report = replay_dead_letters(args.job, job, SyncContext.on(worker()), run_id=args.run)
     else:
         report = (
-            run_inbound(args.job, job, sync_context())
+            run_inbound(args.job, job, SyncContext.on(worker()))
             if isinstance(job, InboundJob)
-            else run_outbound(args.job, job, sync_context())
+            else run_outbound(args.job, job, SyncContext.on(worker()))
         )
     print(json.dumps(report.to_dict(), indent=2))
     return 0 if report.status in ("succeeded", "skipped") else 1

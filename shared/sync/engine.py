@@ -28,6 +28,8 @@ from shared.sync.sources import ApiPages, BlobFiles, SourceStorage
 if TYPE_CHECKING:
     import requests
 
+    from shared.composition import Worker
+
 __all__ = ["RunReport", "SyncContext", "replay_dead_letters", "run_inbound"]
 
 
@@ -69,6 +71,11 @@ class SyncContext:
         self.metadata: SchemaSource = metadata or TableMetadata(client)
         self.planner: RecordWriter = planner or WritePlanner(client)
         self.http = http
+
+    @classmethod
+    def on(cls, root: Worker) -> SyncContext:
+        """The runs' context on a worker's objects (their caches outlive each invocation)."""
+        return cls(root.storage(), root.dataverse(), secret=root.secret, metadata=root.metadata())
 
     def schema(self, table: str) -> TableSchema:
         return self.metadata.schema(table)

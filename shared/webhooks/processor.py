@@ -43,8 +43,6 @@ DEAD_LETTER_CONTAINER = "webhook-deadletters"
 _SAFE_NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _CLAIM_BLOB = re.compile(r"[0-9a-f]{64}-[0-9a-f]{32}\.json")
 CLAIM_CONTAINER = "webhook-claims"  # claim-check blobs: messages too large for the queue
-FORWARD_ATTEMPTS = 4
-FORWARD_BACKOFF_S = 0.5
 PROCESSING, DONE = "processing", "done"  # the processed-scope claim's states
 # A holder that has not settled within the lease is taken for crashed and its claim taken over; a holder
 # still alive at that point (a slow forward) then runs alongside its taker, which idempotent handlers

@@ -12,7 +12,7 @@ from urllib.parse import quote, unquote
 
 from azure.core.credentials import AccessToken
 
-from shared.expiry.inventory import GraphReader
+from shared.graph import GraphReader
 from tests.fakes.http import Answer, FakeHttp, Recorded, answer
 
 __all__ = ["FakeGraph", "FakeTokenCredential"]

@@ -18,8 +18,8 @@ import requests
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.dataverse.governor import ThrottleGovernor
 from shared.errors import DataverseError, DownstreamError, ThrottledError
-from shared.expiry.inventory import GraphReader
 from shared.expiry.notify import Channel, Notifier
+from shared.graph import GraphReader
 from shared.outgoing_http import (
     DATAVERSE,
     FORWARD,

@@ -1,0 +1,70 @@
+"""Microsoft Graph, as far as dvbridge reads it: app registrations and their credentials (the expiry
+sweep's Entra inventory, the doctor's end date of the credential in use). Needs the Graph application
+permission Application.Read.All for the managed identity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import AuthError, DownstreamError
+from shared.outgoing_http import GRAPH, HttpCaller
+
+if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
+    import requests
+
+GRAPH_SELECT = "id,appId,displayName,passwordCredentials,keyCredentials"
+
+
+class GraphReader:
+    """App registrations' credentials. Needs the Graph application permission Application.Read.All.
+
+    ``timeout_s`` is the HTTP_TIMEOUT_S setting (``Settings.http_timeout_s``); the GRAPH policy of
+    shared.outgoing_http retries Graph's throttling and outages."""
+
+    def __init__(
+        self, graph_url: str, credential: Any, *, timeout_s: float, session: requests.Session | None = None
+    ) -> None:
+        self.graph_url = graph_url.rstrip("/")
+        self._credential = credential
+        self._caller = HttpCaller(session, GRAPH.with_timeout(timeout_s))
+
+    def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        from shared.identity.diagnosis import diagnose
+
+        token = self._credential.get_token(f"{self.graph_url}/.default").token
+        try:
+            response = self._caller.send(
+                "GET", url, params=params, headers={"Authorization": f"Bearer {token}"}, raise_for_status=False
+            )
+        except DownstreamError as exc:  # no answer: reported like any other Graph failure, the sweep goes on
+            raise AuthError(
+                "GraphUnreachable",
+                cause=str(exc),
+                fix="Check outbound HTTPS from the function app to GRAPH_URL.",
+                step="graph",
+            ) from None
+        if response.status_code != 200:
+            try:
+                code = str(response.json()["error"]["code"])
+            except (ValueError, KeyError, TypeError):
+                code = f"HTTP {response.status_code}"
+            found = diagnose(code, identity="the function app's managed identity")
+            raise AuthError(code, cause=found.cause, fix=found.fix, step="graph", status=response.status_code)
+        return dict(response.json())
+
+    def application(self, app_id: str, select: str = GRAPH_SELECT) -> dict[str, Any]:
+        """One app registration by its appId (client id)."""
+        return self._get(f"{self.graph_url}/v1.0/applications(appId='{app_id}')", {"$select": select})
+
+    def applications(self, app_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """The named apps, or every app the identity can read when ``app_ids`` is ``("*",)``."""
+        if tuple(app_ids) == ("*",):
+            page: dict[str, Any] | None = self._get(f"{self.graph_url}/v1.0/applications", {"$select": GRAPH_SELECT})
+            while page is not None:
+                yield from page.get("value", [])
+                next_link = page.get("@odata.nextLink")
+                page = self._get(str(next_link)) if next_link else None
+            return
+        for app_id in app_ids:
+            yield self.application(app_id)
