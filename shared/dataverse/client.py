@@ -9,9 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Protocol
-from urllib.parse import SplitResult, urlsplit
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -26,9 +24,20 @@ from shared.dataverse.addressing import (
 )
 from shared.dataverse.batch_codec import BatchItem, OperationResult, decode_batch, encode_batch, match_results
 from shared.dataverse.governor import ThrottleGovernor
-from shared.errors import DataverseError, DownstreamError, ThrottledError
+from shared.dataverse.wire import (
+    DeltaPage,
+    NoCookies,
+    TokenSource,
+    alike,
+    error_from,
+    primary_id,
+    throttled_from,
+    within,
+    writable,
+)
+from shared.errors import DataverseError, DownstreamError
 from shared.logging import log_event
-from shared.outgoing_http import DATAVERSE, HttpCaller, RetryNotice, RetryPolicy, retry_after_s
+from shared.outgoing_http import DATAVERSE, HttpCaller, RetryNotice, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +48,6 @@ MAX_PAGE_SIZE = 5000
 DUPLICATE_KEY_CODE = "0x80060892"  # "Entity Key … violated": another writer created this key first
 RECORD_NOT_FOUND_CODE = "0x80040217"  # Dataverse's "Does Not Exist"
 QUERY_ADDRESSING_ATTEMPTS = 3  # find-then-write rounds before concurrent writers are reported
-
-
-class TokenSource(Protocol):
-    def token_for_invocation(self, *, force_refresh: bool = False) -> Any: ...
-
-
-@dataclass(frozen=True)
-class DeltaPage:
-    """One change-tracking read: changed rows, deleted ids, and the link for the next delta read."""
-
-    changed: list[dict[str, Any]]
-    deleted: list[str]
-    delta_link: str
 
 
 @dataclass
@@ -110,7 +106,7 @@ class DataverseClient:
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         if not self.options.affinity_cookie:
-            session.cookies.set_policy(_NoCookies())
+            session.cookies.set_policy(NoCookies())
         return session
 
     # -- the one request path -----------------------------------------------------------------------
@@ -149,7 +145,7 @@ class DataverseClient:
         """Send under the client's retry policy (429/502/503/504 and connection errors; the server's wait
         honoured once, by the governor on a 429); refresh the token once on 401."""
         url = path if path.startswith("https://") or path.startswith("http://") else f"{self.root}/{path.lstrip('/')}"
-        if not _within(url, self.root):
+        if not within(url, self.root):
             # A next or delta link names another host: never send it our bearer token.
             raise DataverseError(0, "ForeignUrl", f"refused to send a Dataverse request outside {self.root}")
         policy = self._caller.policy
@@ -195,7 +191,7 @@ class DataverseClient:
                 ) from cause
             raise DataverseError(0, "ConnectionError", f"{type(cause).__name__}: {cause}") from cause
         if raise_for_status and response.status_code >= 400:
-            raise _throttled(response) if response.status_code == 429 else _error(response)
+            raise throttled_from(response) if response.status_code == 429 else error_from(response)
         return response
 
     def _paused_for(self, notice: RetryNotice) -> bool:
@@ -225,7 +221,7 @@ class DataverseClient:
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
-            raise _error(response)
+            raise error_from(response)
         return dict(response.json())
 
     def _find_by_query(self, entity_set: str, key: Mapping[str, Any], table: str | None) -> str | None:
@@ -249,8 +245,8 @@ class DataverseClient:
         found: list[str | None] = []
         for key in keys:
             exact = [row for row in rows if all(row.get(k) == v for k, v in key.items())]
-            alike = exact or [row for row in rows if all(_alike(row.get(k), v) for k, v in key.items())]
-            found.append(_primary_id(alike[0], key, table) if alike else None)
+            similar = exact or [row for row in rows if all(alike(row.get(k), v) for k, v in key.items())]
+            found.append(primary_id(similar[0], key, table) if similar else None)
         return found
 
     def pages(
@@ -328,7 +324,7 @@ class DataverseClient:
             found = self._find_by_query(entity_set, key, table)
             if found is None:
                 raise DataverseError(404, RECORD_NOT_FOUND_CODE, f"{entity_set}: no record has this key")
-            body, key = {**body, **_writable(key)}, found
+            body, key = {**body, **writable(key)}, found
         self.request("PATCH", entity_path(entity_set, key), body=dict(body), headers={"If-Match": if_match})
 
     def upsert(
@@ -348,14 +344,14 @@ class DataverseClient:
         """Find, then update by id or create with the key columns in the body. A concurrent writer is
         absorbed: a create that loses to another create of the key updates the winner's record, an update
         whose record was deleted meanwhile creates it."""
-        row = {**body, **_writable(key)}
+        row = {**body, **writable(key)}
         for _ in range(QUERY_ADDRESSING_ATTEMPTS):
             found = self._find_by_query(entity_set, key, table)
             try:
                 if found is not None:
                     self.request("PATCH", entity_path(entity_set, found), body=row, headers={"If-Match": "*"})
                     return False
-                if len(_writable(key)) < len(key):  # a lookup column is part of the key
+                if len(writable(key)) < len(key):  # a lookup column is part of the key
                     raise KeyValueRefused(
                         next(iter(key)), "a record keyed by a lookup column and a '/' value cannot be created by id"
                     )
@@ -392,7 +388,7 @@ class DataverseClient:
             idempotent=idempotent,
         )
         if not response.headers.get("Content-Type", "").lower().startswith("multipart/"):
-            raise _error(response)  # the batch itself was refused (malformed, too many operations)
+            raise error_from(response)  # the batch itself was refused (malformed, too many operations)
         return match_results(items, decode_batch(response.headers["Content-Type"], response.content))
 
     def bulk(self, entity_set: str, action: str, targets: Sequence[Mapping[str, Any]]) -> requests.Response:
@@ -404,65 +400,3 @@ class DataverseClient:
             long_running=True,
             idempotent=action in ("UpsertMultiple", "UpdateMultiple"),
         )
-
-
-def _within(url: str, root: str) -> bool:
-    """Whether ``url`` is below ``root``: same scheme, host (any case) and port (default or not), path."""
-    target, base = urlsplit(url), urlsplit(root)
-    default = {"https": 443, "http": 80}
-
-    def origin(parts: SplitResult) -> tuple[str, str, int | None]:
-        return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default.get(parts.scheme.lower())
-
-    path, prefix = target.path.rstrip("/"), base.path.rstrip("/")
-    return origin(target) == origin(base) and (path == prefix or path.startswith(prefix + "/"))
-
-
-def _writable(key: Mapping[str, Any]) -> dict[str, Any]:
-    """The key columns a body may carry, so a record written by id keeps the key's exact text; a lookup
-    column's ``_x_value`` is read-only and stays out."""
-    return {name: value for name, value in key.items() if not (name.startswith("_") and name.endswith("_value"))}
-
-
-def _alike(stored: Any, wanted: Any) -> bool:
-    """Equal as Dataverse's case-insensitive collation compares text (an approximation: casefold)."""
-    if isinstance(stored, str) and isinstance(wanted, str):
-        return stored.casefold() == wanted.casefold()
-    return bool(stored == wanted)
-
-
-def _primary_id(row: Mapping[str, Any], key: Mapping[str, Any], table: str | None) -> str:
-    extra = [name for name in row if "@" not in name and name not in key]
-    if len(extra) == 1:
-        return str(row[extra[0]])
-    hint = f"{table}id" if table else None
-    if hint and hint in row:
-        return str(row[hint])
-    raise DataverseError(0, "NoPrimaryId", f"a key query answered columns {sorted(extra)[:5]}: which is the id?")
-
-
-class _NoCookies(DefaultCookiePolicy):
-    """Refuse every cookie, so no ARRAffinity pins this client to one web server."""
-
-    def set_ok(self, cookie: Any, request: Any) -> bool:
-        return False
-
-
-def _error_fields(response: requests.Response) -> tuple[str, str]:
-    try:
-        error = response.json().get("error") or {}
-        return str(error.get("code", "")), str(error.get("message", ""))
-    except (ValueError, AttributeError):
-        return "", (response.text or "")[:300]
-
-
-def _error(response: requests.Response) -> DataverseError:
-    code, message = _error_fields(response)
-    return DataverseError(
-        response.status_code, code or f"HTTP{response.status_code}", message, retry_after_s=retry_after_s(response)
-    )
-
-
-def _throttled(response: requests.Response) -> ThrottledError:
-    code, message = _error_fields(response)
-    return ThrottledError(429, code, message, retry_after_s=retry_after_s(response))

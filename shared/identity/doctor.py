@@ -26,7 +26,8 @@ from shared.errors import AuthError, ConfigError, DataverseError
 from shared.settings_registry import EnvVars
 
 if TYPE_CHECKING:  # the client loads requests: imported when the doctor runs
-    from shared.dataverse.client import DataverseClient, TokenSource
+    from shared.dataverse.client import DataverseClient
+    from shared.dataverse.wire import TokenSource
 
 EXPIRY_WARNING_DAYS = 30
 VAULT_SCOPE = "https://vault.azure.net/.default"

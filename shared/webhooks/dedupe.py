@@ -67,7 +67,8 @@ def nonce_scope(source: str) -> str:
 
 
 def _row_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:40]  # fixed length, no characters Table keys forbid
+    # fixed length, no characters Table keys forbid; surrogatepass: a key may hold any JSON text
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 PARTITION_SPREAD_HEX_CHARS = 2  # 256 partitions per scope

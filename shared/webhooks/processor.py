@@ -198,7 +198,7 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
     handlers = routes.handlers_for(source, table, verb)
     if handlers and event.get("size_exceeded") and verb != "Delete":
         try:
-            event["attributes"] = _fetch(ctx, str(table), str(event["record_id"]))  # the context was stripped
+            fetched = _fetch(ctx, str(table), str(event["record_id"]))  # the context was stripped
         except KeyValueRefused as refused:  # a table or id no URL may carry: every retry would fail the same way
             _dead_letter(ctx, source, key, event, Rejection("invalid_reference", str(refused), refused.field))
             return [f"dead-lettered (invalid_reference {refused.field})"]
@@ -209,6 +209,11 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
             reason = f"the stripped context names table {table!r}, which Dataverse does not have: {exc.message}"
             _dead_letter(ctx, source, key, event, Rejection("unknown_table", reason, "PrimaryEntityName"))
             return [f"dead-lettered (unknown_table {table})"]
+        if fetched is None:  # deleted since the event: its Delete follows; this one is kept, not run on nothing
+            reason = f"the {table} record was deleted before its stripped context could be read"
+            _dead_letter(ctx, source, key, event, Rejection("record_gone", reason, "PrimaryEntityId"))
+            return [f"dead-lettered (record_gone {table})"]
+        event["attributes"] = fetched
     effects = []
     for handler in handlers:
         if isinstance(handler, BlobHandler):
@@ -223,13 +228,15 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
     return effects
 
 
-def _fetch(ctx: HandlerContext, table: str, record_id: str) -> dict[str, Any]:
+def _fetch(ctx: HandlerContext, table: str, record_id: str) -> dict[str, Any] | None:
+    """The record's columns, or None when it no longer exists."""
     record = ctx.client.get(ctx.metadata.entity_set_name(table), guid(record_id, "PrimaryEntityId"))
-    return {k: v for k, v in (record or {}).items() if not k.startswith("@")}
+    return None if record is None else {k: v for k, v in record.items() if not k.startswith("@")}
 
 
 def _event_name(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
+    # surrogatepass: a key is whatever JSON text the sender chose, lone surrogates included
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def _name_part(value: Any) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.dataverse.client import DeltaPage
+from shared.dataverse.wire import DeltaPage
 from shared.dataverse.schema import Column, TableSchema
 
 CHUNK_BYTES = 7  # small, so that every reader meets lines split across chunks

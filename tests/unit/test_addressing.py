@@ -148,6 +148,6 @@ def test_a_lone_surrogate_is_refused_not_a_crash() -> None:
     ],
 )
 def test_the_client_stays_below_its_web_api_root(url: str, inside: bool) -> None:
-    from shared.dataverse.client import _within
+    from shared.dataverse.wire import within as _within
 
     assert _within(url, "https://Org.Example/api/data/v9.2") is inside
