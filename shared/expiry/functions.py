@@ -12,12 +12,11 @@ import azure.functions as func
 
 from shared.expiry.settings import ExpirySettings
 from shared.http_input import (
+    Failure,
     RequestRejected,
-    is_outage,
+    failure_answer,
     json_object,
     number_field,
-    outage_answer,
-    outage_reason,
     preview,
     query,
     text_field,
@@ -47,8 +46,12 @@ _ID_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # characters Table Storag
 ExpirySettings.from_env()  # validated at start-up: a bad threshold list stops the app with the fix
 
 
-def _answer(status: int, body: Any) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype=JSON)
+def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype=JSON, headers=headers)
+
+
+def _failed(failure: Failure) -> func.HttpResponse:
+    return _answer(failure.status, failure.body, failure.headers)
 
 
 @bp.timer_trigger(arg_name="timer", schedule=f"%{SWEEP_SCHEDULE_SETTING}%")
@@ -94,7 +97,7 @@ def credentials_list(req: func.HttpRequest) -> func.HttpResponse:
     except RequestRejected as exc:
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
-        return _answer(503, {"error": outage_answer(exc, "credentials_list_unavailable")})
+        return _failed(failure_answer(exc, "credentials_list_unavailable"))
     rows = []
     for state, row in listed:
         days = (state.expires_on - now).total_seconds() / 86400 if state.expires_on else None
@@ -164,7 +167,6 @@ def _until(checked: dict[str, Any], now: datetime) -> datetime | None:
 
 
 def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
-    from shared.expiry.state import StateConflict
     from shared.expiry.wiring import monitor
 
     try:
@@ -181,11 +183,8 @@ def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
         example = SILENCE_EXAMPLES[action]
         fix = f"; send {example}" if exc.status == 400 and example not in exc.reason else ""
         return _answer(exc.status, {"error": exc.reason + fix})
-    except Exception as exc:
-        if not (is_outage(exc) or isinstance(exc, StateConflict)):  # StateConflict: lost every claim race
-            raise  # a bug, not the caller's input and not an outage: the host's 500
-        log_event(logger, f"credential_{action}_unavailable", logging.ERROR, error=type(exc).__name__)
-        return _answer(503, {"error": outage_reason(exc)})
+    except Exception as exc:  # StateConflict (lost every claim race) is a DvbridgeError: a 503
+        return _failed(failure_answer(exc, f"credential_{action}_unavailable"))
     if state is None:
         return _answer(404, {"error": f"no credential {preview(credential_id)}; GET /api/credentials lists the ids"})
     log_event(logger, f"credential_{action}", credential=credential_id, by=checked["by"] or "-")

@@ -10,7 +10,7 @@ import json
 
 import azure.functions as func
 
-from shared.http_input import RequestRejected, query
+from shared.http_input import RequestRejected, failure_answer, query
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -33,5 +33,12 @@ def health_doctor(req: func.HttpRequest) -> func.HttpResponse:
         query(req.params, ())  # it takes none: a caller expecting ?step= or similar learns so
     except RequestRejected as exc:
         return func.HttpResponse(json.dumps({"error": exc.reason}), status_code=exc.status, mimetype=JSON)
-    report = run_doctor()
+    try:
+        report = run_doctor()
+    except Exception as exc:  # a failure the walk did not turn into a step (a token refresh mid-probe)
+        failure = failure_answer(exc, "health_doctor_failed")
+        return func.HttpResponse(
+            json.dumps({"ok": False, **failure.body}), status_code=failure.status, mimetype=JSON,
+            headers=failure.headers,
+        )  # fmt: skip
     return func.HttpResponse(json.dumps(report.to_dict()), status_code=200 if report.ok else 503, mimetype=JSON)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from shared.http_input import RequestRejected, int_param, outage_answer, preview, query, text_param
+from shared.http_input import Failure, RequestRejected, failure_answer, int_param, preview, query, text_param
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.sync.jobs_file import job_index, schedule_setting
@@ -44,8 +44,7 @@ def sync_context() -> SyncContext:
     from shared.composition import worker
     from shared.sync.engine import SyncContext
 
-    root = worker()
-    return SyncContext(root.storage(), root.dataverse(), secret=root.secret, metadata=root.metadata())
+    return SyncContext.on(worker())
 
 
 def _inbound_job(name: str) -> InboundJob | None:
@@ -83,8 +82,12 @@ for _name in JOBS:
     _timer(_name)
 
 
-def _answer(status: int, body: Any) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON)
+def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON, headers=headers)
+
+
+def _failed(failure: Failure, **fields: Any) -> func.HttpResponse:
+    return _answer(failure.status, {**fields, **failure.body}, failure.headers)
 
 
 @bp.route(route="sync/runs", methods=["GET"])
@@ -100,7 +103,7 @@ def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
     except RequestRejected as exc:
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
-        return _answer(503, {"error": outage_answer(exc, "sync_runs_unavailable")})
+        return _failed(failure_answer(exc, "sync_runs_unavailable"))
     return _answer(200, reports)
 
 
@@ -145,16 +148,14 @@ class _NotInbound(Exception):
 
 
 def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpResponse:
-    """200 with the run report, 409 when another run holds the job, 503 with the cause when the run could
-    not start (Key Vault or Entra unreachable while the worker builds its Dataverse client, storage down)."""
+    """200 with the run report, 409 when another run holds the job; when a dependency failed (before the run
+    started or during it) 503 or 502 naming it and what to check (``shared.http_input.failure_answer``)."""
     try:
         report = run()
     except _NotInbound:
         return _answer(404, {"error": f"no inbound job named {preview(name)}"})
     except Exception as exc:
-        return _answer(
-            503, {"job": name, "status": "failed", "error": outage_answer(exc, "sync_run_not_started", job=name)}
-        )
+        return _failed(failure_answer(exc, "sync_run_failed", job=name), job=name, status="failed")
     status = 409 if report["status"] == "skipped" else 200
     return _answer(status, report)
 

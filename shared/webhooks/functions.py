@@ -1,10 +1,11 @@
 """The webhook blueprint: receive, authenticate, validate, enqueue, record, 202; process from the queue.
 
-Receivers never answer 500: bad input is 400/401/413 with the reason; an internal failure (storage down)
-is 503, which Dataverse and well-behaved senders retry. Of simultaneous copies of one delivery exactly
-one is accepted (shared.webhooks.dedupe): the others withdraw their messages and are answered as
-replays. A message too large for the queue travels as a claim-check blob
-(shared.webhooks.processor.enqueue_event).
+Receivers never answer 500: bad input is 400/401/413 with the reason; a dependency's failure is 503 when a
+retry can fix it (storage down), which Dataverse and well-behaved senders retry, and 502 when it refused
+(Key Vault denying the identity), each naming what failed (``shared.http_input.failure_answer``). Of
+simultaneous copies of one delivery exactly one is accepted (shared.webhooks.dedupe): the others withdraw
+their messages and are answered as replays. A message too large for the queue travels as a claim-check
+blob (shared.webhooks.processor.enqueue_event).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from shared.errors import WebhookRejected
-from shared.http_input import outage_answer, preview
+from shared.http_input import Failure, failure_answer, is_outage, preview
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.webhooks.context import MAX_BODY_BYTES
@@ -41,6 +42,19 @@ check_routes_at_start_up()  # a broken routes file stops the app, naming file an
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON, headers=headers)
+
+
+def _failed(failure: Failure) -> func.HttpResponse:
+    return _answer(failure.status, failure.body, failure.headers)
+
+
+def _unavailable(exc: Exception, source: str) -> func.HttpResponse:
+    """A receiver's answer to a dependency's failure (503 or 502, naming it); anything else is 503 too,
+    because a sender retries a 503 and a receiver never answers 500."""
+    if is_outage(exc):
+        return _failed(failure_answer(exc, "webhook_unavailable", source=source))
+    log_event(logger, "webhook_unavailable", logging.ERROR, source=source, error=type(exc).__name__)
+    return _answer(503, {"error": "temporarily unavailable; retry", "failed": "the webhook receiver", "retry": True})
 
 
 def _secret(name: str) -> str:
@@ -150,8 +164,7 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
         log_event(logger, "webhook_rejected", logging.WARNING, source="dataverse", status=exc.status, reason=exc.reason)
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:  # never 500: the sender retries a 503
-        log_event(logger, "webhook_unavailable", logging.ERROR, source="dataverse", error=type(exc).__name__)
-        return _answer(503, {"error": "temporarily unavailable; retry"})
+        return _unavailable(exc, "dataverse")
 
 
 @bp.route(route="webhooks/{source}", methods=["POST"])
@@ -176,8 +189,7 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
         log_event(logger, "webhook_rejected", logging.WARNING, source=source, status=exc.status, reason=exc.reason)
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
-        log_event(logger, "webhook_unavailable", logging.ERROR, source=source, error=type(exc).__name__)
-        return _answer(503, {"error": "temporarily unavailable; retry"})
+        return _unavailable(exc, source)
 
 
 @bp.queue_trigger(arg_name="item", queue_name="webhook-events", connection=EnvVars.STORAGE)
@@ -196,5 +208,5 @@ def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
     try:
         moved = storage().move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
     except Exception as exc:
-        return _answer(503, {"error": outage_answer(exc, "webhook_replay_unavailable")})
+        return _failed(failure_answer(exc, "webhook_replay_unavailable"))
     return _answer(200, {"replayed": moved})
