@@ -10,7 +10,7 @@
     │   └── ThrottledError        429 after every retry; .retry_after_s
     ├── DownstreamError           another service failed an outgoing call; .service, .status, .target
     │                             (scheme://host only), .retryable (shared.outgoing_http)
-    ├── BatchDecodeError          a $batch reply is not well-formed multipart (shared.dataverse.batch_codec)
+    ├── BatchDecodeError          a $batch reply is not well-formed multipart
     ├── KeyValueRefused           a key, id or name no URL may carry; .field (shared.dataverse.addressing)
     ├── EventRejected             an Event Grid event we do not act on (shared.expiry.eventgrid)
     ├── StateConflict             an alert-state row changed since it was read (shared.expiry.state)
@@ -115,6 +115,8 @@ class DownstreamError(DvbridgeError):
         outcome_unknown: the connection broke during a request that is not safe to send twice, so the
             service may or may not have applied it
         context: what the failure means for the caller (``the delta link is kept``)
+        check: what to look at, in words
+        retry_after_s: the wait the service asked for in its last answer, when it named one
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class DownstreamError(DvbridgeError):
         outcome_unknown: bool = False,
         context: str = "",
         original: BaseException | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         self.service = service
         self.target = target
@@ -139,6 +142,8 @@ class DownstreamError(DvbridgeError):
         # The exception of the HTTP library, kept for callers that map it; never put in the message,
         # because its text carries the whole URL.
         self.original = original
+        self.retry_after_s = retry_after_s
+        self.check = _downstream_check(service, target, status, outcome_unknown)
         if outcome_unknown:
             what = f"broke the connection mid-request ({reason}): whether it applied the request is unknown"
         elif status is None:
@@ -148,7 +153,7 @@ class DownstreamError(DvbridgeError):
         text = f"{service} at {target} {what}"
         if context:
             text += f"; {context}"
-        super().__init__(f"{text}. Check: {_downstream_check(service, target, status, outcome_unknown)}")
+        super().__init__(f"{text}. Check: {self.check}")
 
     def with_context(self, context: str) -> DownstreamError:
         """The same failure, with what it means for the caller added to the message."""
@@ -161,6 +166,7 @@ class DownstreamError(DvbridgeError):
             outcome_unknown=self.outcome_unknown,
             context=f"{self.context}; {context}" if self.context else context,
             original=self.original,
+            retry_after_s=self.retry_after_s,
         )
 
 
@@ -176,6 +182,10 @@ def _downstream_check(service: str, target: str, status: int | None, outcome_unk
     if status in (408, 429) or status >= 500:
         return f"the {service}'s health and limits; it was retried as long as the retry policy allows"
     return f"what the {service} accepts (the payload's shape and size) and its own error log"
+
+
+class BatchDecodeError(DvbridgeError, ValueError):
+    """A ``$batch`` reply is not a well-formed multipart batch response."""
 
 
 class WebhookRejected(DvbridgeError):

@@ -5,6 +5,7 @@ permission Application.Read.All for the managed identity."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import AuthError, DownstreamError
@@ -14,6 +15,13 @@ if TYPE_CHECKING:  # requests loads lazily: indexing must stay light
     import requests
 
 GRAPH_SELECT = "id,appId,displayName,passwordCredentials,keyCredentials"
+ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag naming the Entra passwordCredential a secret is a copy of
+
+
+def graph_time(value: str) -> datetime:
+    """A Graph ``endDateTime`` (ISO 8601, ``Z`` or an offset, at times none: read as UTC)."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class GraphReader:

@@ -253,9 +253,9 @@ def _classify(exc: BaseException, dependency: str) -> tuple[int, str, str, float
     """(status, what failed, what to check, seconds to wait or None)."""
     from azure.core.exceptions import AzureError, HttpResponseError
 
-    from shared.dataverse.batch_codec import BatchDecodeError
     from shared.errors import (
         AuthError,
+        BatchDecodeError,
         ConfigError,
         CredentialFormatError,
         DataverseError,
@@ -264,8 +264,10 @@ def _classify(exc: BaseException, dependency: str) -> tuple[int, str, str, float
     )
 
     if isinstance(exc, DownstreamError):
-        check = str(exc).partition(". Check: ")[2] or f"the {exc.service} at {exc.target}"
-        wait: float | None = DEFAULT_RETRY_AFTER_S if exc.status == 429 else None
+        wait: float | None = None
+        if exc.status == 429:
+            wait = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
+        check = exc.check
         return (503 if exc.retryable else 502), f"{exc.service} at {exc.target}", check, wait
     if isinstance(exc, DataverseError):
         throttled = isinstance(exc, ThrottledError) or exc.status == 429
@@ -309,8 +311,7 @@ def _dataverse_check(status: int, throttled: bool) -> str:
 
 
 def _retry_after_header(exc: Any) -> float | None:
-    try:
-        value = exc.response.headers.get("Retry-After")
-        return float(value) if value is not None else None
-    except (AttributeError, TypeError, ValueError):
-        return None
+    from shared.outgoing_http import retry_after_s
+
+    response = getattr(exc, "response", None)
+    return retry_after_s(response) if response is not None and hasattr(response, "headers") else None

@@ -280,7 +280,9 @@ class HttpCaller:
                 if response is not None and not raise_for_status:
                     return response
                 reason = f"HTTP {status}" if status is not None else str(error_name)
-                raise self._failure(url, status, f"{reason} after {attempt} attempt(s)", error) from None
+                raise self._failure(
+                    url, status, f"{reason} after {attempt} attempt(s)", error, retry_after_s=retry_after
+                ) from None
             log_event(
                 logger,
                 "http_retry",
@@ -303,6 +305,7 @@ class HttpCaller:
         *,
         retryable: bool | None = None,
         outcome_unknown: bool = False,
+        retry_after_s: float | None = None,
     ) -> DownstreamError:
         # Not chained: the exceptions of requests carry the whole URL, path and query included.
         return DownstreamError(
@@ -313,4 +316,5 @@ class HttpCaller:
             reason=reason,
             outcome_unknown=outcome_unknown,
             original=original,
+            retry_after_s=retry_after_s,
         )

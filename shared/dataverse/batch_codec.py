@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import DvbridgeError
+from shared.errors import BatchDecodeError
 
 CRLF = "\r\n"
 ROLLED_BACK = "RolledBack"  # our code for a change-set member undone by another member's failure
@@ -31,10 +31,6 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
 _STATUS = re.compile(r"^HTTP/\d\.\d\s+(\d{3})")
 _NOT_IN_REQUEST_LINE = re.compile(r"[^\x21-\x7e]")  # request-target: visible ASCII only
 _NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-class BatchDecodeError(DvbridgeError, ValueError):
-    """The reply is not a well-formed multipart batch response."""
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from shared.expiry.model import Credential
 from shared.expiry.settings import DEFAULT_DRIFT_TOLERANCE_S
-
-ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag naming the Entra passwordCredential a secret is a copy of
+from shared.graph import ENTRA_KEY_ID_TAG, graph_time
 
 
 def vault_credentials(store: Any, vault: str) -> list[Credential]:
@@ -52,10 +51,7 @@ def vault_credentials(store: Any, vault: str) -> list[Credential]:
 
 
 def _graph_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return graph_time(value) if value else None
 
 
 def entra_credentials(apps: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> list[Credential]:

@@ -12,68 +12,23 @@ Tokens are never printed: only their claims (aud, appid, tid, exp).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings, load_env_file, read_float
 from shared.errors import AuthError, ConfigError, DataverseError
+from shared.identity.doctor_expiry import expiry_step
+from shared.identity.doctor_report import DoctorReport, StepResult
 from shared.settings_registry import EnvVars
 
 if TYPE_CHECKING:  # the client loads requests: imported when the doctor runs
     from shared.dataverse.client import DataverseClient
     from shared.dataverse.wire import TokenSource
 
-EXPIRY_WARNING_DAYS = 30
 VAULT_SCOPE = "https://vault.azure.net/.default"
-ENTRA_KEY_ID_TAG = "entraKeyId"  # Key Vault tag linking a secret to its Entra passwordCredential
-ICONS = {"ok": "✅", "warn": "⚠️ ", "fail": "❌", "skip": "⏭️ "}
-
-
-@dataclass
-class StepResult:
-    name: str
-    status: str  # ok | warn | fail | skip
-    summary: str
-    code: str | None = None
-    cause: str | None = None
-    fix: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DoctorReport:
-    steps: list[StepResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not any(s.status == "fail" for s in self.steps)
-
-    @property
-    def failed_step(self) -> StepResult | None:
-        return next((s for s in self.steps if s.status == "fail"), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "steps": [asdict(s) for s in self.steps]}
-
-    def render(self) -> str:
-        lines = ["dvbridge doctor: the identity chain", ""]
-        for step in self.steps:
-            lines.append(f"{ICONS[step.status]} {step.name:<18} {step.summary}")
-            if step.cause:
-                lines.append(f"     cause: {step.cause}")
-            if step.fix:
-                lines.append(f"     fix:   {step.fix}")
-        lines += [
-            "",
-            "all steps passed" if self.ok else f"failed at: {self.failed_step.name if self.failed_step else '?'}",
-        ]
-        return "\n".join(lines)
 
 
 def _failure(name: str, exc: AuthError | ConfigError) -> StepResult:
@@ -182,7 +137,7 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
     report.steps.append(StepResult("credential", "ok", described))
 
     remaining.pop(0)
-    report.steps.append(_expiry_step(settings, credential, secret, dv_credential, now(), drift_tolerance_s))
+    report.steps.append(expiry_step(settings, credential, secret, dv_credential, now(), drift_tolerance_s))
 
     remaining.pop(0)
     provider = DataverseTokenProvider(settings, store)
@@ -300,105 +255,6 @@ def _whoami_step(settings: Settings, client: DataverseClient) -> StepResult:
         f"UserId={body.get('UserId')}, OrganizationId={body.get('OrganizationId')}",
         details={k: body.get(k) for k in ("UserId", "BusinessUnitId", "OrganizationId")},
     )
-
-
-def _expiry_step(
-    settings: Settings, credential: Any, secret: Any, dv_credential: Any, now: float, drift_tolerance_s: float
-) -> StepResult:
-    ends: list[tuple[str, datetime]] = []
-    if secret.expires_on is not None:
-        ends.append(("Key Vault exp", secret.expires_on))
-    if dv_credential.not_after is not None:
-        ends.append(("certificate notAfter", dv_credential.not_after))
-    entra_end, graph_note = _entra_end_date(settings, credential, secret, dv_credential)
-    if entra_end is not None:
-        ends.append(("Entra endDateTime", entra_end))
-    if not ends:
-        return StepResult(
-            "credential expiry",
-            "warn",
-            "no expiry date known",
-            cause="The Key Vault object has no expiry date and Entra could not be read."
-            + (f" {graph_note}" if graph_note else ""),
-            fix="Set the secret's expiry date in Key Vault to the Entra secret's end date.",
-        )
-    label, soonest = min(ends, key=lambda item: item[1])
-    days = (soonest.timestamp() - now) / 86400
-    details = {name: value.isoformat() for name, value in ends}
-    drift = None
-    kv_exp = secret.expires_on
-    if (
-        entra_end is not None
-        and kv_exp is not None
-        and abs(kv_exp.timestamp() - entra_end.timestamp()) > drift_tolerance_s
-    ):
-        drift = (
-            f"Key Vault says {kv_exp:%Y-%m-%d} but Entra ends the credential {entra_end:%Y-%m-%d}: Entra's date is the"
-            " one that stops authentication."
-        )
-    if days <= 0:
-        return StepResult(
-            "credential expiry",
-            "fail",
-            f"expired {-days:.0f} day(s) ago ({label} {soonest:%Y-%m-%d})",
-            "CredentialExpired",
-            "The Dataverse credential is past its end date.",
-            "Rotate it: new secret or certificate in Entra, new version in Key Vault with the new expiry date.",
-            details,
-        )
-    note = f"{label} {soonest:%Y-%m-%d}, in {days:.0f} day(s)"
-    if graph_note:
-        note += f"; {graph_note}"
-    if days <= EXPIRY_WARNING_DAYS or drift:
-        return StepResult(
-            "credential expiry",
-            "warn",
-            note,
-            "CredentialExpiringSoon" if days <= EXPIRY_WARNING_DAYS else "ExpiryDrift",
-            drift or f"The credential expires within {EXPIRY_WARNING_DAYS} days.",
-            "Rotate the credential before it expires and store the new end date in Key Vault.",
-            details,
-        )
-    return StepResult("credential expiry", "ok", note, details=details)
-
-
-def _entra_end_date(
-    settings: Settings, credential: Any, secret: Any, dv_credential: Any
-) -> tuple[datetime | None, str]:
-    """The Entra end date of the credential in use, via Graph; ``(None, why)`` when unavailable."""
-    from shared.graph import GraphReader
-
-    graph = GraphReader(settings.graph_url, credential, timeout_s=settings.http_timeout_s)
-    try:
-        app = graph.application(settings.client_id, select="appId,passwordCredentials,keyCredentials")
-    except AuthError as exc:  # Graph is optional for the doctor: report and move on
-        return None, f"Entra credentials not checked ({exc.code}: {exc.fix})"
-    except Exception as exc:
-        return None, f"Entra credentials not checked ({type(exc).__name__})"
-    if dv_credential.kind == "certificate":
-        wanted = bytes.fromhex(dv_credential.thumbprint or "")
-        for key in app.get("keyCredentials", []):
-            try:
-                if base64.b64decode(key.get("customKeyIdentifier") or "") == wanted:
-                    return _parse_graph_time(key["endDateTime"]), ""
-            except ValueError:
-                continue
-        return None, "certificate not found among the app's keyCredentials"
-    passwords = app.get("passwordCredentials", [])
-    key_id = (secret.tags or {}).get(ENTRA_KEY_ID_TAG)
-    match = next((p for p in passwords if key_id and p.get("keyId") == key_id), None)
-    if match is None:
-        hint = (dv_credential.secret or "")[:3]
-        hinted = [p for p in passwords if p.get("hint") == hint]
-        match = hinted[0] if len(hinted) == 1 else None
-    if match is None:
-        return None, "no Entra secret matched (tag the Key Vault secret with entraKeyId=<keyId>)"
-    return _parse_graph_time(match["endDateTime"]), ""
-
-
-def _parse_graph_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _claims_step(settings: Settings, token: str, now: float) -> StepResult:

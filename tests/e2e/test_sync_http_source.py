@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.composition import secret_store, token_provider
+from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.storage import Storage
 from shared.sync.engine import SyncContext, run_inbound
 from shared.sync.jobs import InboundJob

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.composition import token_provider
+from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.storage import Storage
 from shared.sync.engine import SyncContext
 from shared.sync.jobs import OutboundJob, load_jobs

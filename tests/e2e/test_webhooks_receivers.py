@@ -13,8 +13,8 @@ import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.composition import token_provider
+from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.webhooks.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.devstack_process import DevstackProcess
 

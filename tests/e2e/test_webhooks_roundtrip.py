@@ -10,8 +10,8 @@ import uuid
 import pytest
 import requests
 
-from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.composition import token_provider
+from shared.dataverse.client import ClientOptions, DataverseClient
 from tests.devstack_process import DevstackProcess
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.dataverse.wire import DeltaPage
 from shared.dataverse.schema import Column, TableSchema
+from shared.dataverse.wire import DeltaPage
 
 CHUNK_BYTES = 7  # small, so that every reader meets lines split across chunks
 

@@ -21,10 +21,10 @@ import requests
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from shared.composition import token_provider
 from shared.dataverse.addressing import PATH_UNSAFE_CHARACTERS, KeyValueRefused
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.dataverse.planner import WritePlanner
-from shared.composition import token_provider
 from tests.devstack_process import DevstackProcess
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))

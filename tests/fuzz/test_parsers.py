@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from shared.dataverse.batch_codec import BatchDecodeError, DecodedPart, decode_batch
-from shared.errors import ConfigError, DvbridgeError, WebhookRejected
+from shared.dataverse.batch_codec import DecodedPart, decode_batch
+from shared.errors import BatchDecodeError, ConfigError, DvbridgeError, WebhookRejected
 from shared.expiry.eventgrid import EventRejected, VaultExpiryEvent, parse_vault_event
 from shared.identity.connection_string import parse_connection_string
 from shared.sync.jobs import load_jobs

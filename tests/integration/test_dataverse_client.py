@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.composition import token_provider
 from shared.dataverse.addressing import entity_path, key_text
 from shared.dataverse.batch_codec import ChangeSet, Operation
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.errors import DataverseError
-from shared.composition import token_provider
 from tests.dataverse_api import api_for
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from shared.composition import dataverse_token
 from shared.errors import AuthError, ConfigError
 from shared.identity.diagnosis import CATALOGUE
 from shared.identity.doctor import run_doctor
-from shared.composition import dataverse_token
 
 pytestmark = pytest.mark.integration
 

@@ -114,8 +114,8 @@ def test_refresh_margin_wider_than_msal_forces_a_new_token(faults_devstack, app_
     although MSAL's own 300 s rule would still serve it from the cache."""
     import dataclasses
 
-    from shared.identity.token_provider import DataverseTokenProvider
     from shared.composition import secret_store, settings
+    from shared.identity.token_provider import DataverseTokenProvider
 
     app_env(faults_devstack)
     provider = DataverseTokenProvider(dataclasses.replace(settings(), token_refresh_margin_s=3597), secret_store())

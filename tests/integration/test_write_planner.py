@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
+from shared.composition import token_provider
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.dataverse.planner import WritePlanner
-from shared.composition import token_provider
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
 

@@ -120,7 +120,7 @@ def test_stop_at_first_failure_leaves_other_outcomes_unknown() -> None:
 
 
 def test_malformed_replies_are_typed_errors() -> None:
-    from shared.dataverse.batch_codec import BatchDecodeError
+    from shared.errors import BatchDecodeError
 
     with pytest.raises(BatchDecodeError):
         decode_batch("application/json", b"{}")
