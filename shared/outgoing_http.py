@@ -106,8 +106,13 @@ PROBE = RetryPolicy(
     "Dataverse", attempts=1, retry_statuses=frozenset(), retry_connection_errors=False,
     read_timeout_s=DEFAULT_HTTP_TIMEOUT_S,
 )  # fmt: skip
+# One read of Entra's OpenID document, to explain why MSAL could not start: a diagnosis, never retried.
+ENTRA_DISCOVERY = RetryPolicy(
+    "Entra ID", attempts=1, retry_statuses=frozenset(), retry_connection_errors=False,
+    read_timeout_s=DEFAULT_HTTP_TIMEOUT_S,
+)  # fmt: skip
 POLICIES = {"DATAVERSE": DATAVERSE, "SOURCE_API": SOURCE_API, "HTTP_SINK": HTTP_SINK, "FORWARD": FORWARD,
-            "NOTIFY": NOTIFY, "GRAPH": GRAPH, "PROBE": PROBE}  # fmt: skip
+            "NOTIFY": NOTIFY, "GRAPH": GRAPH, "PROBE": PROBE, "ENTRA_DISCOVERY": ENTRA_DISCOVERY}  # fmt: skip
 
 
 def retry_after_s(response: requests.Response | None, *, now: Callable[[], float] = time.time) -> float | None:

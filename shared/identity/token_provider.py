@@ -183,12 +183,14 @@ class DataverseTokenProvider:
 
     def _discovery_error(self, exc: ValueError) -> AuthError:
         """MSAL's constructor fails on the OIDC document with a ValueError; read the body to say why."""
-        import requests
+        from shared.errors import DownstreamError
+        from shared.outgoing_http import ENTRA_DISCOVERY, HttpCaller
 
         url = f"{self._settings.authority}/v2.0/.well-known/openid-configuration"
+        policy = ENTRA_DISCOVERY.with_timeout(self._settings.http_timeout_s)
         try:
-            body = requests.get(url, timeout=self._settings.http_timeout_s).json()
-        except (requests.RequestException, ValueError):
+            body = HttpCaller(None, policy).send("GET", url, raise_for_status=False).json()
+        except (DownstreamError, ValueError):
             body = {}
         code = aadsts_code(body.get("error_description"), body.get("error_codes")) if isinstance(body, dict) else None
         detail = str(body.get("error_description", "")).split("Trace ID:")[0].strip() if isinstance(body, dict) else ""

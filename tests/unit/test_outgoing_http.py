@@ -116,6 +116,7 @@ def test_each_policy_keeps_its_attempts_and_statuses() -> None:
         "NOTIFY": ("notification channel", 3, transient, True),
         "GRAPH": ("Microsoft Graph", 3, {429, 503, 504}, True),
         "PROBE": ("Dataverse", 1, set(), False),
+        "ENTRA_DISCOVERY": ("Entra ID", 1, set(), False),
     }
     assert [name for name, p in POLICIES.items() if p.resend_posts] == ["HTTP_SINK", "FORWARD", "NOTIFY"]
 
