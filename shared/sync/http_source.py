@@ -10,10 +10,13 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from shared.errors import ConfigError, DownstreamError
 from shared.outgoing_http import SOURCE_API, HttpCaller
+from shared.outgoing_http import origin as origin_of
 from shared.sync.jobs import HttpSource
 from shared.sync.rows import SourceRow
 
+HTTP_OK = 200
 MAX_PAGES = 100_000  # a guard against an API that never stops paging
 
 
@@ -29,7 +32,8 @@ def iter_http(
     headers = {"Accept": "application/json"}
     if source.auth_header and source.auth_secret:
         if secret is None:
-            raise ValueError("this source needs a secret store for its auth header")
+            raise ConfigError([f"the source {source.url} names auth_secret {source.auth_secret!r}, but no secret store "
+                               "was given to read it"])  # fmt: skip
         headers[source.auth_header] = secret(source.auth_secret)
     params: dict[str, str] = {}
     if source.watermark_param and watermark:
@@ -67,14 +71,23 @@ def _same_origin(base: str, link: Any) -> str | None:
     resolved = urljoin(base, str(link))
     origin, target = urlsplit(base), urlsplit(resolved)
     if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
-        raise ValueError(
-            f"the source API's next link leaves {origin.scheme}://{origin.netloc}; "
-            "refused, so the auth header is never sent elsewhere"
+        raise DownstreamError(
+            SOURCE_API.name,
+            f"{origin.scheme}://{origin.netloc}",
+            HTTP_OK,  # the page came; its link is what is refused
+            retryable=False,
+            reason=f"a next link that leaves {origin.scheme}://{origin.netloc}",
+            context="refused, so the auth header is never sent elsewhere",
         )
     return resolved
 
 
 def _get(caller: HttpCaller, url: str, headers: dict[str, str], params: dict[str, str]) -> dict[str, Any]:
     response = caller.send("GET", url, headers=headers, params=params or None)
-    body = response.json()
+    try:
+        body = response.json()
+    except ValueError:  # requests' JSONDecodeError: the API answered, but not with JSON
+        raise DownstreamError(
+            SOURCE_API.name, origin_of(url), response.status_code, retryable=False, reason="a body that is not JSON"
+        ) from None
     return body if isinstance(body, dict) else {"items": body}

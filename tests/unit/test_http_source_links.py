@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from shared.errors import DownstreamError
 from shared.sync.http_source import iter_http
 from shared.sync.jobs import HttpSource
 
@@ -50,7 +51,7 @@ def test_a_next_link_to_another_origin_is_refused_before_the_secret_is_sent(link
     api = _Api({"https://erp.example/api/customers": {"items": [{"no": 1}], "next": link}})
     rows = iter_http(source(), secret=lambda _: "the-api-key", session=api)
     assert next(rows).values == {"no": 1}
-    with pytest.raises(ValueError, match=re.escape(f"next link leaves {ORIGIN}")):
+    with pytest.raises(DownstreamError, match=re.escape(f"next link that leaves {ORIGIN}")):
         next(rows)
     assert [url for url, _ in api.sent] == ["https://erp.example/api/customers"]
 

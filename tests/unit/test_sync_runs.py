@@ -235,3 +235,19 @@ def test_a_report_that_cannot_be_saved_does_not_hide_the_run_error() -> None:
     with pytest.raises((DataverseError, ConnectionError)):
         run_inbound(JOB, inbound(), world.ctx)
     assert world.store.leases == set()  # the lease is released whatever else failed
+
+
+def test_an_api_answering_html_or_linking_elsewhere_fails_the_run_as_a_downstream_refusal() -> None:
+    http = FakeHttp()
+    http.route("https://erp.example.test/html", lambda request: answer(200, "<html>maintenance</html>"))
+    http.route(
+        "https://erp.example.test/away", lambda request: answer(200, {"items": [], "next": "https://evil.test/"})
+    )
+    for path, reason in (("html", "not JSON"), ("away", "leaves https://erp.example.test")):
+        world = World(http=http)
+        job = inbound(source={"kind": "http_json", "url": f"https://erp.example.test/{path}"})
+        with pytest.raises(DownstreamError, match=reason) as refused:
+            run_inbound(JOB, job, world.ctx, run_id=path)
+        assert refused.value.retryable is False  # answered 502 by the doors: the same call fails the same way
+        assert world.report(path)["status"] == "failed"
+    assert all(request.origin == "https://erp.example.test" for request in http.requests)  # evil.test never asked
