@@ -6,10 +6,14 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\n|\r)")
+# Where str.splitlines splits but a line of a file does not end.
+_OTHER_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 INVALID_LINE_CHARS = 500  # characters of an unparseable JSON line kept in its dead letter
 
 
@@ -22,19 +26,35 @@ class SourceRow:
 
 
 def text_lines(chunks: Iterable[bytes], encoding: str) -> Iterator[str]:
-    """Decode chunk by chunk, yielding lines with their ends; a bad byte raises UnicodeDecodeError."""
+    """Decode chunk by chunk, yielding lines with their ends; a bad byte raises UnicodeDecodeError.
+
+    Lines end at \\n, \\r\\n or \\r only: the other Unicode line separators (U+0085, U+2028, form feed...)
+    are data in CSV and JSON Lines, and splitting there would cut a record in two."""
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     pending = ""
     for chunk in chunks:
-        pending += decoder.decode(chunk)
-        *complete, pending = pending.splitlines(keepends=True) or [""]
-        if pending.endswith(("\n", "\r")):
-            complete.append(pending)
-            pending = ""
-        yield from complete
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
+        lines, pending = _complete_lines(pending + decoder.decode(chunk))
+        yield from lines
+    lines, rest = _complete_lines(pending + decoder.decode(b"", final=True), final=True)
+    yield from lines
+    if rest:
+        yield rest
+
+
+def _complete_lines(text: str, *, final: bool = False) -> tuple[list[str], str]:
+    """The complete lines of ``text`` and what is left; a last \\r waits for the next chunk's \\n."""
+    if _OTHER_BREAKS.search(text) is None:  # the common case: str.splitlines, in C, splits where we would
+        lines = text.splitlines(keepends=True)
+    else:
+        lines = _LINE.findall(text)
+        if sum(map(len, lines)) < len(text):
+            lines.append(text[sum(map(len, lines)) :])
+    if not lines:
+        return [], ""
+    last = lines[-1]
+    if not final and not last.endswith("\n"):
+        return lines[:-1], last
+    return lines, ""
 
 
 def count_lines(chunks: Iterable[bytes]) -> int:
