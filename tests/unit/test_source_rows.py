@@ -5,8 +5,8 @@ byte, multi-byte characters and a \r\n split in two included."""
 from __future__ import annotations
 
 import csv
-import itertools
 import io
+import itertools
 import json
 
 import pytest
