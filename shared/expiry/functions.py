@@ -11,10 +11,9 @@ from typing import Any
 import azure.functions as func
 
 from shared.expiry.settings import ExpirySettings
+from shared.failure_answers import Failure, failure_answer
 from shared.http_input import (
-    Failure,
     RequestRejected,
-    failure_answer,
     json_object,
     number_field,
     preview,

@@ -10,7 +10,8 @@ import json
 
 import azure.functions as func
 
-from shared.http_input import RequestRejected, failure_answer, query
+from shared.failure_answers import failure_answer
+from shared.http_input import RequestRejected, query
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from shared.http_input import Failure, RequestRejected, failure_answer, int_param, preview, query, text_param
+from shared.failure_answers import Failure, failure_answer
+from shared.http_input import RequestRejected, int_param, preview, query, text_param
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.sync.jobs_file import job_index, schedule_setting
@@ -149,7 +150,7 @@ class _NotInbound(Exception):
 
 def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpResponse:
     """200 with the run report, 409 when another run holds the job; when a dependency failed (before the run
-    started or during it) 503 or 502 naming it and what to check (``shared.http_input.failure_answer``)."""
+    started or during it) 503 or 502 naming it and what to check (``shared.failure_answers.failure_answer``)."""
     try:
         report = run()
     except _NotInbound:

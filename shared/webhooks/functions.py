@@ -2,7 +2,7 @@
 
 Receivers never answer 500: bad input is 400/401/413 with the reason; a dependency's failure is 503 when a
 retry can fix it (storage down), which Dataverse and well-behaved senders retry, and 502 when it refused
-(Key Vault denying the identity), each naming what failed (``shared.http_input.failure_answer``). Of
+(Key Vault denying the identity), each naming what failed (``shared.failure_answers.failure_answer``). Of
 simultaneous copies of one delivery exactly one is accepted (shared.webhooks.dedupe): the others withdraw
 their messages and are answered as replays. A message too large for the queue travels as a claim-check
 blob (shared.webhooks.processor.enqueue_event).
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from shared.errors import WebhookRejected
-from shared.http_input import Failure, failure_answer, is_outage, preview
+from shared.failure_answers import Failure, failure_answer, is_outage
+from shared.http_input import preview
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.webhooks.context import MAX_BODY_BYTES

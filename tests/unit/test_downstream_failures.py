@@ -23,7 +23,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 from shared import composition
 from shared.errors import AuthError, DataverseError, ThrottledError
-from shared.http_input import scrub
+from shared.failure_answers import scrub
 from shared.sync import engine, http_source, jobs_file
 from shared.sync.jobs import InboundJob, OutboundJob
 from shared.webhooks import functions as webhook_functions
