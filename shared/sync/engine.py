@@ -111,7 +111,7 @@ def run_inbound(
         files = BlobFiles(name, job.source, ctx.storage)
         for blob, etag in files.pending():
             report.files += 1
-            if fan_out(name, job, files, ctx.storage, blob, etag, report):
+            if fan_out(job, files, ctx.storage, report, blob=blob, etag=etag):
                 continue
             writer.write(files.rows(blob, etag), report, run.dead, progress)
             index.flush()

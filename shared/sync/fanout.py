@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.config import read_int
 from shared.logging import log_event
@@ -33,9 +33,11 @@ def chunk_concurrency() -> int:
     return read_int(EnvVars.SYNC_CHUNK_CONCURRENCY)
 
 
-def fan_out(
-    name: str, job: InboundJob, files: BlobFiles, storage: SyncStore, blob: str, etag: str, report: RunReport
-) -> bool:
+class ChunkQueue(Protocol):
+    def enqueue(self, queue: str, message: dict[str, Any]) -> Any: ...
+
+
+def fan_out(job: InboundJob, files: BlobFiles, queue: ChunkQueue, report: RunReport, *, blob: str, etag: str) -> bool:
     """Above the job's threshold, split the file into row ranges and enqueue them; True when fanned out."""
     # Every record ends at a line end (CSV records may span several), so the line count bounds the record
     # count from above: below the threshold that settles it without parsing the file twice.
@@ -47,9 +49,10 @@ def fan_out(
     chunks = [(start, min(start + CHUNK_ROWS - 1, total)) for start in range(1, total + 1, CHUNK_ROWS)]
     report.chunks += len(chunks)
     report.rows_read += total
+    name = files.job
     planned = {"job": name, "run_id": report.run_id, "blob": blob, "etag": etag, "chunks": len(chunks), "rows": total}
     for number, (first, last) in enumerate(chunks, start=1):
-        storage.enqueue(CHUNK_QUEUE, {**planned, "chunk_id": f"{number:04}", "first_line": first, "last_line": last})
+        queue.enqueue(CHUNK_QUEUE, {**planned, "chunk_id": f"{number:04}", "first_line": first, "last_line": last})
     log_event(logger, "sync_fanned_out", job=name, blob=blob, rows=total, chunks=len(chunks))
     return True
 
