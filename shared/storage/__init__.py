@@ -4,6 +4,7 @@
 - ``queues``: send (with the size check), withdraw, move a poison queue back;
 - ``leases``: one lease per job, renewed while its run lasts;
 - ``dead_letters``: a sync run's dead letters;
+- ``claims``: one winner of N copies (a conditional insert or an ETag takeover), with a TTL and leases;
 - ``runs``: processed files, checkpoints, run and chunk reports.
 
 :class:`Storage` is all of them on one set of clients; the composition root (``shared.composition``) holds

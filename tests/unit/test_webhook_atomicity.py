@@ -21,6 +21,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableEntity, UpdateMode
 
+from shared.storage import claims as claims_module
 from shared.storage.queues import QUEUE_MESSAGE_LIMIT_BYTES, QueuedMessage, queue_message_fits
 from shared.webhooks import dedupe as dedupe_module
 from shared.webhooks import functions, processor
@@ -222,8 +223,8 @@ def test_claims_of_one_scope_spread_over_partitions() -> None:
 
 def test_marks_written_before_claims_existed_count_as_settled() -> None:
     table, clock = FakeTable(), Clock()
-    row_key = dedupe_module._row_key("old")
-    partition = dedupe_module.partition_key("processed-erp", row_key)
+    row_key = claims_module._row_key("old")
+    partition = claims_module.partition_key("processed-erp", row_key)
     table.rows[(partition, row_key)] = ({"PartitionKey": partition, "RowKey": row_key,
                                          "Expires": clock.now + 60}, "etag-0")  # fmt: skip
     assert claims(table, clock).claim("processed-erp", "old", state="processing", lease_s=LEASE_S) == Held(
