@@ -21,7 +21,7 @@ from shared.mapping.spec import ColumnMapping, Transform
 TRUE_WORDS = {"true", "yes", "y", "1", "ja", "oui"}
 FALSE_WORDS = {"false", "no", "n", "0", "nein", "non"}
 DEFAULT_DATE_FORMATS = ("%Y-%m-%d",)
-DATE_CACHE_ENTRIES = 65_536  # distinct (text, formats) pairs kept per worker; ~10 MB at most
+DATE_CACHE_ENTRIES = 65_536  # distinct (text, formats) pairs kept per worker: a bound on the cache's memory
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,8 @@ def _looks_iso(text: str) -> bool:
 
 @functools.lru_cache(maxsize=DATE_CACHE_ENTRIES)
 def _parse_date(text: str, formats: tuple[str, ...]) -> str | None:
-    """The first format that parses, as UTC ISO 8601; None if none does. Cached because strptime costs
-    ~15 µs (a locale check and a regex per call) and exports repeat dates: 100k rows hold a few hundred."""
+    """The first format that parses, as UTC ISO 8601; None if none does. Cached because strptime is
+    slow (a locale check and a regex per call) and exports repeat dates: a large file holds few distinct ones."""
     for fmt in formats:
         try:
             parsed = datetime.strptime(text, fmt)
