@@ -17,7 +17,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_VERSION := 3.3.30
 PYTEST_ARGS ?=
 
-.PHONY: help run demo test bench lint typecheck unit integration doctor up clean infra stamps fuzz reliability
+.PHONY: help run demo test bench compare lint typecheck unit integration doctor up clean infra stamps fuzz reliability
 
 help:
 	@echo "make run     start devstack (local Entra, managed identity, Key Vault, Graph) and run the doctor against it"
@@ -26,6 +26,7 @@ help:
 	@echo "make doctor  run the identity doctor against a running devstack (.devstack/env)"
 	@echo "make reliability  the fault matrix: the start-up sync under each fault, checked against the store"
 	@echo "make fuzz    every parser of outside input fuzzed with 10,000 examples (make test runs 500)"
+	@echo "make compare BASE=dir  every benchmark for another checkout and this one, side by side"
 	@echo "make bench   every benchmark (throughput vs ceiling, calls, cold start, memory, CPU, webhooks) -> BENCHMARKS.md"
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -61,6 +62,11 @@ infra: $(STAMP) $(CHECKOV_STAMP)
 
 bench: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m bench.report
+
+# Every benchmark for another checkout and this one, alternating; exit 1 when a figure is >5 % worse.
+# BASE=<a worktree of the revision to compare with, with `python -m shared.stamps` run in it>
+compare: $(STAMP) $(NODE_STAMP) stamps
+	$(PY) -m bench.compare --base $(BASE)
 
 up: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m devstack up
