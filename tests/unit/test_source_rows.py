@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.sync.rows import count_lines, csv_rows, jsonl_rows
+from tests.fakes.sockets import no_sockets  # noqa: F401  # autouse: reading a file opens no connection
 
 pytestmark = pytest.mark.unit
 
