@@ -20,15 +20,9 @@ import requests
 from shared.composition import token_provider
 from shared.dataverse.client import ClientOptions, DataverseClient
 from shared.storage import Storage
+from shared.storage.claims import _row_key, partition_key
 from shared.webhooks.context import parse_remote_execution_context
-from shared.webhooks.dedupe import (
-    DEDUPE_TABLE,
-    _row_key,
-    nonce_scope,
-    partition_key,
-    processed_scope,
-    received_scope,
-)
+from shared.webhooks.dedupe import DEDUPE_TABLE, nonce_scope, processed_scope, received_scope
 from tests.devstack_process import DevstackProcess
 from tests.e2e.test_webhooks_receivers import dataverse_url, key_header, post_signed, signed_headers
 from tests.unit.test_webhook_atomicity import all_at_once
