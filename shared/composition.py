@@ -1,10 +1,10 @@
 """The composition root: the one place that builds the objects a worker keeps for its lifetime.
 
 A Functions worker process serves many invocations; the settings, the managed-identity credential, the
-Key Vault secret store, the Dataverse token provider and client, table metadata, storage and the Graph
-reader (with the caches inside them) are built here once, on first use, and handed to the capabilities'
-doors (``shared.*.functions``), which build their own small contexts from them. No capability builds
-a client itself, so no capability depends on another for its wiring.
+Key Vault secret store, the Dataverse token provider and client, table metadata, storage, the Graph reader
+and the pooled session for outside services (with the caches inside them) are built here once, on first
+use, and handed to the capabilities' doors (``shared.*.functions``), which build their own small contexts
+from them. No capability builds a client itself, so no capability depends on another for its wiring.
 
 Storage and the secret store need only the managed identity: webhook receivers keep accepting events
 while the Dataverse credential is broken (an expired secret must not turn deliveries away).
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from shared.config import Settings
 
 if TYPE_CHECKING:
+    import requests
     from azure.core.credentials import TokenCredential
 
     from shared.dataverse.client import DataverseClient
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from shared.graph import GraphReader
     from shared.identity.secret_store import SecretStore
     from shared.identity.token_provider import AccessToken, DataverseTokenProvider
+    from shared.outgoing_http import HttpCaller, RetryPolicy
     from shared.storage import Storage
 
 
@@ -41,6 +43,8 @@ class Worker:
         self._metadata: TableMetadata | None = None
         self._storage: Storage | None = None
         self._graph: GraphReader | None = None
+        self._http: requests.Session | None = None
+        self._callers: dict[str, HttpCaller] = {}
 
     def settings(self) -> Settings:
         with self._lock:
@@ -121,6 +125,26 @@ class Worker:
                     config.storage_connection, account_name=config.storage_account_name, credential=credential
                 )
             return self._storage
+
+    def http_session(self) -> requests.Session:
+        """One pooled session for the services outside Azure (source APIs, HTTP sinks, forward targets,
+        notification channels): their connections are reused across invocations."""
+        with self._lock:
+            if self._http is None:
+                import requests
+
+                self._http = requests.Session()
+            return self._http
+
+    def caller(self, policy: RetryPolicy) -> HttpCaller:
+        """The worker's caller for one kind of outside service, on the shared session."""
+        with self._lock:
+            found = self._callers.get(policy.name)
+            if found is None:
+                from shared.outgoing_http import HttpCaller
+
+                found = self._callers[policy.name] = HttpCaller(self.http_session(), policy)
+            return found
 
     def graph(self) -> GraphReader:
         with self._lock:

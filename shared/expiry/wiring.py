@@ -39,7 +39,7 @@ def build_monitor(clock: Callable[[], datetime] | None = None, source: Worker | 
         expiry,
         store=root.secret_store(),
         states=StateStore(root.storage().table(STATE_TABLE)),
-        notifier=Notifier(parse_channels(expiry.channels), root.secret),
+        notifier=Notifier(parse_channels(expiry.channels), root.secret, session=root.http_session()),
         graph=root.graph(),
         probe=lambda: dataverse_probe(root),
         # A connection-string setting is not a secret name: no hint matching then.

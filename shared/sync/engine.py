@@ -63,7 +63,7 @@ class SyncContext:
         secret: Callable[[str], str] | None = None,  # Key Vault secrets for source auth headers
         metadata: SchemaSource | None = None,
         planner: RecordWriter | None = None,
-        http: requests.Session | None = None,  # for HTTP sources and sinks; None: a session per run
+        http: requests.Session | None = None,  # for HTTP sources and sinks (the worker's); None: one per run
     ) -> None:
         self.storage = storage
         self.client = client
@@ -75,7 +75,9 @@ class SyncContext:
     @classmethod
     def on(cls, root: Worker) -> SyncContext:
         """The runs' context on a worker's objects (their caches outlive each invocation)."""
-        return cls(root.storage(), root.dataverse(), secret=root.secret, metadata=root.metadata())
+        return cls(
+            root.storage(), root.dataverse(), secret=root.secret, metadata=root.metadata(), http=root.http_session()
+        )
 
     def schema(self, table: str) -> TableSchema:
         return self.metadata.schema(table)

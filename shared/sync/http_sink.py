@@ -8,8 +8,6 @@ from typing import Any
 from shared.errors import DownstreamError
 from shared.outgoing_http import HTTP_SINK, HttpCaller
 
-_CALLER = HttpCaller(None, HTTP_SINK)  # one pooled session per worker; created at the first POST
-
 
 def post_changes(
     url: str, job: str, changes: list[dict[str, Any]], batch_size: int, *, caller: HttpCaller | None = None
@@ -20,7 +18,7 @@ def post_changes(
     keeps its delta link, so the next run sends the same changes again."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    caller = caller or _CALLER
+    caller = caller or HttpCaller(None, HTTP_SINK)  # the run passes its own, on the worker's session
     sent = 0
     for start in range(0, len(changes), batch_size):
         batch = changes[start : start + batch_size]

@@ -9,7 +9,6 @@ from shared.errors import DownstreamError
 from shared.outgoing_http import FORWARD, HttpCaller, origin
 
 QUEUE_RETRIES = "the queue retries the event, then the poison queue keeps it"
-_CALLER = HttpCaller(None, FORWARD)  # one pooled session per worker; created at the first forward
 
 
 def forward_event(
@@ -21,7 +20,7 @@ def forward_event(
 ) -> str:
     """POST ``data`` to ``url``; return what was done. Raises :class:`DownstreamError` (naming the target's
     host only: a forward URL may carry a key) when the target refuses the event or stays unreachable."""
-    caller = caller or _CALLER
+    caller = caller or HttpCaller(None, FORWARD)  # the worker passes its own: pooled, kept
     try:
         response = caller.send("POST", url, data=data, headers_for_attempt=headers_for_attempt)
     except DownstreamError as exc:

@@ -75,10 +75,11 @@ def storage() -> Storage:
 def handler_context() -> HandlerContext:
     """What the processor's handlers use, on the worker's objects."""
     from shared.composition import worker
+    from shared.outgoing_http import FORWARD
     from shared.webhooks.processor import HandlerContext
 
     root = worker()
-    return HandlerContext(root.storage(), root.dataverse(), root.metadata(), root.secret)
+    return HandlerContext(root.storage(), root.dataverse(), root.metadata(), root.secret, root.caller(FORWARD))
 
 
 def _dedupe() -> Dedupe:

@@ -31,6 +31,7 @@ from shared.dataverse.schema import TableMetadata, TableSchema
 from shared.errors import DataverseError, DvbridgeError
 from shared.logging import log_event
 from shared.mapping.mapper import Mapper, Rejection
+from shared.outgoing_http import HttpCaller
 from shared.storage import Storage
 from shared.storage.queues import QueuedMessage, queue_message_fits
 from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, LeaseKeeper, processed_scope
@@ -88,6 +89,7 @@ class HandlerContext:
     client: DataverseClient
     metadata: TableMetadata
     secret: Callable[[str], str] | None = None
+    forwarder: HttpCaller | None = None  # the worker's caller for forward targets (FORWARD policy)
 
     def schema(self, table: str) -> TableSchema:
         return self.metadata.schema(table)
@@ -274,7 +276,7 @@ def _forward(ctx: HandlerContext, handler: HttpForwardHandler, key: str, body: d
             }
         return headers
 
-    return forward_event(handler.url, data, headers_for_attempt)
+    return forward_event(handler.url, data, headers_for_attempt, caller=ctx.forwarder)
 
 
 def _upsert(ctx: HandlerContext, handler: UpsertHandler, source: str, key: str, row: dict[str, Any]) -> str:

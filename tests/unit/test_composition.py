@@ -48,6 +48,15 @@ def test_each_object_is_built_once_per_worker_even_when_asked_at_once() -> None:
     assert root.graph() is root.graph()
 
 
+def test_outside_services_share_one_pooled_session_and_one_caller_per_policy() -> None:
+    from shared.outgoing_http import FORWARD, HTTP_SINK
+
+    root = worker()
+    assert root.caller(FORWARD) is root.caller(FORWARD)
+    assert root.caller(FORWARD) is not root.caller(HTTP_SINK)
+    assert root.caller(FORWARD).session is root.caller(HTTP_SINK).session is root.http_session()
+
+
 def test_the_graph_reader_uses_the_http_timeout_setting() -> None:
     graph = worker(http_timeout_s=7).graph()
     assert graph._caller.policy.read_timeout_s == 7

@@ -232,6 +232,9 @@ class World:
     def graph(self) -> Any:
         return SimpleNamespace()
 
+    def http_session(self) -> Any:
+        return self.http.session()
+
 
 def inbound_job(failure: Failure) -> InboundJob:
     source: dict[str, Any] = {"kind": "blob_csv", "container": CONTAINER}
@@ -260,7 +263,7 @@ def install(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
 
     class Context(RealContext):  # what sync_context() builds, with the in-memory planner and HTTP
         def __init__(self, storage: Any, client: Any, **kwargs: Any) -> None:
-            super().__init__(storage, client, **kwargs, planner=world.planner, http=world.http.session())
+            super().__init__(storage, client, **{**kwargs, "planner": world.planner, "http": world.http.session()})
 
     monkeypatch.setattr(engine, "SyncContext", Context)
     # No waiting between the retries of a sink or source that is down: the budget of attempts is unchanged.

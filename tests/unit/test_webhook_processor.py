@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from shared.dataverse.schema import TableMetadata
 from shared.errors import DataverseError, DownstreamError
 from shared.outgoing_http import FORWARD, HttpCaller
-from shared.webhooks import forward, processor
+from shared.webhooks import processor
 from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, Dedupe, processed_scope
 from shared.webhooks.processor import CLAIM_CONTAINER, DEAD_LETTER_CONTAINER, EventInProgress, HandlerContext
 from shared.webhooks.routes import RoutesFile
@@ -301,11 +301,11 @@ class Target:
 
 
 @pytest.fixture
-def target(monkeypatch: pytest.MonkeyPatch) -> Target:
-    """The forward target. processor._forward passes no caller, so forward_event uses the worker's one
-    ``_CALLER``: it is swapped for a caller on this fake's session whose sleep records instead of waiting."""
+def target(world: World) -> Target:
+    """The forward target: the context's forwarder is a caller on this fake's session whose sleep records
+    instead of waiting (in a worker, the composition root's caller for forward targets)."""
     found = Target(FakeHttp(), [])
-    monkeypatch.setattr(forward, "_CALLER", HttpCaller(found.http.session(), FORWARD, sleep=found.waits.append))
+    world.ctx = replace(world.ctx, forwarder=HttpCaller(found.http.session(), FORWARD, sleep=found.waits.append))
     return found
 
 
