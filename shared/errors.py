@@ -62,6 +62,7 @@ class AuthError(DvbridgeError):
         fix: what to change, in words
         step: which step of the chain failed (``managed_identity``, ``key_vault``, ``entra_token``...)
         status: the HTTP status the service answered with, when there was one
+        retryable: the service was unreachable or not answering: a later try can succeed unchanged
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class AuthError(DvbridgeError):
         step: str,
         detail: str = "",
         status: int | None = None,
+        retryable: bool = False,
     ) -> None:
         self.code = code
         self.cause = cause
@@ -80,6 +82,7 @@ class AuthError(DvbridgeError):
         self.step = step
         self.detail = detail
         self.status = status
+        self.retryable = retryable
         text = f"[{step}] {code}: {cause} Fix: {fix}"
         if detail:
             text += f" (detail: {detail})"

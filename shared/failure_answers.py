@@ -21,12 +21,6 @@ from shared.outgoing_http import retryable_status
 
 logger = logging.getLogger(__name__)
 
-# Entra, Key Vault and Dataverse codes (shared.identity.diagnosis) that mean "not reachable or not answering
-# now": a retry can fix them. Every other AuthError is a refusal (a wrong secret, a missing role).
-TRANSIENT_AUTH_CODES = frozenset({
-    "EntraUnreachable", "EntraUnavailable", "KeyVaultUnreachable", "KeyVaultUnavailable",
-    "ManagedIdentityUnavailable", "DataverseUnreachable",
-})  # fmt: skip
 # The Retry-After of a throttled answer when the service named no wait of its own.
 DEFAULT_RETRY_AFTER_S = 30
 STORAGE_CHECK = (
@@ -124,7 +118,8 @@ def _classify(exc: BaseException, dependency: str) -> tuple[int, str, str, float
         retryable = throttled or (exc.status == 0 and exc.code == "ConnectionError") or retryable_status(exc.status)
         return (503 if retryable else 502), "Dataverse", _dataverse_check(exc.status, throttled), wait
     if isinstance(exc, AuthError):
-        retryable = exc.code in TRANSIENT_AUTH_CODES or (exc.status is not None and retryable_status(exc.status))
+        # The catalogue says which codes mean "not reachable now"; any other AuthError is a refusal.
+        retryable = exc.retryable or (exc.status is not None and retryable_status(exc.status))
         return (503 if retryable else 502), f"identity step {exc.step}", exc.fix, None
     if isinstance(exc, CredentialFormatError):
         return 502, "the Dataverse credential in Key Vault", "the Key Vault secret or certificate's value", None

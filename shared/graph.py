@@ -51,6 +51,7 @@ class GraphReader:
                 cause=str(exc),
                 fix="Check outbound HTTPS from the function app to GRAPH_URL.",
                 step="graph",
+                retryable=exc.retryable,
             ) from None
         if response.status_code != 200:
             try:

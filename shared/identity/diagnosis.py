@@ -25,6 +25,7 @@ class Diagnosis:
     title: str
     cause: str
     fix: str
+    retryable: bool = False  # "not reachable or not answering now": a later try can succeed unchanged
 
 
 _ENTRIES = [
@@ -126,6 +127,7 @@ _ENTRIES = [
         " ENTRA_AUTHORITY_HOST is wrong.",
         "Check outbound HTTPS to the authority host (login.microsoftonline.com in the public cloud) and the"
         " ENTRA_AUTHORITY_HOST setting.",
+        retryable=True,
     ),
     Diagnosis(
         "EntraUnavailable",
@@ -133,6 +135,7 @@ _ENTRIES = [
         "The token endpoint answered 429 or 5xx.",
         "Transient: dvbridge retries later (MSAL holds back for the Retry-After period). If it persists, check"
         " the Azure status page.",
+        retryable=True,
     ),
     Diagnosis(
         "AuthorityDiscoveryFailed",
@@ -149,6 +152,7 @@ _ENTRIES = [
         " IDENTITY_ENDPOINT/IDENTITY_HEADER are not set (or the header is wrong).",
         "Enable the system-assigned identity (Function App > Identity), or assign a user-assigned identity and"
         " set AZURE_CLIENT_ID to its client ID. Locally, start devstack and source .devstack/env.",
+        retryable=True,
     ),
     Diagnosis(
         "ManagedIdentityNotFound",
@@ -205,6 +209,15 @@ _ENTRIES = [
         "cannot reach Key Vault",
         "{vault} did not answer: wrong KEY_VAULT_URL, firewall or private-endpoint rules, or DNS.",
         "Check KEY_VAULT_URL (https://<name>.vault.azure.net) and the vault's Networking settings.",
+        retryable=True,
+    ),
+    Diagnosis(
+        "KeyVaultUnavailable",
+        "Key Vault throttled or answered with a server error",
+        "{vault} answered {detail}.",
+        "Transient: dvbridge keeps serving the secret it read last (within SECRET_MAX_STALE_S) and reads again on"
+        " a later invocation. If it persists, check the vault's request rate and the Azure status page.",
+        retryable=True,
     ),
     Diagnosis(
         "ChallengeResourceMismatch",
@@ -236,6 +249,7 @@ _ENTRIES = [
         "cannot reach Dataverse",
         "{url} did not answer: wrong DATAVERSE_URL, DNS, or outbound network rules.",
         "Check DATAVERSE_URL against the environment URL in Power Platform admin center, and outbound HTTPS.",
+        retryable=True,
     ),
     Diagnosis(
         "0x8005F101",
@@ -312,7 +326,9 @@ def diagnose(code: str, **context: Any) -> Diagnosis:
         lookup = f"https://login.microsoftonline.com/error?code={match.group(1)}" if match else "the service's docs"
         entry = Diagnosis(code, "unrecognised failure", "{detail}", f"Look the code up at {lookup}.")
     values = _Blanks({k: v for k, v in context.items() if v not in (None, "")})
-    return Diagnosis(entry.code, entry.title, entry.cause.format_map(values), entry.fix.format_map(values))
+    return Diagnosis(
+        entry.code, entry.title, entry.cause.format_map(values), entry.fix.format_map(values), entry.retryable
+    )
 
 
 def aadsts_code(description: str | None, codes: list[int] | None = None) -> str | None:
@@ -326,4 +342,6 @@ def aadsts_code(description: str | None, codes: list[int] | None = None) -> str 
 def auth_error(code: str, *, step: str, detail: str = "", status: int | None = None, **context: Any) -> AuthError:
     """Build the :class:`AuthError` for ``code`` from the catalogue."""
     found = diagnose(code, detail=detail, **context)
-    return AuthError(found.code, cause=found.cause, fix=found.fix, step=step, detail=detail, status=status)
+    return AuthError(
+        found.code, cause=found.cause, fix=found.fix, step=step, detail=detail, status=status, retryable=found.retryable
+    )

@@ -135,7 +135,7 @@ class SecretStore:
             try:
                 secret = self._fetch(name)
             except AuthError as exc:
-                transient = exc.code in {"KeyVaultUnreachable", "KeyVaultUnavailable"}
+                transient = exc.retryable and exc.step == STEP  # Key Vault itself is down, not the identity
                 if transient and entry is not None and now - entry.fetched_at < self._ttl_s + self._max_stale_s:
                     entry.next_attempt_at = now + STALE_RETRY_INTERVAL_S
                     log_event(
@@ -228,13 +228,7 @@ def key_vault_error(exc: Exception, **context: Any) -> AuthError:
                 return auth_error("ManagedIdentityUnavailable", step="managed_identity", detail=message, **context)
             return auth_error("KeyVaultUnauthorized", step=STEP, detail=message, status=status, **context)
         if status == 429 or (status or 0) >= 500:
-            return AuthError(
-                "KeyVaultUnavailable",
-                cause=f"Key Vault answered {status}.",
-                fix="Transient: retried on the next invocation.",
-                step=STEP,
-                status=status,
-            )
+            return auth_error("KeyVaultUnavailable", step=STEP, detail=f"HTTP {status}", status=status, **context)
     return auth_error(type(exc).__name__, step=STEP, detail=_first_line(text), **context)
 
 

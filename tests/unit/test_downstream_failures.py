@@ -67,7 +67,7 @@ def key_vault_refusing() -> BaseException:
 
 
 def key_vault_unreachable() -> BaseException:
-    return AuthError("KeyVaultUnreachable", cause="Key Vault did not answer.", step="key_vault",
+    return AuthError("KeyVaultUnreachable", cause="Key Vault did not answer.", step="key_vault", retryable=True,
                      fix="Check the vault's network rules and DNS from the function app.")  # fmt: skip
 
 
@@ -78,7 +78,7 @@ def entra_refusing() -> BaseException:
 
 def entra_unreachable() -> BaseException:
     return AuthError("EntraUnreachable", cause="login.microsoftonline.com did not answer.", step="entra_token",
-                     fix="Check outbound access to the authority from the function app.")  # fmt: skip
+                     retryable=True, fix="Check outbound access to the authority from the function app.")  # fmt: skip
 
 
 def dataverse_throttled() -> BaseException:
