@@ -8,16 +8,20 @@ Only the standard library at module level: the blueprints import this while the 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import DvbridgeError
 from shared.http_input import RequestRejected
 from shared.logging import log_event
 from shared.outgoing_http import retryable_status
+
+if TYPE_CHECKING:
+    import azure.functions as func
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,13 @@ class Failure:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+
+    def response(self, **fields: Any) -> func.HttpResponse:
+        """The HTTP answer: ``fields`` (the job, its status...) first, then what failed and what to check."""
+        import azure.functions as func
+
+        body = json.dumps({**fields, **self.body})
+        return func.HttpResponse(body, status_code=self.status, mimetype="application/json", headers=self.headers)
 
 
 def is_outage(exc: BaseException) -> bool:

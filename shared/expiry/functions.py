@@ -11,7 +11,7 @@ from typing import Any
 import azure.functions as func
 
 from shared.expiry.settings import ExpirySettings
-from shared.failure_answers import Failure, failure_answer
+from shared.failure_answers import failure_answer
 from shared.http_input import (
     RequestRejected,
     json_object,
@@ -47,10 +47,6 @@ ExpirySettings.from_env()  # validated at start-up: a bad threshold list stops t
 
 def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype=JSON, headers=headers)
-
-
-def _failed(failure: Failure) -> func.HttpResponse:
-    return _answer(failure.status, failure.body, failure.headers)
 
 
 @bp.timer_trigger(arg_name="timer", schedule=f"%{SWEEP_SCHEDULE_SETTING}%")
@@ -96,7 +92,7 @@ def credentials_list(req: func.HttpRequest) -> func.HttpResponse:
     except RequestRejected as exc:
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
-        return _failed(failure_answer(exc, "credentials_list_unavailable"))
+        return failure_answer(exc, "credentials_list_unavailable").response()
     rows = []
     for state, row in listed:
         days = (state.expires_on - now).total_seconds() / 86400 if state.expires_on else None
@@ -183,7 +179,7 @@ def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
         fix = f"; send {example}" if exc.status == 400 and example not in exc.reason else ""
         return _answer(exc.status, {"error": exc.reason + fix})
     except Exception as exc:  # StateConflict (lost every claim race) is a DvbridgeError: a 503
-        return _failed(failure_answer(exc, f"credential_{action}_unavailable"))
+        return failure_answer(exc, f"credential_{action}_unavailable").response()
     if state is None:
         return _answer(404, {"error": f"no credential {preview(credential_id)}; GET /api/credentials lists the ids"})
     log_event(logger, f"credential_{action}", credential=credential_id, by=checked["by"] or "-")

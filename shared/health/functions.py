@@ -37,9 +37,5 @@ def health_doctor(req: func.HttpRequest) -> func.HttpResponse:
     try:
         report = run_doctor()
     except Exception as exc:  # a failure the walk did not turn into a step (a token refresh mid-probe)
-        failure = failure_answer(exc, "health_doctor_failed")
-        return func.HttpResponse(
-            json.dumps({"ok": False, **failure.body}), status_code=failure.status, mimetype=JSON,
-            headers=failure.headers,
-        )  # fmt: skip
+        return failure_answer(exc, "health_doctor_failed").response(ok=False)
     return func.HttpResponse(json.dumps(report.to_dict()), status_code=200 if report.ok else 503, mimetype=JSON)

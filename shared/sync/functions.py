@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from shared.failure_answers import Failure, failure_answer
+from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, int_param, preview, query, text_param
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
@@ -87,10 +87,6 @@ def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> fu
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON, headers=headers)
 
 
-def _failed(failure: Failure, **fields: Any) -> func.HttpResponse:
-    return _answer(failure.status, {**fields, **failure.body}, failure.headers)
-
-
 @bp.route(route="sync/runs", methods=["GET"])
 def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
     """Recent run reports, newest first (``?limit=`` of them, 1..MAX_RUNS_LIMIT)."""
@@ -104,7 +100,7 @@ def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
     except RequestRejected as exc:
         return _answer(exc.status, {"error": exc.reason})
     except Exception as exc:
-        return _failed(failure_answer(exc, "sync_runs_unavailable"))
+        return failure_answer(exc, "sync_runs_unavailable").response()
     return _answer(200, reports)
 
 
@@ -156,7 +152,7 @@ def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpR
     except _NotInbound:
         return _answer(404, {"error": f"no inbound job named {preview(name)}"})
     except Exception as exc:
-        return _failed(failure_answer(exc, "sync_run_failed", job=name), job=name, status="failed")
+        return failure_answer(exc, "sync_run_failed", job=name).response(job=name, status="failed")
     status = 409 if report["status"] == "skipped" else 200
     return _answer(status, report)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from shared.errors import WebhookRejected
-from shared.failure_answers import Failure, failure_answer, is_outage
+from shared.failure_answers import failure_answer, is_outage
 from shared.http_input import preview
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
@@ -45,15 +45,11 @@ def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = 
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype=JSON, headers=headers)
 
 
-def _failed(failure: Failure) -> func.HttpResponse:
-    return _answer(failure.status, failure.body, failure.headers)
-
-
 def _unavailable(exc: Exception, source: str) -> func.HttpResponse:
     """A receiver's answer to a dependency's failure (503 or 502, naming it); anything else is 503 too,
     because a sender retries a 503 and a receiver never answers 500."""
     if is_outage(exc):
-        return _failed(failure_answer(exc, "webhook_unavailable", source=source))
+        return failure_answer(exc, "webhook_unavailable", source=source).response()
     log_event(logger, "webhook_unavailable", logging.ERROR, source=source, error=type(exc).__name__)
     return _answer(503, {"error": "temporarily unavailable; retry", "failed": "the webhook receiver", "retry": True})
 
@@ -210,5 +206,5 @@ def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
     try:
         moved = storage().move_messages(f"{EVENT_QUEUE}-poison", EVENT_QUEUE)
     except Exception as exc:
-        return _failed(failure_answer(exc, "webhook_replay_unavailable"))
+        return failure_answer(exc, "webhook_replay_unavailable").response()
     return _answer(200, {"replayed": moved})
