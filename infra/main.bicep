@@ -39,8 +39,10 @@ param expiryAppIds string = ''
 param userAssignedIdentityId string = ''
 param userAssignedIdentityClientId string = ''
 
-@description('Dataverse concurrent requests per application user (service protection limit: 52).')
-param dataverseConcurrencyBudget int = 52
+@description('DATAVERSE_CONCURRENCY_BUDGET: Dataverse requests in flight over all instances together (the application user allows 52 per web server).')
+@minValue(1)
+@maxValue(52)
+param dataverseConcurrencyBudget int = 48
 
 @description('host.json extensions.queues.batchSize: queue messages one instance runs at once.')
 param queueBatchSize int = 16
@@ -183,6 +185,10 @@ module app 'modules/functionapp.bicep' = {
       {
         name: 'DATAVERSE_TABLES'
         value: dataverseTables
+      }
+      {
+        name: 'DATAVERSE_CONCURRENCY_BUDGET'
+        value: string(dataverseConcurrencyBudget)
       }
       {
         name: 'SYNC_CHUNK_CONCURRENCY'

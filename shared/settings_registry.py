@@ -41,6 +41,10 @@ class EnvVars:
     # dataverse
     DATAVERSE_URL = "DATAVERSE_URL"
     DATAVERSE_TABLES = "DATAVERSE_TABLES"
+    DATAVERSE_CONCURRENCY_BUDGET = "DATAVERSE_CONCURRENCY_BUDGET"
+    DATAVERSE_INSTANCE_CONCURRENCY = "DATAVERSE_INSTANCE_CONCURRENCY"
+    DATAVERSE_BUDGET_SHARED = "DATAVERSE_BUDGET_SHARED"
+    DATAVERSE_BUDGET_LEASE_S = "DATAVERSE_BUDGET_LEASE_S"
     # sync
     SYNC_JOBS_FILE = "SYNC_JOBS_FILE"
     SYNC_LEASE_DURATION_S = "SYNC_LEASE_DURATION_S"
@@ -79,6 +83,14 @@ MIN_LEASE_DURATION_S = 15  # the range Blob Storage accepts for a finite lease
 MAX_LEASE_DURATION_S = 60
 DEFAULT_CHUNK_CONCURRENCY = 2  # Dataverse requests in flight per fan-out work item
 MAX_CHUNK_CONCURRENCY = 52  # Dataverse's concurrent-request limit per user: more can never be in flight
+# A little under the application user's 52 concurrent requests per web server: other tools (a maker's
+# Power Automate flow, a migration run) share the same user, and a 429 costs a Retry-After pause for everyone.
+DEFAULT_CONCURRENCY_BUDGET = 48
+MAX_CONCURRENCY_BUDGET = 52
+DEFAULT_INSTANCE_CONCURRENCY = 16  # one instance's own cap, within its share of the budget and the dop hint
+DEFAULT_BUDGET_LEASE_S = 30  # a dead instance's share is free again this long after its last renewal
+MIN_BUDGET_LEASE_S = 3
+MAX_BUDGET_LEASE_S = 300
 DEFAULT_ROUTES_FILE = "webhook_routes.yaml"
 DEFAULT_DEDUPE_TTL_S = 24 * 3600  # Dataverse retries a delivery within minutes; a day leaves a wide margin
 DEFAULT_THRESHOLDS_DAYS = (30, 14, 7, 1)
@@ -268,6 +280,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(EnvVars.DATAVERSE_TABLES, K.DATAVERSE, T.ENTITY_SETS,
             "Entity sets the app reads and writes; the doctor probes their privileges.",
             default="", default_note="none: the doctor skips the privilege probe", deploy=D.TEMPLATE),
+    Setting(EnvVars.DATAVERSE_CONCURRENCY_BUDGET, K.DATAVERSE, T.INT,
+            "Dataverse requests in flight over all instances of the app together (the application user's limit"
+            " is 52 per web server); several apps using one application user split it between them.",
+            default=str(DEFAULT_CONCURRENCY_BUDGET), minimum=1, maximum=MAX_CONCURRENCY_BUDGET, deploy=D.TEMPLATE),
+    Setting(EnvVars.DATAVERSE_INSTANCE_CONCURRENCY, K.DATAVERSE, T.INT,
+            "Dataverse requests one instance has in flight at most, within its share of the budget and the"
+            " server's x-ms-dop-hint.",
+            default=str(DEFAULT_INSTANCE_CONCURRENCY), minimum=1, maximum=MAX_CONCURRENCY_BUDGET),
+    Setting(EnvVars.DATAVERSE_BUDGET_SHARED, K.DATAVERSE, T.BOOL,
+            "Share the concurrency budget and 429 pauses with the other instances through the app's storage;"
+            " false lets each instance use the whole budget (only safe with one instance).",
+            default="true"),
+    Setting(EnvVars.DATAVERSE_BUDGET_LEASE_S, K.DATAVERSE, T.INT,
+            "How long an instance's share of the budget is held without renewal: a dead instance's share is free"
+            " again this long after its last renewal (renewed every third of it).",
+            default=str(DEFAULT_BUDGET_LEASE_S), minimum=MIN_BUDGET_LEASE_S, maximum=MAX_BUDGET_LEASE_S,
+            unit="seconds"),
     # -- sync -------------------------------------------------------------------------------------------------
     Setting(EnvVars.SYNC_JOBS_FILE, K.SYNC, T.PATH,
             "The jobs file.", default=DEFAULT_JOBS_FILE, default_note="deployed with the code"),
@@ -276,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
             default=str(DEFAULT_LEASE_DURATION_S), minimum=MIN_LEASE_DURATION_S, maximum=MAX_LEASE_DURATION_S,
             unit="seconds"),
     Setting(EnvVars.SYNC_CHUNK_CONCURRENCY, K.SYNC, T.INT,
-            "Dataverse requests in flight per fan-out work item; main.bicep derives the instance cap from it.",
+            "Dataverse requests in flight per fan-out work item, within the instance's share of the budget.",
             default=str(DEFAULT_CHUNK_CONCURRENCY), minimum=1, maximum=MAX_CHUNK_CONCURRENCY, deploy=D.TEMPLATE),
     Setting(EnvVars.SYNC_SCHEDULE, K.SYNC, T.NCRONTAB,
             "A job's timer, one setting per job (`SYNC_SCHEDULE_ACCOUNTS`...); unset disables that timer.",
