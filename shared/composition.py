@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
     from shared.dataverse.client import DataverseClient
+    from shared.dataverse.governor import ThrottleGovernor
     from shared.dataverse.schema import TableMetadata
     from shared.graph import GraphReader
     from shared.identity.secret_store import SecretStore
@@ -100,10 +101,33 @@ class Worker:
             if self._dataverse is None:
                 from shared.dataverse.client import ClientOptions, DataverseClient
 
+                config = self.settings()
                 self._dataverse = DataverseClient(
-                    self.settings().dataverse_url, self.token_provider(), options=ClientOptions()
+                    config.dataverse_url,
+                    self.token_provider(),
+                    options=ClientOptions(max_concurrency=config.instance_concurrency),
+                    governor=self.governor(),
                 )
             return self._dataverse
+
+    def governor(self) -> ThrottleGovernor:
+        """The worker's throttle governor: its own ceiling within the app's budget, and with
+        ``DATAVERSE_BUDGET_SHARED`` (the default) its share of the budget every instance shares through
+        storage, and the 429 pauses they share."""
+        from shared.dataverse.governor import ThrottleGovernor
+
+        config = self.settings()
+        ceiling = min(config.instance_concurrency, config.concurrency_budget)
+        if not config.budget_shared:
+            return ThrottleGovernor(ceiling)
+        from shared.dataverse.budget import SharedBudget
+        from shared.storage.budget import BUDGET_TABLE, TableBudgetStore, budget_partition
+
+        store = TableBudgetStore(
+            lambda: self.storage().table(BUDGET_TABLE), budget_partition(config.dataverse_url, config.client_id)
+        )
+        budget = SharedBudget(store, config.concurrency_budget, float(config.budget_lease_s))
+        return ThrottleGovernor(ceiling, budget=budget)
 
     def metadata(self) -> TableMetadata:
         with self._lock:

@@ -23,8 +23,11 @@ from urllib.parse import urlsplit
 from shared.errors import ConfigError
 from shared.settings_registry import (
     DEFAULT_AUTHORITY_HOST,
+    DEFAULT_BUDGET_LEASE_S,
+    DEFAULT_CONCURRENCY_BUDGET,
     DEFAULT_GRAPH_URL,
     DEFAULT_HTTP_TIMEOUT_S,
+    DEFAULT_INSTANCE_CONCURRENCY,
     DEFAULT_SECRET_CACHE_TTL_S,
     DEFAULT_SECRET_MAX_STALE_S,
     DEFAULT_TOKEN_REFRESH_MARGIN_S,
@@ -68,6 +71,10 @@ class Settings:
     token_refresh_margin_s: int = DEFAULT_TOKEN_REFRESH_MARGIN_S
     http_timeout_s: int = DEFAULT_HTTP_TIMEOUT_S
     tables: tuple[str, ...] = ()  # entity sets the app reads and writes (the doctor probes their privileges)
+    concurrency_budget: int = DEFAULT_CONCURRENCY_BUDGET  # in flight over every instance together
+    instance_concurrency: int = DEFAULT_INSTANCE_CONCURRENCY
+    budget_shared: bool = True
+    budget_lease_s: int = DEFAULT_BUDGET_LEASE_S
 
     @property
     def dataverse_scope(self) -> str:
@@ -130,6 +137,10 @@ class Settings:
             token_refresh_margin_s=reader.integer(EnvVars.TOKEN_REFRESH_MARGIN_S),
             http_timeout_s=reader.integer(EnvVars.HTTP_TIMEOUT_S),
             tables=reader.entity_sets(EnvVars.DATAVERSE_TABLES),
+            concurrency_budget=reader.integer(EnvVars.DATAVERSE_CONCURRENCY_BUDGET),
+            instance_concurrency=reader.integer(EnvVars.DATAVERSE_INSTANCE_CONCURRENCY),
+            budget_shared=reader.boolean(EnvVars.DATAVERSE_BUDGET_SHARED),
+            budget_lease_s=reader.integer(EnvVars.DATAVERSE_BUDGET_LEASE_S),
         )
         reader.raise_problems()
         return settings

@@ -4,6 +4,9 @@ Dataverse's service protection limits count per user, so every request of the wo
 goes through one governor. On any 429 all workers pause for ``Retry-After`` (plus jitter so they do
 not return in lock-step) and the allowed concurrency halves; successes ramp it back up one step at
 a time. Concurrency never exceeds the server's ``x-ms-dop-hint`` or the hard limit of 52.
+
+With a :class:`~shared.dataverse.budget.SharedBudget` the worker also stays within its share of the
+budget every instance of the app shares, and waits out a 429 any instance has seen.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.dataverse.budget import SharedBudget
 
 MAX_CONCURRENCY = 52  # Dataverse's concurrent-request limit per user per server
 JITTER_FRACTION = 0.2  # up to 20 % extra pause, so paused workers do not all resume together
@@ -30,10 +37,13 @@ class ThrottleGovernor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        budget: SharedBudget | None = None,
     ) -> None:
         self.ceiling = max(1, min(max_concurrency, MAX_CONCURRENCY))
         self.limit = self.ceiling
         self.in_flight = 0
+        self.waiting = 0
+        self.budget = budget
         self.paused_until = 0.0
         self.throttles = 0
         self._successes = 0
@@ -41,6 +51,26 @@ class ThrottleGovernor:
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security  # nosec B311
         self._cond = threading.Condition()
+        if budget is not None:
+            budget.attach(self._demand, self._wake)
+
+    def __repr__(self) -> str:
+        return f"ThrottleGovernor(limit={self.limit}, ceiling={self.ceiling}, in_flight={self.in_flight})"
+
+    def _demand(self) -> tuple[int, int, int]:
+        with self._cond:
+            return self.in_flight, self.waiting, self.ceiling
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _allowed(self) -> int:
+        return self.limit if self.budget is None else min(self.limit, self.budget.allowed())
+
+    def _pause_left(self) -> float:
+        local = self.paused_until - self._clock()
+        return local if self.budget is None else max(local, self.budget.pause_remaining())
 
     def apply_dop_hint(self, hint: int) -> None:
         """Never exceed the server's recommended degree of parallelism."""
@@ -50,21 +80,34 @@ class ThrottleGovernor:
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold one concurrency slot; waits out any pause first."""
+        """Hold one concurrency slot; waits out any pause (this worker's or the shared one) first."""
+        budget = self.budget
         with self._cond:
-            while True:
-                wait = self.paused_until - self._clock()
-                if wait > 0:
-                    self._cond.release()
-                    try:
-                        self._sleep(wait)
-                    finally:
-                        self._cond.acquire()
-                    continue
-                if self.in_flight < self.limit:
-                    break
-                self._cond.wait(timeout=0.5)
+            counted = False
+            try:
+                while True:
+                    wait = self._pause_left()
+                    if wait > 0:
+                        self._cond.release()
+                        try:
+                            self._sleep(wait)
+                        finally:
+                            self._cond.acquire()
+                        continue
+                    if self.in_flight < self._allowed():
+                        break
+                    if not counted:
+                        counted = True
+                        self.waiting += 1
+                        if budget is not None:
+                            budget.demand_changed()
+                    self._cond.wait(timeout=0.5)
+            finally:
+                if counted:
+                    self.waiting -= 1
             self.in_flight += 1
+        if budget is not None:
+            budget.touch()
         try:
             yield
         finally:
@@ -79,6 +122,8 @@ class ThrottleGovernor:
             self.paused_until = max(self.paused_until, self._clock() + pause)
             self.limit = max(1, self.limit // 2)
             self._successes = 0
+        if self.budget is not None:
+            self.budget.share_pause(retry_after_s)
 
     def succeeded(self) -> None:
         with self._cond:
