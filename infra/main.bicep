@@ -35,17 +35,21 @@ param expiryChannels string = ''
 @description('App registrations whose credentials the sweep watches (default: the Dataverse app).')
 param expiryAppIds string = ''
 
-@description('Optional user-assigned identity (resource id and client id); the system identity is always on.')
+// Optional user-assigned identity: the app then uses it for storage, deployment and Key Vault, and it gets the
+// same roles as the system identity (which is always on). All three come from `az identity show`.
+@description('Optional user-assigned identity: its resource id (empty = system identity only).')
 param userAssignedIdentityId string = ''
+
+@description('The user-assigned identity client id (AZURE_CLIENT_ID, AzureWebJobsStorage__clientId).')
 param userAssignedIdentityClientId string = ''
+
+@description('The user-assigned identity principal (object) id: the role assignments go to it.')
+param userAssignedIdentityPrincipalId string = ''
 
 @description('DATAVERSE_CONCURRENCY_BUDGET: Dataverse requests in flight over all instances together (the application user allows 52 per web server).')
 @minValue(1)
 @maxValue(52)
 param dataverseConcurrencyBudget int = 48
-
-@description('host.json extensions.queues.batchSize: queue messages one instance runs at once.')
-param queueBatchSize int = 16
 
 @description('SYNC_CHUNK_CONCURRENCY: Dataverse requests per fan-out work item.')
 param syncChunkConcurrency int = 2
@@ -65,7 +69,17 @@ param syncScheduleShipmentsOut string = '0 */5 * * * *'
 @description('EXPIRY_SWEEP_SCHEDULE: timer of the credential expiry sweep.')
 param expirySweepSchedule string = '0 0 6 * * *'
 
+// Flex Consumption refuses a cap below 40 in most regions and applies it to each function group (HTTP, queue,
+// timer...) rather than to the whole app, so the cap cannot keep the app inside the Dataverse per-user limits:
+// the instances share one concurrency budget through storage instead (DATAVERSE_CONCURRENCY_BUDGET; DEPLOY.md).
+@description('Flex Consumption maximumInstanceCount (40 to 1000). It does not protect Dataverse: the instances share DATAVERSE_CONCURRENCY_BUDGET through storage.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@description('Flex Consumption instance memory in MB.')
 @allowed([
+  512
   2048
   4096
 ])
@@ -83,8 +97,6 @@ var deploymentContainer = 'app-package-${resourceToken}'
 var useUserAssigned = !empty(userAssignedIdentityId)
 var useCertificate = !empty(dataverseCertificateName)
 var keyVaultName = 'kv-${resourceToken}'
-// Instances x batch size x requests per work item stays within the app user's Dataverse budget.
-var maximumInstanceCount = max(1, dataverseConcurrencyBudget / (queueBatchSize * syncChunkConcurrency))
 
 var credentialSetting = useCertificate ? [
   {
@@ -226,6 +238,19 @@ module roles 'modules/roles.bicep' = {
   name: 'roles'
   params: {
     principalId: app.outputs.principalId
+    storageAccountName: storage.outputs.name
+    keyVaultName: vault.outputs.name
+    appInsightsName: monitoring.outputs.appInsightsName
+    useCertificate: useCertificate
+  }
+}
+
+// The identity the app authenticates with needs the roles: with a user-assigned one, that is it (storage,
+// deployment, Key Vault); the system identity keeps its own, as telemetry still uses it.
+module userAssignedRoles 'modules/roles.bicep' = if (useUserAssigned) {
+  name: 'roles-user-assigned'
+  params: {
+    principalId: userAssignedIdentityPrincipalId
     storageAccountName: storage.outputs.name
     keyVaultName: vault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName

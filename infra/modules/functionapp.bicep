@@ -55,7 +55,11 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         storage: {
           type: 'blobContainer'
           value: '${storageBlobEndpoint}${deploymentContainer}'
-          authentication: {
+          // the identity the app uses for AzureWebJobsStorage reads its package too
+          authentication: useUserAssigned ? {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: userAssignedIdentityId
+          } : {
             type: 'SystemAssignedIdentity'
           }
         }
