@@ -56,7 +56,8 @@ demo: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m devstack demo --dir .devstack/demo --host-port 0 --time-scale 0.05
 
 # Benchmarks report ratios measured side by side in one run; never part of `make test`.
-# Offline infrastructure checks: pycep contract tests and checkov (also part of `make test`).
+# Offline infrastructure checks (docs/infra.md): contract tests, the schema walk against the management SDK models,
+# the Flex rules, identities, and checkov (also part of `make test`).
 infra: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest tests/infra -q
 
