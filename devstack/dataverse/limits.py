@@ -69,6 +69,7 @@ class Governor:
         self._turn = itertools.count()
         self._windows: dict[tuple[str, int], _Window] = {}
         self._lock = threading.Lock()
+        self.peak_in_flight = 0  # the most requests of one user on one server admitted at once
 
     @property
     def server_ids(self) -> list[str]:
@@ -95,6 +96,7 @@ class Governor:
         """Forget every window (benchmarks start each configuration from a quiet server)."""
         with self._lock:
             self._windows.clear()
+            self.peak_in_flight = 0
 
     def admit(self, user: str, server: int) -> Throttle | None:
         """Check the three limits; on success the request is counted and in flight."""
@@ -126,6 +128,7 @@ class Governor:
                 )
             window.requests.append(now)
             window.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, window.in_flight)
             return None
 
     async def spend(self, server_ms: float, *, already_s: float = 0.0) -> None:

@@ -14,6 +14,7 @@ import re
 import time
 import urllib.parse
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ from devstack.stats import Stats
 from devstack.tokens import TokenIssuer
 
 API_PREFIX = "/api/data/v9.2"
+REQUEST_LOG_ENTRIES = 500_000  # enough for a 100,000-row sync several times over
 MAX_PAGE_SIZE = 5000  # Dataverse's default and maximum page size
 COUNT_CAP = 5000
 JSON_TYPE = "application/json; odata.metadata=minimal"
@@ -93,6 +95,11 @@ class DataverseContext:
     governor: Governor = field(default_factory=lambda: Governor(Limits()))
     faults: FaultInjector = field(default_factory=FaultInjector)
     webhooks: WebhookDispatcher | None = None
+    # Every API request as (arrived, answered: Unix seconds, method, path, status, error code), so a test can
+    # check when requests started against when a throttle was answered. Bounded: the oldest are dropped.
+    request_log: deque[tuple[float, float, str, str, int, str]] = field(
+        default_factory=lambda: deque(maxlen=REQUEST_LOG_ENTRIES)
+    )
 
     @property
     def root(self) -> str:
@@ -113,6 +120,7 @@ def error_response(fault: DataverseFault) -> Response:
 
 def dataverse_app(ctx: DataverseContext) -> Starlette:
     async def dispatch(request: Request) -> Response:
+        arrived = time.time()
         request_id = str(uuid.uuid4())
         governor = ctx.governor
         server = governor.pick_server(request.cookies.get("ARRAffinity"))
@@ -153,6 +161,11 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 response = Response(status_code=401, headers=fault.headers)
             else:
                 response = error_response(fault)
+            error_code = fault.code
+        else:
+            error_code = ""
+        path = request.path_params.get("path", "")
+        ctx.request_log.append((arrived, time.time(), request.method, path, response.status_code, error_code))
         response.headers["OData-Version"] = "4.0"
         response.headers["REQ_ID"] = request_id
         response.headers["x-ms-service-request-id"] = request_id
@@ -199,9 +212,20 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 setattr(ctx.governor.limits, name, value)
         return JSONResponse({"ok": True})
 
+    async def request_log(request: Request) -> Response:
+        """Test-only: the API requests that arrived at or after ``since`` (Unix seconds), oldest first:
+        ``[arrived, answered, method, path, status, error code]``."""
+        try:
+            since = float(request.query_params.get("since", "0"))
+        except ValueError:
+            return JSONResponse({"error": "since must be Unix seconds (a number)"}, status_code=400)
+        return JSONResponse({"requests": [list(entry) for entry in list(ctx.request_log) if entry[0] >= since]})
+
     async def stats(_: Request) -> Response:
-        """The generic counters plus what only the emulator knows: records per table."""
+        """The generic counters plus what only the emulator knows: records per table and the most requests
+        of one user on one server in flight at once."""
         snapshot = ctx.stats.snapshot()
+        snapshot["peak_in_flight"] = ctx.governor.peak_in_flight
         snapshot["records_per_table"] = {
             name: count for name, count in ctx.store.counts_by_table().items() if name in ctx.tables
         }
@@ -231,6 +255,7 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
     routes = [
         Route("/_devstack/stats", stats, methods=["GET"]),
         Route("/_devstack/changes", changes, methods=["GET"]),
+        Route("/_devstack/requests", request_log, methods=["GET"]),
         Route("/_devstack/control", control, methods=["POST"]),
         Route(API_PREFIX + "/{path:path}", dispatch, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         Route(API_PREFIX, dispatch, methods=["GET"]),

@@ -55,7 +55,8 @@ OFFLINE_CONCURRENCY = 1  # requests in flight while the shared row cannot be rea
 WRITE_ATTEMPTS = 5  # ETag conflicts (another instance wrote first) retried per renewal
 PAUSE_JITTER_FRACTION = 0.2  # up to 20 % of a shared pause added, so paused instances do not resume together
 PAUSE_EPSILON_S = 0.05  # a 429 whose pause ends this close to the published one does not write again
-RETRY_UNREACHABLE_S = 1.0  # after a failed storage call, the next try waits at least this long
+RETRY_UNREACHABLE_S = 1.0
+FIRST_WANT_GATHER_S = 0.05  # after a failed storage call, the next try waits at least this long
 
 
 @dataclass(frozen=True)
@@ -113,24 +114,20 @@ def fair_shares(budget: int, wants: Mapping[str, int]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Plan:
-    publish: int  # the claim written to the row
-    allowed: int  # requests this instance may start now (never more than it publishes)
-    fair: int  # its fair share (what it would get once the others have released)
+    allowed: int  # requests this instance may have in flight: its fair share, within what others leave
+    free: int  # the budget the others leave unclaimed (the most it may claim)
+    fair: int  # its fair share (what it gets once the others have released)
 
 
-def plan_share(me: str, live: Mapping[str, Share], budget: int, *, want: int, allowed_now: int, in_flight: int) -> Plan:
-    """What this instance claims, given the live shares (expired ones already dropped).
-
-    It may start requests up to its fair share, but only within the budget the others leave unclaimed; it
-    never publishes less than it is allowed to use right now or has in flight (a lower claim is published
-    once the requests above it have finished)."""
+def plan_share(me: str, live: Mapping[str, Share], budget: int, *, want: int) -> Plan:
+    """This instance's share, given the live shares (expired ones already dropped): up to its fair share,
+    but only within the budget the others leave unclaimed. It claims at least what it still has in flight
+    (:meth:`SharedBudget._renew`): a lower claim is published once the requests above it have finished."""
     wants = {key: share.want for key, share in live.items() if key != me}
     wants[me] = want
     fair = fair_shares(budget, wants)[me]
     free = max(0, budget - sum(share.claim for key, share in live.items() if key != me))
-    target = min(fair, free)
-    publish = min(free, max(target, allowed_now, in_flight))
-    return Plan(publish=publish, allowed=target, fair=fair)
+    return Plan(allowed=min(fair, free), free=free, fair=fair)
 
 
 def instance_name() -> str:
@@ -165,14 +162,12 @@ class SharedBudget:
         self._allowed = 0
         self._published = 0
         self._published_want = 0
-        self._fair = 0
         self._expires = 0.0
         self._pause_until = 0.0  # wall clock, with this instance's jitter
         self._pause_seen = 0.0  # the marker as last read
         self._pause_published = 0.0
         self._demand: Callable[[], tuple[int, int, int]] = lambda: (0, 0, self.budget)
         self._on_change: Callable[[], None] = lambda: None
-        self._peak_want = 0
         self._last_renewal = float("-inf")
         self._last_poll = float("-inf")
         self._last_active = float("-inf")
@@ -243,6 +238,7 @@ class SharedBudget:
 
     # -- the renewal thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        time.sleep(FIRST_WANT_GATHER_S)  # the first requests arrive together: count them all in the first want
         while True:
             with self._lock:
                 if self._stopped:
@@ -259,23 +255,22 @@ class SharedBudget:
         in_flight, waiting, ceiling = self._demand()
         want = min(ceiling, self.budget, in_flight + waiting)
         with self._lock:
-            self._peak_want = max(self._peak_want, want)
             active = in_flight > 0 or waiting > 0 or now - self._last_active < IDLE_AFTER_S
             if in_flight or waiting:
                 self._last_active = now
             since = now - self._last_renewal
             holding = self._published > 0 or self._published_want > 0
             urgent = since >= self.lease_s * URGENT_RENEW_FRACTION and (
-                want > self._published_want  # more demand than the others know of
-                or (want > self._allowed and self._allowed < self._fair)  # a fair share the others still hold
-                or (self._published > self._allowed and in_flight <= self._allowed)  # a release to publish
-                or (not active and holding)  # idle: give the share back
+                want > self._allowed  # waiting for more: others may have released since the last renewal
+                or want < self._allowed  # demand fell below the share: give the rest back
+                or want != self._published_want  # the others split by a demand that has changed
+                or self._published > self._allowed  # a release still to publish
             )
             regular = since >= self.lease_s * RENEW_FRACTION and (holding or want > 0)
             unreachable = self._unreachable_since is not None and since < RETRY_UNREACHABLE_S
             poll_due = active and now - self._last_poll >= THROTTLE_POLL_S
         if (urgent or regular) and not unreachable:
-            self._renew(self._peak_want if active else 0)
+            self._renew(want)
         if poll_due:
             self._poll_pause()
         with self._lock:
@@ -289,17 +284,18 @@ class SharedBudget:
                 shares, etag = self.store.read_shares()
                 now = self._wall()
                 live = {key: share for key, share in shares.items() if share.expires > now}
-                with self._lock:
-                    allowed_now = self._allowed if now < self._expires else 0
+                plan = plan_share(self.instance, live, self.budget, want=want)
+                with self._lock:  # start no request beyond the new share while the write is out
+                    self._allowed = min(self._allowed if now < self._expires else 0, plan.allowed)
+                # read after lowering: a slot the governor grants from here on saw the lower figure
                 in_flight = self._demand()[0]
-                plan = plan_share(self.instance, live, self.budget, want=want, allowed_now=allowed_now,
-                                  in_flight=in_flight)  # fmt: skip
+                publish = min(plan.free, max(plan.allowed, in_flight))
                 rest = {key: share for key, share in live.items() if key != self.instance}
-                if plan.publish or want:
-                    rest[self.instance] = Share(plan.publish, want, now + self.lease_s)
+                if publish or want:
+                    rest[self.instance] = Share(publish, want, now + self.lease_s)
                 self.renewals += 1
                 if self.store.write_shares(rest, etag):
-                    self._applied(plan, want, now + self.lease_s)
+                    self._applied(plan, publish, want, now + self.lease_s)
                     return
         except Exception as exc:  # storage down: run on the share until it lapses, then trickle
             with self._lock:
@@ -309,12 +305,11 @@ class SharedBudget:
                 log_event(logger, "dataverse_budget_unreachable", level=logging.WARNING, call="renew",
                           error=type(exc).__name__)  # fmt: skip
 
-    def _applied(self, plan: Plan, want: int, expires: float) -> None:
+    def _applied(self, plan: Plan, publish: int, want: int, expires: float) -> None:
         with self._lock:
             grew = plan.allowed > self._allowed
-            self._allowed, self._published, self._fair = plan.allowed, plan.publish, plan.fair
+            self._allowed, self._published = plan.allowed, publish
             self._published_want, self._expires = want, expires
-            self._peak_want = 0
             if self._unreachable_since is not None:
                 down_s = round(self._clock() - self._unreachable_since, 1)
                 log_event(logger, "dataverse_budget_reachable", unreachable_s=down_s)

@@ -1,7 +1,7 @@
 """Flex Consumption rules the SDK models do not know, checked on infra/ evaluated with its default parameters.
 
 The model of ``functionAppConfig`` accepts any int as ``maximumInstanceCount`` and any string as a runtime
-version; Flex Consumption does not (see /work/shared/reference/flex-deployment.md):
+version; Flex Consumption does not (docs/infra.md lists the rules and where they come from):
 
 - ``scaleAndConcurrency.maximumInstanceCount`` is at least 40 (the lowest Flex accepts in most regions) and at
   most 1000; a parameter it comes from has ``@minValue`` of at least 40, so no deployment can go lower;

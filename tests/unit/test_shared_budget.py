@@ -20,7 +20,6 @@ from shared.dataverse.budget import (
     URGENT_RENEW_FRACTION,
     SharedBudget,
     fair_shares,
-    plan_share,
 )
 from shared.dataverse.governor import ThrottleGovernor
 from shared.storage.budget import TableBudgetStore, budget_partition
@@ -122,13 +121,24 @@ def test_the_fair_split_never_exceeds_the_budget_or_a_want_and_leaves_nothing_un
 
 
 def test_a_lower_claim_is_published_only_once_the_requests_above_it_have_finished() -> None:
-    from shared.dataverse.budget import Share
-
-    others = {"b": Share(0, 40, 2e9)}
-    shrinking = plan_share("a", {"a": Share(40, 40, 2e9), **others}, BUDGET, want=40, allowed_now=40, in_flight=40)
-    assert (shrinking.allowed, shrinking.publish) == (24, 40)  # stop starting requests now, publish later
-    drained = plan_share("a", {"a": Share(40, 40, 2e9), **others}, BUDGET, want=40, allowed_now=24, in_flight=24)
-    assert drained.publish == 24
+    clock = Clock()
+    instances, _ = cluster(2, clock)
+    settle(instances, clock, demand={0: 40})
+    assert live_claims(instances, clock) == {"i0": 40}
+    first, second = instances
+    second.want(40)
+    second.budget.step()  # asks for its fair share: nothing is free yet
+    clock.now += LEASE_S * URGENT_RENEW_FRACTION
+    first.want(40)  # still 40 in flight
+    first.budget.step()
+    assert first.budget.allowed() == 24  # starts no more than its fair share from now on
+    assert live_claims(instances, clock)["i0"] == 40  # but claims what is still in flight
+    first.finish(16)
+    clock.now += LEASE_S * URGENT_RENEW_FRACTION
+    first.budget.step()
+    assert live_claims(instances, clock)["i0"] == 24
+    second.budget.step()
+    assert second.budget.allowed() == 24
 
 
 # -- the shared row ---------------------------------------------------------------------------------------------
