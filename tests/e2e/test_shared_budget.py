@@ -31,6 +31,9 @@ from tests.host_process import HostProcess
 pytestmark = pytest.mark.e2e
 
 ROWS = 100_000
+# Switched off, a smaller sync shows the concurrency 429s as surely and keeps the suite short;
+# bench.shared_budget runs it with ROWS, so its figures compare like with like.
+ROWS_SWITCHED_OFF = int(os.environ.get("SHARED_BUDGET_ROWS_SWITCHED_OFF", "30000"))
 HOSTS = 3
 TIME_SCALE = 3.0  # a model second lasts three real ones: ~2,000 real records/s at the ceiling
 BATCH = 100  # records per UpsertMultiple: 1,000 requests, so the budget's split is measured, not its rounding
@@ -50,7 +53,8 @@ FAR_ABOVE_BUDGET = {
 LATENCY_MS, BULK_FIXED_MS, BULK_PER_RECORD_MS = 40.0, 100.0, 6.5
 CONCURRENCY_THROTTLE = "0x80072326"
 WIDE_OPEN = {"dop_hint": 64, "requests_per_window": 10**9, "execution_ms_per_window": 1e15}
-RESULTS = ARTIFACTS / "shared-budget.json"
+# bench.shared_budget points this elsewhere to read the figures; CI keeps tests/.artifacts.
+RESULTS = Path(os.environ.get("SHARED_BUDGET_RESULTS", ARTIFACTS / "shared-budget.json"))
 # One bulk request in real seconds, and the answers per second once the hosts keep the budget busy.
 REQUEST_REAL_S = (LATENCY_MS + BULK_FIXED_MS + BULK_PER_RECORD_MS * BATCH) / 1000 * TIME_SCALE
 BUSY_ANSWERS_PER_S = BUDGET / REQUEST_REAL_S / 2
@@ -200,12 +204,13 @@ def test_three_hosts_take_a_100k_fan_out_within_one_users_concurrency_limit(
     stack: DevstackProcess, tmp_path: Path, app_env: Any, shared: bool
 ) -> None:
     app_env(stack)
-    upload_accounts(stack, ROWS, "budget")
+    rows = ROWS if shared else ROWS_SWITCHED_OFF
+    upload_accounts(stack, rows, "budget")
     hosts = start_hosts(stack, tmp_path, HOSTS, DATAVERSE_BUDGET_SHARED=str(shared).lower())
     started = time.time()
     try:
         planned = start_run(hosts[0])
-        assert (planned["status"], planned["rows_read"]) == ("fanned_out", ROWS)
+        assert (planned["status"], planned["rows_read"]) == ("fanned_out", rows)
         report = wait_for_run(hosts[1], planned["run_id"], 900)
     finally:
         for host in hosts:
@@ -219,7 +224,7 @@ def test_three_hosts_take_a_100k_fan_out_within_one_users_concurrency_limit(
     fraction = rate / ceiling_records_per_s()
     steady = steady_fraction(done)
     figures = {
-        "rows": ROWS, "hosts": HOSTS, "budget": BUDGET, "time_scale": TIME_SCALE, "records_per_request": BATCH,
+        "rows": rows, "hosts": HOSTS, "budget": BUDGET, "time_scale": TIME_SCALE, "records_per_request": BATCH,
         "concurrency_429s": concurrency_429s, "peak_in_flight": stats["peak_in_flight"],
         "model_records_per_s": round(rate, 1), "ceiling": round(ceiling_records_per_s(), 1),
         "fraction": round(fraction, 3), "steady_fraction": round(steady, 3), "elapsed_s": round(elapsed_s, 1),
