@@ -28,8 +28,8 @@ AGGREGATED_COUNTERS = ("written", "created", "updated", "failed", "dead_lettered
 
 
 def chunk_concurrency() -> int:
-    """SYNC_CHUNK_CONCURRENCY: Dataverse requests in flight per fan-out work item (main.bicep derives the
-    instance cap from it, so that the fan-out stays within the app user's Dataverse budget)."""
+    """SYNC_CHUNK_CONCURRENCY: Dataverse requests in flight per fan-out work item; together the work items
+    of every instance stay within the shared budget (shared.dataverse.budget), whatever this is."""
     return read_int(EnvVars.SYNC_CHUNK_CONCURRENCY)
 
 
