@@ -31,6 +31,7 @@ from typing import Any
 import requests
 
 from bench.cli import run_benchmark
+from bench.cpu_window import CpuSampler
 from bench.throughput import DOP, EXECUTION_MS_PER_WINDOW, REQUESTS_PER_WINDOW, WINDOW_S, Config
 from tests.dataverse_api import api_for
 from tests.devstack_process import ROOT, DevstackProcess
@@ -54,6 +55,10 @@ class Result:
     requests: int
     throttles: int
     cpu_s: float
+    # CPU over the window the rate is measured on (bench.cpu_window.CpuWindow.as_dict()) and whether the
+    # machine or one process was saturated over it, so the fraction is the machine's, not the client's.
+    cpu: dict[str, Any]
+    saturated: bool
 
 
 def records(prefix: str, count: int | None, deadline: float | None = None) -> Iterator[dict[str, Any]]:
@@ -78,24 +83,28 @@ class Harness:
 
     def measure(self, name: str, config: Config, work: Callable[[], Any], *, ceiling: float | None = None) -> Result:
         """``work`` returns a count (rate over the whole run) or completion times (rate over the last
-        service-protection window: the steady state the ceiling describes)."""
+        service-protection window: the steady state the ceiling describes); the CPU is read over the same."""
         self.api.control({"reset_windows": True})
         requests_before, throttles_before = self.counts()
-        cpu, started = time.process_time(), time.monotonic()
-        outcome = work()
-        real_s, cpu_s = time.monotonic() - started, time.process_time() - cpu
+        with CpuSampler(self.stack.proc.pid) as sampler:
+            cpu, started = time.process_time(), time.monotonic()
+            outcome = work()
+            real_s, cpu_s = time.monotonic() - started, time.process_time() - cpu
         requests_after, throttles_after = self.counts()
         if isinstance(outcome, list):
             window = self.window_s * self.time_scale
             end = outcome[-1] if outcome else started
             done = len(outcome)
             model_rate = sum(1 for t in outcome if t >= end - window) / self.window_s
+            used = sampler.window(end - window, end)
         else:
             done = outcome
             model_rate = done / (real_s / self.time_scale)
+            used = sampler.window()
         ceiling = ceiling or config.ceiling()
         result = Result(name, done, real_s, model_rate, ceiling, model_rate / ceiling,
-                        requests_after - requests_before, throttles_after - throttles_before, cpu_s)  # fmt: skip
+                        requests_after - requests_before, throttles_after - throttles_before, cpu_s,
+                        used.as_dict(), used.saturated)  # fmt: skip
         print(json.dumps(asdict(result)), file=sys.stderr, flush=True)
         return result
 
@@ -376,7 +385,10 @@ def main() -> None:
 def describe(result: dict[str, Any]) -> str:
     return "\n".join(
         f"{row['name']:<50} {row['records']:>7} rec {row['model_rate']:8.1f} rec/s (model) {row['fraction']:6.1%}"
-        f" of {row['ceiling']:7.1f}; {row['requests']} requests, {row['throttles']} 429s, {row['cpu_s']:.1f} s CPU"
+        f" of {row['ceiling']:7.1f}; {row['requests']} requests, {row['throttles']} 429s, {row['cpu_s']:.1f} s CPU;"
+        f" cores client {row['cpu']['client_cores']:.2f}, devstack {row['cpu']['devstack_cores']:.2f}, other"
+        f" {row['cpu']['other_cores']:.2f}, machine {row['cpu']['machine_busy']:.0%}"
+        + (f" ⚠ saturated: {row['cpu']['reason']}" if row["saturated"] else "")
         for row in [*result["runs"], *result["sweep"], *result["production"]["runs"]]
     )
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cpu_window import CPU_HEADER, cpu_cell, saturated_cell
 from bench.throughput import (
     BATCH_OP_MS,
     BULK_FIXED_MS,
@@ -30,7 +31,10 @@ from bench.throughput import (
     LATENCY_MS,
     REQUESTS_PER_WINDOW,
     SINGLE_MS,
+    TABLE_HEAD,
     WINDOW_S,
+    retried_line,
+    table_line,
 )
 from tests.devstack_process import ROOT, subprocess_env
 
@@ -41,8 +45,9 @@ BENCHES: dict[str, tuple[list[str], bool]] = {
     "calls": (["--invocations", "100"], True),
     "memory": ([], False),
     "webhooks": (["--count", "2000", "--rate", "100"], False),
-    "throughput": (["--time-scale", "0.05", "--seconds", "30"], False),
+    "throughput": (["--time-scale", "0.05", "--max-time-scale", "0.4", "--seconds", "30"], False),
     "peers": (["--records", "100000", "--sync-records", "100000", "--time-scale", "0.1"], False),
+    "shared_budget": ([], False),
 }
 
 
@@ -102,17 +107,9 @@ def render(results: dict[str, Any], repeat: int, elapsed_s: float, only: list[st
         "",
         "## Throughput of the write planner against the ceiling",
         "",
-        f"`python -m bench.throughput --time-scale {tp['time_scale']} --seconds {tp['seconds']:.0f}`"
-        " — account upserts by alternate key; the steady-state rate of the last service-protection window.",
-        "",
-        "| strategy | records/request | concurrency | records/s (model) | ceiling | fraction | 429s | failed |",
-        "|---|---|---|---|---|---|---|---|",
+        *throughput_lines(tp),
+        *shared_budget_lines(results.get("shared_budget")),
     ]
-    for row in tp["rows"]:
-        lines.append(
-            f"| {row['strategy']} | {row['batch']} | {row['concurrency']} | {row['rate']:.1f} | {row['ceiling']:.1f}"
-            f" | {row['fraction']:.0%} | {row['throttles']} | {row['failed']} |"
-        )
     lines += [
         "",
         f"## Identity calls per invocation (×{repeat})",
@@ -162,15 +159,65 @@ def render(results: dict[str, Any], repeat: int, elapsed_s: float, only: list[st
         " sent open loop to the local host; latency from the scheduled send time; side by side with the host's"
         " liveness endpoint at the same rate.",
         "",
-        "| acknowledged 202 | p50 | p95 | p99 | liveness p99 | processed exactly once | drained after last ack |",
-        "|---|---|---|---|---|---|---|",
+        "| acknowledged 202 | p50 | p95 | p99 | liveness p99 | processed exactly once | drained after last ack"
+        f" | {CPU_HEADER}, while sending | saturated |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {hooks['acknowledged_202']:.0f}/{hooks['count']:.0f} | {hooks['p50_ms']:.0f} ms | {hooks['p95_ms']:.0f} ms"
         f" | {hooks['p99_ms']:.0f} ms | {hooks['floor_p99_ms']:.1f} ms | {hooks['processed_once']:.0f}"
-        f" | {hooks['drain_s']:.1f} s |",
+        f" | {hooks['drain_s']:.1f} s | {cpu_cell(hooks.get('cpu'))} | {saturated_cell(hooks.get('cpu'))} |",
         "",
     ]
     lines += peers_tables(results["peers"]) if "peers" in results else []
     return "\n".join(lines)
+
+
+def throughput_lines(tp: dict[str, Any]) -> list[str]:
+    command = f"`python -m bench.throughput --time-scale {tp['time_scale']}"
+    if "max_time_scale" in tp:
+        command += f" --max-time-scale {tp['max_time_scale']}"
+    lines = [
+        f"{command} --seconds {tp['seconds']:.0f}` — account upserts by alternate key; the steady-state rate of"
+        " the last service-protection window before the run's deadline. Each configuration runs at its own time"
+        " scale (slow enough that its real record and request rates stay modest), one step slower again when its"
+        " window was saturated; the window is shortened at larger scales, with the same per-second limits. CPU"
+        " is over that window; how to read it: [docs/performance.md](docs/performance.md#cpu-and-saturation).",
+        "",
+        *TABLE_HEAD,
+        *(table_line(row, tp["time_scale"]) for row in tp["rows"]),
+    ]
+    if tp.get("retried"):
+        lines += ["", "Saturated, so run again one step slower:", ""]
+        lines += [f"* {retried_line(row)}" for row in tp["retried"]]
+    return lines
+
+
+def shared_budget_lines(runs: dict[str, Any] | None) -> list[str]:
+    if not runs:
+        return []
+    shared = runs["shared"]
+    lines = [
+        "",
+        "## One budget for three hosts",
+        "",
+        f"`python -m bench.shared_budget` — the fan-out of `tests/e2e/test_shared_budget.py`: {shared['hosts']} local"
+        f" hosts share one Azurite and one application user and take a {shared['rows']:,}-row sync fanned out to"
+        f" work items, {shared['records_per_request']} records per `UpsertMultiple`, every host's own concurrency far"
+        f" above the budget of {shared['budget']}; the emulator's request-count and execution-time limits opened wide,"
+        " so the 52 requests in flight per user are the ceiling; time scale"
+        f" {shared['time_scale']:g}. Steady: between the 10th and the 90th percentile of answers (the fan-out's start"
+        " and its last work item's tail are the sync's, not the budget's).",
+        "",
+        "| hosts | concurrency 429s (`0x80072326`) | peak in flight | records/s (model) | ceiling | fraction, whole run"
+        " | fraction, steady | rows written | real seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in (("sharing one budget", shared), ("each alone", runs["alone"])):
+        lines.append(
+            f"| {label} | {r['concurrency_429s']:.0f} | {r['peak_in_flight']:.0f} | {r['model_records_per_s']:.1f}"
+            f" | {r['ceiling']:.1f} | {r['fraction']:.0%} | {r['steady_fraction']:.0%}"
+            f" | {r['rows'] if r['status'] == 'succeeded' else r['status']} | {r['elapsed_s']:.1f} |"
+        )
+    return lines
 
 
 def peers_tables(peers: dict[str, Any]) -> list[str]:
@@ -194,14 +241,9 @@ def peers_tables(peers: dict[str, Any]) -> list[str]:
         " service-protection windows) and report the last window. Client CPU is this process's CPU time; PPDC's"
         " 429s are retried by the harness after `Retry-After`.",
         "",
-        "| client | records | records/s (model) | ceiling | fraction | HTTP requests | 429s | client CPU (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        *PEER_HEAD,
+        *(peer_line(r) for r in peers["runs"]),
     ]
-    for r in peers["runs"]:
-        lines.append(
-            f"| {r['name']} | {r['records']:,} | {r['model_rate']:.1f} | {r['ceiling']:.1f} | {r['fraction']:.0%}"
-            f" | {r['requests']:,} | {r['throttles']} | {r['cpu_s']:.1f} |"
-        )
     lines += [
         "",
         "dvbridge's write planner (auto) vs: PPDC as its README shows it"
@@ -213,15 +255,30 @@ def peers_tables(peers: dict[str, Any]) -> list[str]:
         "",
         "### Concurrency sweep (dvbridge, bulk × 1,000)",
         "",
-        "| concurrency | records/s (model) | ceiling | fraction | 429s |",
-        "|---|---|---|---|---|",
+        f"| concurrency | records/s (model) | ceiling | fraction | 429s | {CPU_HEADER} | saturated |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in peers["sweep"]:
         lines.append(
             f"| {r['name'].rsplit('C=', 1)[-1]} | {r['model_rate']:.1f} | {r['ceiling']:.1f} | {r['fraction']:.0%}"
-            f" | {r['throttles']} |"
+            f" | {r['throttles']} | {cpu_cell(r.get('cpu'))} | {saturated_cell(r.get('cpu'))} |"
         )
     return [*lines, "", *_production_lines(peers.get("production"))]
+
+
+PEER_HEAD = [
+    "| client | records | records/s (model) | ceiling | fraction | HTTP requests | 429s | client CPU (s)"
+    f" | {CPU_HEADER} | saturated |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def peer_line(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['name']} | {r['records']:,} | {r['model_rate']:.1f} | {r['ceiling']:.1f} | {r['fraction']:.0%}"
+        f" | {r['requests']:,} | {r['throttles']} | {r['cpu_s']:.1f} | {cpu_cell(r.get('cpu'))}"
+        f" | {saturated_cell(r.get('cpu'))} |"
+    )
 
 
 def _production_lines(prod: dict[str, Any] | None) -> list[str]:
@@ -242,14 +299,9 @@ def _production_lines(prod: dict[str, Any] | None) -> list[str]:
         f" ({prod['time_box_s']:.0f} s real) and is measured over the last. The ceiling is Dataverse's for the user:"
         f" {prod['web_servers']} servers × the per-server optimum.",
         "",
-        "| client | records | records/s (model) | ceiling | fraction | HTTP requests | 429s | client CPU (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        *PEER_HEAD,
+        *(peer_line(r) for r in prod["runs"]),
     ]
-    for r in prod["runs"]:
-        lines.append(
-            f"| {r['name']} | {r['records']:,} | {r['model_rate']:.1f} | {r['ceiling']:.1f} | {r['fraction']:.0%}"
-            f" | {r['requests']:,} | {r['throttles']} | {r['cpu_s']:.1f} |"
-        )
     peers = {name: r["model_rate"] for name, r in runs.items() if not name.startswith("dvbridge")}
     ratios = ", ".join(f"{name} **{ours / rate:.1f}×**" for name, rate in peers.items() if rate)
     return [*lines, "", f"dvbridge vs: {ratios} (same run).", ""]

@@ -30,6 +30,7 @@ from typing import Any
 import requests
 import yaml
 
+from bench.cpu_window import CpuSampler
 from tests.devstack_process import ROOT, DevstackProcess
 
 SENDER_THREADS = 32  # enough to keep 100/s flowing while some acknowledgements are slow
@@ -176,7 +177,11 @@ def main() -> None:
         send_at_rate(dataverse_sender(stack, warm_bodies), len(warm_bodies), 20)  # imports, clients, queue
         wait_until_processed(stack, warm_ids)
         baseline = send_at_rate(liveness_sender(stack), args.count, args.rate)
-        load = send_at_rate(dataverse_sender(stack, bodies), args.count, args.rate)
+        # The latency is the receiver's only while neither the sender, devstack (the host and its worker run
+        # under it) nor anything else on the machine ran out of CPU while the deliveries were sent.
+        with CpuSampler(stack.proc.pid, period_s=None) as sampler:
+            load = send_at_rate(dataverse_sender(stack, bodies), args.count, args.rate)
+        cpu = sampler.window()
         acked = time.monotonic()
         found, _ = wait_until_processed(stack, ids)
         drain_s = time.monotonic() - acked
@@ -189,13 +194,14 @@ def main() -> None:
             "count": args.count, "rate": args.rate, "acknowledged_202": load.statuses.get(202, 0),
             "p50_ms": load.percentile(50), "p95_ms": load.percentile(95), "p99_ms": load.percentile(99),
             "floor_p99_ms": baseline.percentile(99), "ratio_p99": ratio, "processed": len(found),
-            "processed_once": once, "drain_s": drain_s,
+            "processed_once": once, "drain_s": drain_s, "saturated": cpu.saturated, "cpu": cpu.as_dict(),
         }))  # fmt: skip
         return
     print(f"machine: {platform.processor() or platform.machine()}, {args.count} requests at {args.rate:.0f}/s each")
     print(f"liveness (host floor): {baseline.summary()}")
     print(f"dataverse webhook:     {load.summary()}")
     print(f"receiver p99 / host-floor p99: {ratio:.2f}x")
+    print(f"while the deliveries were sent: {cpu.summary()}")
     print(
         f"processed: {len(found)}/{len(ids)} events ({once} exactly once),"
         f" all processed {drain_s:.1f} s after the last acknowledgement"
