@@ -3,7 +3,6 @@ reported on its own, with file, resource and path."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.infra.flex_rules import (
     SITES,
     flex_findings,
 )
+from tests.infra.planting import planted_copy
 
 pytestmark = pytest.mark.infra
 
@@ -109,15 +109,7 @@ PLANTS = [
 
 
 def planted(tmp_path: Path, plant: Plant) -> Path:
-    copy = tmp_path / "infra"
-    shutil.copytree(INFRA, copy)
-    target = copy / plant.file
-    text = target.read_text()
-    for old, new in plant.edits:
-        assert text.count(old) == 1, f"{plant.file} no longer holds {old!r} exactly once: update the plant"
-        text = text.replace(old, new)
-    target.write_text(text)
-    return copy
+    return planted_copy(tmp_path, plant.file, plant.edits)
 
 
 @pytest.mark.parametrize("params", SCENARIOS.values(), ids=list(SCENARIOS))

@@ -12,7 +12,6 @@ system identity's principal is ``app.outputs.principalId``.
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pytest
 from tests.devstack_process import ROOT
 from tests.infra.bicep_eval import Instance, Unknown, instantiate, render
 from tests.infra.flex_rules import REQUIRED_PARAMS, SITES
+from tests.infra.planting import planted_copy
 from tests.infra.test_bicep_contract import EXPECTED_ROLES
 from tests.infra.test_flex_rules import USER_ASSIGNED
 
@@ -186,14 +186,7 @@ PLANTS = [
 
 @pytest.mark.parametrize("plant", PLANTS, ids=[plant.id for plant in PLANTS])
 def test_a_planted_identity_mistake_is_named(tmp_path: Path, plant: Plant) -> None:
-    copy = tmp_path / "infra"
-    shutil.copytree(INFRA, copy)
-    target = copy / plant.file
-    text = target.read_text()
-    for old, new in plant.edits:
-        assert text.count(old) == 1, f"{plant.file} no longer holds {old!r} exactly once: update the plant"
-        text = text.replace(old, new)
-    target.write_text(text)
+    copy = planted_copy(tmp_path, plant.file, plant.edits)
     problems = identity_problems(copy, USER_ASSIGNED)
     assert len(problems) == plant.count, problems
     assert plant.problem in problems[0]

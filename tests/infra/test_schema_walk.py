@@ -6,13 +6,13 @@ one finding: in that file, on that resource or module, at that path, with a mess
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.devstack_process import ROOT
+from tests.infra.planting import planted_copy
 from tests.infra.schema_walk import MODELS, Finding, Kind, Shape, model_fields, walk
 
 pytestmark = pytest.mark.infra
@@ -109,15 +109,7 @@ PLANTS = [
 
 
 def planted(tmp_path: Path, plant: Plant) -> Path:
-    copy = tmp_path / "infra"
-    shutil.copytree(INFRA, copy)
-    target = copy / plant.file
-    text = target.read_text()
-    for old, new in plant.edits:
-        assert text.count(old) == 1, f"{plant.file} no longer holds {old!r} exactly once: update the plant"
-        text = text.replace(old, new)
-    target.write_text(text)
-    return copy
+    return planted_copy(tmp_path, plant.file, plant.edits)
 
 
 def test_the_shipped_templates_match_the_models() -> None:
