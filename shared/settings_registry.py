@@ -53,6 +53,8 @@ class EnvVars:
     # webhooks
     WEBHOOK_ROUTES_FILE = "WEBHOOK_ROUTES_FILE"
     WEBHOOK_DEDUPE_TTL_S = "WEBHOOK_DEDUPE_TTL_S"
+    WEBHOOK_RECONCILE_SCHEDULE = "WEBHOOK_RECONCILE_SCHEDULE"
+    WEBHOOK_RECONCILE_INITIAL_FULL = "WEBHOOK_RECONCILE_INITIAL_FULL"
     # expiry
     EXPIRY_THRESHOLDS_DAYS = "EXPIRY_THRESHOLDS_DAYS"
     EXPIRY_CHANNELS = "EXPIRY_CHANNELS"
@@ -317,6 +319,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(EnvVars.WEBHOOK_DEDUPE_TTL_S, K.WEBHOOKS, T.INT,
             "How long a delivery, nonce or processed event is remembered, so a copy of it is a replay.",
             default=str(DEFAULT_DEDUPE_TTL_S), minimum=1, unit="seconds"),
+    Setting(EnvVars.WEBHOOK_RECONCILE_SCHEDULE, K.WEBHOOKS, T.NCRONTAB,
+            "The webhook reconciler's timer: change-tracking deltas of the routed tables turned into the events"
+            " a receiver outage lost.",
+            default_note="none; main.bicep and local settings set it", need=Need.REQUIRED, read_by=ReadBy.HOST,
+            deploy=D.TEMPLATE, example="0 */5 * * * *"),
+    Setting(EnvVars.WEBHOOK_RECONCILE_INITIAL_FULL, K.WEBHOOKS, T.BOOL,
+            "On a table's first reconciler run, compare every existing row with the applied versions (and"
+            " enqueue what is not applied) instead of only taking the delta link as the checkpoint.",
+            default="false"),
     # -- expiry -----------------------------------------------------------------------------------------------
     Setting(EnvVars.EXPIRY_THRESHOLDS_DAYS, K.EXPIRY, T.DAYS,
             "Days before a credential's end date at which the sweep alerts, once each.",
