@@ -12,7 +12,13 @@ from devstack.dataverse.limits import Governor, Limits
 from devstack.dataverse.metadata import load_tables
 from devstack.dataverse.server import ApplicationUser, DataverseContext
 from devstack.dataverse.store import Store
-from devstack.dataverse.webhooks import DEFAULT_DELIVERY_CONCURRENCY, OrgInfo, Registration, WebhookDispatcher
+from devstack.dataverse.webhooks import (
+    DEFAULT_DELIVERY_CONCURRENCY,
+    OrgInfo,
+    Registration,
+    Reorder,
+    WebhookDispatcher,
+)
 from devstack.tokens import TokenIssuer
 from devstack.world import World
 
@@ -68,7 +74,9 @@ def build_dataverse(
         [Registration.from_dict(w) for w in section.get("webhooks") or []],
         OrgInfo(urlsplit(org_url).netloc, organization_id, business_unit_id),
         context.stats,
-        timeout_s=float(section.get("webhook_timeout_s", 60)),
+        # Model seconds, scaled by the time scale; unset: Dataverse's 60 s (see WebhookDispatcher).
+        timeout_s=None if section.get("webhook_timeout_s") is None else float(section["webhook_timeout_s"]),
         concurrency=int(section.get("webhook_concurrency", DEFAULT_DELIVERY_CONCURRENCY)),
+        reorder=Reorder.from_dict(section.get("webhook_reorder")),
     )
     return context

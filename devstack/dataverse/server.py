@@ -2,8 +2,10 @@
 
 Here: auth and privileges, WhoAmI, EntityDefinitions, single-record create/read/update/upsert/delete
 with Dataverse's conditional headers (``If-Match``/``If-None-Match`` on ETags), collection queries with
-$select/$filter/$orderby/$top/$count and paging, and change tracking. ``$batch``, bulk messages, service
-protection limits and outgoing webhooks have their own modules in this package.
+$select/$filter/$orderby/$top/$count and paging, and change tracking. The webhooks' system jobs
+(``asyncoperations``), service endpoints and steps are read through the same query code. ``$batch``, bulk
+messages, service protection limits, outgoing webhooks and their system jobs have their own modules in this
+package.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from devstack.dataverse.odata import (
     parse_key_segment,
 )
 from devstack.dataverse.store import Record, Store
-from devstack.dataverse.webhooks import Registration, WebhookDispatcher
+from devstack.dataverse.system_jobs import SystemCollection
+from devstack.dataverse.webhooks import Registration, Reorder, WebhookDispatcher
 from devstack.outage import service_middleware
 from devstack.stats import Stats
 from devstack.tokens import TokenIssuer
@@ -150,7 +153,7 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 governor.finish(user.user_id, server, server_ms)
             events = ctx.store.drain_events()
             if ctx.webhooks is not None and events:
-                ctx.webhooks.schedule(events, ctx.tables, user.user_id)
+                ctx.webhooks.schedule(events, ctx.tables, user.user_id, time_scale=governor.limits.time_scale)
             ctx.stats.bump(f"requests by user {user.user_id}")
             ctx.stats.bump(f"requests by server {server}")
             if response.status_code < 400:
@@ -178,7 +181,9 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
         return response
 
     async def control(request: Request) -> Response:
-        """Test-only: replace the fault schedule and token-age limit; change limits."""
+        """Test-only: replace the fault schedule and token-age limit; change limits; replace the webhook
+        registrations, switch reordered delivery on or off (``webhook_reorder``: ``{"window", "seed"}`` or
+        null) and set the delivery timeout (``webhook_timeout_s``: model seconds, null for Dataverse's)."""
         action = await request.json()
         if "faults" in action or "max_token_age_s" in action:
             try:
@@ -193,6 +198,18 @@ def dataverse_app(ctx: DataverseContext) -> Starlette:
                 ctx.webhooks.registrations = [Registration.from_dict(w) for w in action["webhooks"]]
             except (KeyError, TypeError, ValueError) as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
+        if "webhook_reorder" in action and ctx.webhooks is not None:
+            try:
+                ctx.webhooks.set_reorder(Reorder.from_dict(action["webhook_reorder"]))
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+        if "webhook_timeout_s" in action and ctx.webhooks is not None:
+            timeout = action["webhook_timeout_s"]
+            if timeout is not None and (
+                isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+            ):
+                return JSONResponse({"error": "webhook_timeout_s must be a positive number or null"}, status_code=400)
+            ctx.webhooks.timeout_s = None if timeout is None else float(timeout)
         if "seed" in action:
             try:
                 with ctx.store.transaction():
@@ -373,7 +390,10 @@ async def route(ctx: DataverseContext, request: Request, user: ApplicationUser) 
         return entity_definitions(ctx, request, key_text, segments[1:])
     table = ctx.table_by_set(name)
     if table is None:
-        raise not_found_segment(name)
+        collection = ctx.webhooks.collection(name) if ctx.webhooks is not None else None
+        if collection is None:
+            raise not_found_segment(name)
+        return system_collection(ctx, request, collection, key_text, segments[1:])
     if len(segments) == 2 and key_text is None and segments[1].startswith("Microsoft.Dynamics.CRM."):
         action = segments[1].removeprefix("Microsoft.Dynamics.CRM.")
         from devstack.dataverse.bulk import ACTIONS, execute_bulk
@@ -828,8 +848,48 @@ def read_one(
     return JSONResponse(body, headers={"ETag": record.etag}, media_type=JSON_TYPE)
 
 
+# -- system collections -------------------------------------------------------------------------------
+def system_collection(
+    ctx: DataverseContext, request: Request, collection: SystemCollection, key_text: str | None, rest: list[str]
+) -> Response:
+    """``asyncoperations``, ``serviceendpoints`` and ``sdkmessageprocessingsteps``: read like any table (the
+    same query code answers them), never written. Dataverse lets a caller with the privileges update or delete
+    these rows; the emulator has no use for that and answers 405. Privileges are not checked for them (an
+    authenticated application user reads them; Dataverse's prvReadAsyncOperation is not modelled)."""
+    table = collection.table
+    if rest:
+        raise not_found_segment(rest[0])
+    if request.method != "GET":
+        raise DataverseFault(405, "0x80040227", f"The emulator serves '{table.entity_set}' read-only.")
+    if key_text is None:
+        return query(ctx, request, table, rows=collection.rows())
+    try:
+        key = parse_key_segment(key_text)
+    except ODataSyntaxError as exc:
+        raise DataverseFault(400, "0x0", str(exc)) from exc
+    if not isinstance(key, str):
+        raise DataverseFault(
+            400,
+            "0x80060890",
+            f"The specified key attributes are not a defined key for the {table.logical_name} entity",
+        )
+    select = parse_select(table, request)
+    row = collection.get(key)
+    if row is None:
+        raise DataverseFault(404, "0x80040217", f"{table.logical_name} With Id = {key} Does Not Exist")
+    etag = str(row["@odata.etag"])
+    if_none_match = (request.headers.get("if-none-match") or "").strip()
+    if if_none_match and if_none_match != "null" and if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    columns = [c for c in (select or []) if c != table.primary_id]
+    shaped = {"@odata.etag": etag, **{c: row.get(c) for c in columns}, table.primary_id: key} if select else row
+    body = {"@odata.context": context_url(ctx, table, select, entity=True), **shaped}
+    return JSONResponse(body, headers={"ETag": etag}, media_type=JSON_TYPE)
+
+
 # -- queries ------------------------------------------------------------------------------------------
-def query(ctx: DataverseContext, request: Request, table: Table) -> Response:
+def query(ctx: DataverseContext, request: Request, table: Table, rows: list[dict[str, Any]] | None = None) -> Response:
+    """A collection read; ``rows`` (already in ``represent`` shape) stand in for the store's when given."""
     params = request.query_params
     tracking = "odata.track-changes" in prefers(request) or "$deltatoken" in params
     if tracking and not table.change_tracking:
@@ -856,7 +916,8 @@ def query(ctx: DataverseContext, request: Request, table: Table) -> Response:
             )
         return lambda row: row.get(name)
 
-    rows = [represent(ctx, table, r, None) for r in ctx.store.all(table.logical_name)]
+    if rows is None:
+        rows = [represent(ctx, table, r, None) for r in ctx.store.all(table.logical_name)]
     if params.get("$filter"):
         try:
             predicate = compile_filter(params["$filter"], resolve)
