@@ -11,6 +11,7 @@ from shared.health.functions import bp as health_bp
 from shared.logging import install_redaction, quiet_sdk_request_logging
 from shared.sync.functions import bp as sync_bp
 from shared.webhooks.functions import bp as webhooks_bp
+from shared.webhooks.reconciler_functions import bp as webhook_reconciler_bp
 
 install_redaction()
 quiet_sdk_request_logging()
@@ -19,4 +20,5 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_bp)
 app.register_functions(sync_bp)
 app.register_functions(webhooks_bp)
+app.register_functions(webhook_reconciler_bp)
 app.register_functions(expiry_bp)

@@ -69,6 +69,12 @@ param syncScheduleShipmentsOut string = '0 */5 * * * *'
 @description('EXPIRY_SWEEP_SCHEDULE: timer of the credential expiry sweep.')
 param expirySweepSchedule string = '0 0 6 * * *'
 
+@description('WEBHOOK_RECONCILE_SCHEDULE: timer of the webhook reconciler (lost events back from change tracking).')
+param webhookReconcileSchedule string = '0 */5 * * * *'
+
+@description('WEBHOOK_WATCH_SCHEDULE: timer of the failed webhook delivery watcher.')
+param webhookWatchSchedule string = '0 1-59/5 * * * *'
+
 // Flex Consumption refuses a cap below 40 in most regions and applies it to each function group (HTTP, queue,
 // timer...) rather than to the whole app, so the cap cannot keep the app inside the Dataverse per-user limits:
 // the instances share one concurrency budget through storage instead (DATAVERSE_CONCURRENCY_BUDGET; DEPLOY.md).
@@ -229,6 +235,14 @@ module app 'modules/functionapp.bicep' = {
       {
         name: 'EXPIRY_SWEEP_SCHEDULE'
         value: expirySweepSchedule
+      }
+      {
+        name: 'WEBHOOK_RECONCILE_SCHEDULE'
+        value: webhookReconcileSchedule
+      }
+      {
+        name: 'WEBHOOK_WATCH_SCHEDULE'
+        value: webhookWatchSchedule
       }
     ], credentialSetting, identitySettings)
   }

@@ -55,6 +55,9 @@ class EnvVars:
     WEBHOOK_DEDUPE_TTL_S = "WEBHOOK_DEDUPE_TTL_S"
     WEBHOOK_RECONCILE_SCHEDULE = "WEBHOOK_RECONCILE_SCHEDULE"
     WEBHOOK_RECONCILE_INITIAL_FULL = "WEBHOOK_RECONCILE_INITIAL_FULL"
+    WEBHOOK_WATCH_SCHEDULE = "WEBHOOK_WATCH_SCHEDULE"
+    WEBHOOK_WATCH_STEP_IDS = "WEBHOOK_WATCH_STEP_IDS"
+    WEBHOOK_INCIDENT_QUIET_S = "WEBHOOK_INCIDENT_QUIET_S"
     # expiry
     EXPIRY_THRESHOLDS_DAYS = "EXPIRY_THRESHOLDS_DAYS"
     EXPIRY_CHANNELS = "EXPIRY_CHANNELS"
@@ -95,6 +98,11 @@ MIN_BUDGET_LEASE_S = 3
 MAX_BUDGET_LEASE_S = 300
 DEFAULT_ROUTES_FILE = "webhook_routes.yaml"
 DEFAULT_DEDUPE_TTL_S = 24 * 3600  # Dataverse retries a delivery within minutes; a day leaves a wide margin
+# Every five minutes: an outage's lost events are back in the queue within one period of it ending.
+DEFAULT_RECONCILE_SCHEDULE = "0 */5 * * * *"
+# A minute after each reconcile, so an incident's alert can say what the reconciler recovered.
+DEFAULT_WATCH_SCHEDULE = "0 1-59/5 * * * *"
+DEFAULT_INCIDENT_QUIET_S = 1800  # no new failed delivery for this long closes a webhook incident
 DEFAULT_THRESHOLDS_DAYS = (30, 14, 7, 1)
 DEFAULT_DRIFT_TOLERANCE_S = 86400  # Key Vault exp and Entra endDateTime may differ by a day (time zones, typing)
 DEFAULT_SWEEP_SCHEDULE = "0 0 6 * * *"  # daily 06:00 UTC: the EXPIRY_SWEEP_SCHEDULE main.bicep and local settings set
@@ -322,12 +330,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(EnvVars.WEBHOOK_RECONCILE_SCHEDULE, K.WEBHOOKS, T.NCRONTAB,
             "The webhook reconciler's timer: change-tracking deltas of the routed tables turned into the events"
             " a receiver outage lost.",
-            default_note="none; main.bicep and local settings set it", need=Need.REQUIRED, read_by=ReadBy.HOST,
-            deploy=D.TEMPLATE, example="0 */5 * * * *"),
+            default_note=f"none; main.bicep and local settings set `{DEFAULT_RECONCILE_SCHEDULE}` (every 5 minutes)",
+            need=Need.REQUIRED, read_by=ReadBy.HOST, deploy=D.TEMPLATE, example=DEFAULT_RECONCILE_SCHEDULE),
     Setting(EnvVars.WEBHOOK_RECONCILE_INITIAL_FULL, K.WEBHOOKS, T.BOOL,
             "On a table's first reconciler run, compare every existing row with the applied versions (and"
             " enqueue what is not applied) instead of only taking the delta link as the checkpoint.",
             default="false"),
+    Setting(EnvVars.WEBHOOK_WATCH_SCHEDULE, K.WEBHOOKS, T.NCRONTAB,
+            "The failed-delivery watcher's timer: Dataverse's failed system jobs for our webhook steps, alerted"
+            " once per incident.",
+            default_note=f"none; main.bicep and local settings set `{DEFAULT_WATCH_SCHEDULE}` (a minute after each"
+            " reconcile)", need=Need.REQUIRED, read_by=ReadBy.HOST, deploy=D.TEMPLATE,
+            example=DEFAULT_WATCH_SCHEDULE),
+    Setting(EnvVars.WEBHOOK_WATCH_STEP_IDS, K.WEBHOOKS, T.LIST,
+            "The webhook steps (sdkmessageprocessingstep ids) whose failed deliveries the watcher reads.",
+            default_note="the steps of every service endpoint whose URL is this app's `/api/webhooks/dataverse`"),
+    Setting(EnvVars.WEBHOOK_INCIDENT_QUIET_S, K.WEBHOOKS, T.INT,
+            "How long without a new failed delivery before a step's incident is resolved.",
+            default=str(DEFAULT_INCIDENT_QUIET_S), minimum=60, unit="seconds"),
     # -- expiry -----------------------------------------------------------------------------------------------
     Setting(EnvVars.EXPIRY_THRESHOLDS_DAYS, K.EXPIRY, T.DAYS,
             "Days before a credential's end date at which the sweep alerts, once each.",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import azure.functions as func
 
 from shared.failure_answers import failure_answer
-from shared.http_input import RequestRejected, json_object, preview
+from shared.http_input import RequestRejected, json_object, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 
@@ -77,12 +77,12 @@ def _tables(raw: bytes) -> list[str] | None:
     if tables is None:
         return None
     if not isinstance(tables, list) or not tables:
-        raise RequestRejected(400, f"'tables' must be a non-empty list of table names such as {EXAMPLE}")
+        raise RequestRejected(400, f"tables must be a non-empty list of table names such as {EXAMPLE}")
     if len(tables) > MAX_TABLES:
-        raise RequestRejected(400, f"'tables' lists {len(tables):,} names; at most {MAX_TABLES} are accepted")
+        raise RequestRejected(400, f"tables must be a list of at most {MAX_TABLES} names, not {len(tables):,}")
     for name in tables:
         if not isinstance(name, str) or not name or len(name) > MAX_TABLE_CHARS:
-            raise RequestRejected(400, f"'tables' holds {preview(name)}, which is not a table's logical name")
+            raise RequestRejected(400, f"tables must be a list of table logical names; {preview(name)} is not one")
     return list(dict.fromkeys(tables))
 
 
@@ -90,9 +90,10 @@ def _tables(raw: bytes) -> list[str] | None:
 def webhook_reconcile(req: func.HttpRequest) -> func.HttpResponse:
     """Run the reconciler now (all routed tables, or the body's ``tables``) and answer its report."""
     try:
+        query(req.params, ())
         tables = _tables(req.get_body())
     except RequestRejected as exc:
-        field = "tables" if "'tables'" in exc.reason else None
+        field = "tables" if exc.reason.startswith("tables ") else None
         return _answer(exc.status, {"error": exc.reason, **({"field": field} if field else {})})
     try:
         runner = reconciler()
@@ -102,7 +103,7 @@ def webhook_reconcile(req: func.HttpRequest) -> func.HttpResponse:
             if unknown:
                 names = ", ".join(preview(name) for name in unknown[:5])
                 known = ", ".join(routed) or "none"
-                reason = f"'tables' names {names}, which no dataverse route names; the routed tables: {known}"
+                reason = f"tables must be routed tables; {names} is not one (the routed tables: {known})"
                 return _answer(400, {"error": reason, "field": "tables"})
         report = runner.run(tables)
     except Exception as exc:  # a dependency's failure: 503/502 naming it; anything else is a bug (500)

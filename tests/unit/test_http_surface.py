@@ -25,7 +25,7 @@ import function_app
 from shared.expiry.functions import MAX_BY_CHARS, MAX_CREDENTIAL_ID_CHARS, MAX_SILENCE_BODY_BYTES, MAX_SILENCE_DAYS
 from shared.sync.functions import MAX_RUNS_LIMIT
 from shared.webhooks import functions as webhook_functions
-from shared.webhooks import signing
+from shared.webhooks import reconciler_functions, signing
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import routes
 from tests.unit.test_webhook_parsing import SAMPLE as WEBHOOK_SAMPLE
@@ -44,6 +44,7 @@ AUDITED: dict[str, tuple[str, tuple[str, ...], str, int | None]] = {
     "dataverse_webhook": ("webhooks/dataverse", ("POST",), "function", MAX_BODY_BYTES),
     "signed_webhook": ("webhooks/{source}", ("POST",), "function", MAX_BODY_BYTES),
     "webhook_replay": ("webhooks-admin/replay", ("POST",), "admin", NO_BODY),
+    "webhook_reconcile": ("webhooks-admin/reconcile", ("POST",), "admin", reconciler_functions.MAX_BODY_BYTES),
     "credentials_list": ("credentials", ("GET",), "function", NO_BODY),
     "credentials_ack": ("credentials/{id}/ack", ("POST",), "function", MAX_SILENCE_BODY_BYTES),
     "credentials_snooze": ("credentials/{id}/snooze", ("POST",), "function", MAX_SILENCE_BODY_BYTES),
@@ -235,6 +236,29 @@ INPUTS: dict[str, Inputs] = {
         needs="Key Vault, storage",
     ),
     "webhook_replay": Inputs(200, strict_query=False, needs="storage"),  # takes no input; extra parameters ignored
+    "webhook_reconcile": Inputs(
+        200,
+        body={
+            "tables": Rule(
+                f"optional; a non-empty list of at most {reconciler_functions.MAX_TABLES} routed tables' logical"
+                " names (absent or null: every routed table)",
+                '["account"]',
+                (
+                    "[]",
+                    '"account"',
+                    "5",
+                    "{}",
+                    "[5]",
+                    '[""]',
+                    '["' + "x" * 200 + '"]',
+                    "[" + ", ".join(['"account"'] * (reconciler_functions.MAX_TABLES + 1)) + "]",
+                ),
+            )
+        },
+        body_rule=f"a JSON object, UTF-8, at most {reconciler_functions.MAX_BODY_BYTES:,} bytes; empty: every table",
+        bad_bodies=((b"{", 400, "not JSON"), (b"[1]", 400, "JSON object"), (b'{"table": []}', 400, "unknown field")),
+        needs="storage, Key Vault, Entra, Dataverse",
+    ),
     "credentials_list": Inputs(200, needs="storage, Key Vault"),
     "credentials_ack": Inputs(
         200,
@@ -331,6 +355,11 @@ class Dependencies:
         self._up()
         return func.HttpResponse(json.dumps({"accepted": True}), status_code=202, mimetype="application/json")
 
+    def reconciler(self) -> Any:
+        self._up()
+        report = SimpleNamespace(failed=[], to_dict=lambda: {"tables": {"account": {"status": "reconciled"}}})
+        return SimpleNamespace(tables=lambda: ["account"], run=lambda tables=None: report)
+
     def doctor(self) -> Any:
         ok = not self.down
         return SimpleNamespace(ok=ok, to_dict=lambda: {"ok": ok})
@@ -348,6 +377,7 @@ class Dependencies:
         monkeypatch.setattr(engine, "replay_dead_letters", self.replay)
         monkeypatch.setattr(expiry_wiring, "monitor", self.monitor)
         monkeypatch.setattr(doctor, "run_doctor", self.doctor)
+        monkeypatch.setattr(reconciler_functions, "reconciler", self.reconciler)
         monkeypatch.setattr(webhook_functions, "_secret", self.secret)
         monkeypatch.setattr(webhook_functions, "_accept_dataverse", self.accept)
         monkeypatch.setattr(webhook_functions, "_accept_signed", self.accept)
@@ -370,7 +400,7 @@ def good_request(name: str) -> dict[str, Any]:
     inputs = INPUTS[name]
     body = {"dataverse_webhook": WEBHOOK_SAMPLE, "signed_webhook": b'{"customer_no": "C1"}'}.get(name, b"")
     if inputs.body:
-        first = {"credentials_ack": ("by",), "credentials_snooze": ("days",)}[name]
+        first = {"credentials_ack": ("by",), "credentials_snooze": ("days",), "webhook_reconcile": ("tables",)}[name]
         body = ("{" + ", ".join(f'"{f}": {inputs.body[f].good}' for f in first) + "}").encode()
     return {
         "params": {"code": FUNCTION_KEY} | {n: rule.good for n, rule in inputs.query.items()},
