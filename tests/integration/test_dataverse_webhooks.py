@@ -117,6 +117,16 @@ def test_rolled_back_changeset_sends_nothing_and_retries_follow_the_rules(hooked
         {"@odata.type": "Microsoft.Dynamics.CRM.account", "name": "x" * 161},
     ]
     assert call("POST", "accounts/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": bad}).status_code == 400
+    (endpoint,) = call("GET", "serviceendpoints", params={"$filter": f"url eq '{receiver.url}'"}).json()["value"]
+    steps = call(
+        "GET",
+        "sdkmessageprocessingsteps",
+        params={"$filter": f"_eventhandler_value eq {endpoint['serviceendpointid']}"},
+    )
+    step_filter = " or ".join(
+        f"_owningextensionid_value eq {s['sdkmessageprocessingstepid']}" for s in steps.json()["value"]
+    )
+    assert call("GET", "asyncoperations", params={"$filter": step_filter}).json()["value"] == []  # nor any system job
     receiver.statuses = [503, 200, 500]
     call("POST", "accounts", json={"name": f"retry-{tag}"})
     assert len(receiver.wait(2)) == 2  # 503 -> exactly one more attempt
@@ -129,6 +139,15 @@ def test_rolled_back_changeset_sends_nothing_and_retries_follow_the_rules(hooked
         for d in deliveries
     ]
     assert names == [f"retry-{tag}", f"retry-{tag}", f"noretry-{tag}"]
+    # Each delivery is one system job: the retried one succeeded on its second attempt, the 500 failed at once.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        jobs = call("GET", "asyncoperations", params={"$filter": f"({step_filter}) and statecode eq 3"}).json()["value"]
+        if len(jobs) == 2:
+            break
+        time.sleep(0.05)
+    outcomes = sorted((j["statuscode"], j["retrycount"]) for j in jobs)
+    assert outcomes == [(30, 1), (31, 0)]
     assert all({k.lower(): v for k, v in d["headers"].items()}["x-dvbridge-key"] == "header-secret" for d in deliveries)
 
 
