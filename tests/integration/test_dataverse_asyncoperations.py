@@ -13,11 +13,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.dataverse_api import DataverseApi, api_for
+from tests.devstack_process import ROOT, DevstackProcess
 
 pytestmark = pytest.mark.integration
 
@@ -400,3 +403,49 @@ def test_reorder_sends_a_seeded_shuffle(hooks: Hooks) -> None:
     )
     assert reordered_run(hooks, receiver, step, seed=7) == first  # the same seed, the same order
     assert reordered_run(hooks, receiver, step, seed=5) != first
+
+
+# -- the scenario's switches ------------------------------------------------------------------------------------
+SCENARIO_WINDOW = 2
+
+
+@pytest.fixture(scope="module")
+def switched_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
+    """The default world with reordering and a short delivery timeout switched on in the scenario."""
+    directory = tmp_path_factory.mktemp("asyncops")
+    scenario = yaml.safe_load((ROOT / "devstack" / "scenarios" / "default.yaml").read_text())
+    scenario["dataverse"]["webhook_reorder"] = {"window": SCENARIO_WINDOW, "seed": 3, "max_wait_s": 60}
+    scenario["dataverse"]["webhook_timeout_s"] = SHORT_TIMEOUT_MODEL_S
+    path: Path = directory / "switched.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    process = DevstackProcess(path, directory / "state", "asyncops", "--memory", "--no-azurite", "--time-scale", "0.01")
+    yield process
+    process.stop()
+
+
+def test_scenario_switches_reorder_and_timeout(switched_stack: DevstackProcess, app_env) -> None:
+    app_env(switched_stack)
+    hooks = Hooks(api_for(switched_stack))
+    receiver = hooks.receiver(hold_s=RECEIVER_HOLD_S)
+    try:
+        (found,) = hooks.register(spec(receiver.url))
+        step = found["steps"]["Create"]["sdkmessageprocessingstepid"]
+        hooks.create_account(f"sw-{uuid.uuid4().hex[:6]}")
+        time.sleep(0.3)
+        # The first of a window of two waits for the second.
+        assert [j["statuscode"] for j in hooks.jobs(step)] == [0]
+        assert receiver.deliveries == []
+        started = time.monotonic()
+        hooks.create_account(f"sw-{uuid.uuid4().hex[:6]}")
+        jobs = hooks.completed(step, SCENARIO_WINDOW)
+        # Sent one after the other, each cut off by the scenario's short timeout long before the receiver answers.
+        assert time.monotonic() - started < SCENARIO_WINDOW * RECEIVER_HOLD_S
+        assert [(j["statuscode"], "timeout" in j["message"]) for j in jobs] == [(FAILED, True)] * SCENARIO_WINDOW
+        failed = hooks.api(
+            "GET",
+            "asyncoperations",
+            params={"$filter": f"statuscode eq 31 and _owningextensionid_value eq {step}", "$count": "true"},
+        )
+        assert failed.json()["@odata.count"] == SCENARIO_WINDOW
+    finally:
+        receiver.server.shutdown()
