@@ -27,6 +27,7 @@ class EnvVars:
     APPINSIGHTS_CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
     APPINSIGHTS_AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
     WORKER_RUNTIME = "FUNCTIONS_WORKER_RUNTIME"
+    WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
     # identity
     DATAVERSE_TENANT_ID = "DATAVERSE_TENANT_ID"
     DATAVERSE_CLIENT_ID = "DATAVERSE_CLIENT_ID"
@@ -255,6 +256,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(EnvVars.WORKER_RUNTIME, K.PLATFORM, T.TEXT,
             "The local host's language worker; Flex Consumption takes it from functionAppConfig instead.",
             choices=("python",), read_by=ReadBy.HOST, deploy=D.LOCAL),
+    Setting(EnvVars.WEBSITE_HOSTNAME, K.PLATFORM, T.TEXT,
+            "The app's default host name (host or host:port); the failed-delivery watcher finds this app's webhook"
+            " endpoints by it.",
+            default_note="set by the platform (custom domains are not in it); never set it by hand in Azure",
+            example="contoso-dvbridge.azurewebsites.net"),
     # -- identity ---------------------------------------------------------------------------------------------
     Setting(EnvVars.DATAVERSE_TENANT_ID, K.IDENTITY, T.TENANT,
             "Directory (tenant) of the app registration; not common/organizations/consumers.",
@@ -344,7 +350,8 @@ SETTINGS: tuple[Setting, ...] = (
             example=DEFAULT_WATCH_SCHEDULE),
     Setting(EnvVars.WEBHOOK_WATCH_STEP_IDS, K.WEBHOOKS, T.LIST,
             "The webhook steps (sdkmessageprocessingstep ids) whose failed deliveries the watcher reads.",
-            default_note="the steps of every service endpoint whose URL is this app's `/api/webhooks/dataverse`"),
+            default_note="the steps of every service endpoint whose URL is this app's `/api/webhooks/dataverse`"
+            " (its host: `WEBSITE_HOSTNAME`)"),
     Setting(EnvVars.WEBHOOK_INCIDENT_QUIET_S, K.WEBHOOKS, T.INT,
             "How long without a new failed delivery before a step's incident is resolved.",
             default=str(DEFAULT_INCIDENT_QUIET_S), minimum=60, unit="seconds"),
