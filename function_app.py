@@ -12,6 +12,7 @@ from shared.logging import install_redaction, quiet_sdk_request_logging
 from shared.sync.functions import bp as sync_bp
 from shared.webhooks.functions import bp as webhooks_bp
 from shared.webhooks.reconciler_functions import bp as webhook_reconciler_bp
+from shared.webhooks.watcher_functions import bp as webhook_watcher_bp
 
 install_redaction()
 quiet_sdk_request_logging()
@@ -21,4 +22,5 @@ app.register_functions(health_bp)
 app.register_functions(sync_bp)
 app.register_functions(webhooks_bp)
 app.register_functions(webhook_reconciler_bp)
+app.register_functions(webhook_watcher_bp)
 app.register_functions(expiry_bp)

@@ -222,6 +222,8 @@ def endpoint_label(url: str) -> str:
     except ValueError:
         return "(a URL that does not parse)"
     host = (parts.hostname or "").lower()
+    if port == {"http": 80, "https": 443}.get(parts.scheme.lower()):
+        port = None  # the default port is no part of what tells endpoints apart
     return f"{host}{f':{port}' if port else ''}{parts.path}"
 
 

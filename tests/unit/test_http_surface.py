@@ -25,7 +25,7 @@ import function_app
 from shared.expiry.functions import MAX_BY_CHARS, MAX_CREDENTIAL_ID_CHARS, MAX_SILENCE_BODY_BYTES, MAX_SILENCE_DAYS
 from shared.sync.functions import MAX_RUNS_LIMIT
 from shared.webhooks import functions as webhook_functions
-from shared.webhooks import reconciler_functions, signing
+from shared.webhooks import reconciler_functions, signing, watcher_functions
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import routes
 from tests.unit.test_webhook_parsing import SAMPLE as WEBHOOK_SAMPLE
@@ -45,6 +45,20 @@ AUDITED: dict[str, tuple[str, tuple[str, ...], str, int | None]] = {
     "signed_webhook": ("webhooks/{source}", ("POST",), "function", MAX_BODY_BYTES),
     "webhook_replay": ("webhooks-admin/replay", ("POST",), "admin", NO_BODY),
     "webhook_reconcile": ("webhooks-admin/reconcile", ("POST",), "admin", reconciler_functions.MAX_BODY_BYTES),
+    "webhook_watch": ("webhooks-admin/watch", ("POST",), "admin", NO_BODY),
+    "webhook_incidents": ("webhooks-admin/incidents", ("GET",), "function", NO_BODY),
+    "webhook_incident_ack": (
+        "webhooks-admin/incidents/{id}/ack",
+        ("POST",),
+        "function",
+        watcher_functions.MAX_SILENCE_BODY_BYTES,
+    ),
+    "webhook_incident_snooze": (
+        "webhooks-admin/incidents/{id}/snooze",
+        ("POST",),
+        "function",
+        watcher_functions.MAX_SILENCE_BODY_BYTES,
+    ),
     "credentials_list": ("credentials", ("GET",), "function", NO_BODY),
     "credentials_ack": ("credentials/{id}/ack", ("POST",), "function", MAX_SILENCE_BODY_BYTES),
     "credentials_snooze": ("credentials/{id}/snooze", ("POST",), "function", MAX_SILENCE_BODY_BYTES),
@@ -172,6 +186,19 @@ ID_RULE = Rule(
 JOB_RULE = Rule(
     "a job of sync_jobs.yaml; any other name: 404", "accounts", ("nope", "", "accounts/..", "x" * 5000), 404
 )
+INCIDENT_ID = "20261201T195925Z-3f2a1b2c-0000-4000-8000-000000000001"
+INCIDENT_ID_RULE = Rule(
+    "an incident id: <first failure, UTC seconds>-<step id>; unknown: 404, resolved: 409",
+    INCIDENT_ID,
+    ("", "x", "a/b", INCIDENT_ID.upper(), INCIDENT_ID + "\n", "20261201T195925Z-not-a-step", "x" * 600),
+)
+INCIDENT_DAYS = f"a number of days, 0 < days <= {watcher_functions.MAX_SILENCE_DAYS}, not a boolean"
+INCIDENT_DAYS_BAD = (*(v for v in NUMBERS_NOT_DAYS if v != "3661"), str(watcher_functions.MAX_SILENCE_DAYS + 1))
+INCIDENT_UNTIL_BAD = (
+    *UNTIL_BAD,
+    f'"{(NOW + timedelta(days=watcher_functions.MAX_SILENCE_DAYS + 1)):%Y-%m-%dT%H:%M:%SZ}"',
+)
+INCIDENT_BODY = f"a JSON object, UTF-8, at most {watcher_functions.MAX_SILENCE_BODY_BYTES:,} bytes"
 INPUTS: dict[str, Inputs] = {
     "health_live": Inputs(200, strict_query=False),  # a probe must never fail on its URL
     "health_doctor": Inputs(200, needs="the identity chain (a failed step is the doctor's own 503)"),
@@ -258,6 +285,55 @@ INPUTS: dict[str, Inputs] = {
         body_rule=f"a JSON object, UTF-8, at most {reconciler_functions.MAX_BODY_BYTES:,} bytes; empty: every table",
         bad_bodies=((b"{", 400, "not JSON"), (b"[1]", 400, "JSON object"), (b'{"table": []}', 400, "unknown field")),
         needs="storage, Key Vault, Entra, Dataverse",
+    ),
+    "webhook_watch": Inputs(200, needs="storage, Key Vault, Entra, Dataverse"),  # no input: strict query, no body
+    "webhook_incidents": Inputs(200, needs="storage"),
+    "webhook_incident_ack": Inputs(
+        200,
+        route={"id": INCIDENT_ID_RULE},
+        body={
+            "by": Rule(
+                f"required; text 1..{watcher_functions.MAX_BY_CHARS} characters, no control characters",
+                '"ops@contoso.com"',
+                (
+                    "null",
+                    "5",
+                    "[]",
+                    '""',
+                    '"   "',
+                    '"a\\u0000b"',
+                    '"' + "x" * (watcher_functions.MAX_BY_CHARS + 1) + '"',
+                ),
+            ),
+            "until": Rule(
+                f"ISO-8601, after now, at most {watcher_functions.MAX_SILENCE_DAYS} days away (or days; neither:"
+                " 7 days)",
+                GOOD_UNTIL,
+                INCIDENT_UNTIL_BAD,
+            ),
+            "days": Rule(INCIDENT_DAYS, "3", INCIDENT_DAYS_BAD),
+        },
+        body_rule=f"{INCIDENT_BODY}; until and days exclusive",
+        bad_bodies=(*SILENCE_BODIES, (b"{}", 400, "'by' is required")),
+        strict_body=True,
+        needs="storage",
+    ),
+    "webhook_incident_snooze": Inputs(
+        200,
+        route={"id": INCIDENT_ID_RULE},
+        body={
+            "by": Rule("optional; as for ack", '"ops@contoso.com"', ("5", '""')),
+            "until": Rule(
+                f"ISO-8601, after now, at most {watcher_functions.MAX_SILENCE_DAYS} days away; until or days required",
+                GOOD_UNTIL,
+                INCIDENT_UNTIL_BAD,
+            ),
+            "days": Rule(INCIDENT_DAYS, "3", INCIDENT_DAYS_BAD),
+        },
+        body_rule=f"{INCIDENT_BODY}; until or days, not both",
+        bad_bodies=(*SILENCE_BODIES, (b"{}", 400, "'until' or 'days' is required"), (b"", 400, "is required")),
+        strict_body=True,
+        needs="storage",
     ),
     "credentials_list": Inputs(200, needs="storage, Key Vault"),
     "credentials_ack": Inputs(
@@ -360,6 +436,24 @@ class Dependencies:
         report = SimpleNamespace(failed=[], to_dict=lambda: {"tables": {"account": {"status": "reconciled"}}})
         return SimpleNamespace(tables=lambda: ["account"], run=lambda tables=None: report)
 
+    def watcher(self) -> Any:
+        self._up()
+        report = SimpleNamespace(failed=[], to_dict=lambda: {"steps": {}, "failed_jobs": 0})
+        return SimpleNamespace(run=lambda: report)
+
+    def incidents(self) -> Any:
+        self._up()
+
+        def silence(incident_id: str, *args: object) -> Any:
+            if incident_id != INCIDENT_ID:
+                return None
+            fields = {"id": incident_id, "status": "open", "acknowledged_by": None, "acknowledged_until": None,
+                      "snoozed_until": None}  # fmt: skip
+            return SimpleNamespace(to_dict=lambda: fields)
+
+        return SimpleNamespace(clock=lambda: datetime.now(UTC), listing=lambda: {"incidents": [], "steps": []},
+                               acknowledge=silence, snooze=silence)  # fmt: skip
+
     def doctor(self) -> Any:
         ok = not self.down
         return SimpleNamespace(ok=ok, to_dict=lambda: {"ok": ok})
@@ -378,6 +472,8 @@ class Dependencies:
         monkeypatch.setattr(expiry_wiring, "monitor", self.monitor)
         monkeypatch.setattr(doctor, "run_doctor", self.doctor)
         monkeypatch.setattr(reconciler_functions, "reconciler", self.reconciler)
+        monkeypatch.setattr(watcher_functions, "watcher", self.watcher)
+        monkeypatch.setattr(watcher_functions, "incidents", self.incidents)
         monkeypatch.setattr(webhook_functions, "_secret", self.secret)
         monkeypatch.setattr(webhook_functions, "_accept_dataverse", self.accept)
         monkeypatch.setattr(webhook_functions, "_accept_signed", self.accept)
@@ -400,7 +496,8 @@ def good_request(name: str) -> dict[str, Any]:
     inputs = INPUTS[name]
     body = {"dataverse_webhook": WEBHOOK_SAMPLE, "signed_webhook": b'{"customer_no": "C1"}'}.get(name, b"")
     if inputs.body:
-        first = {"credentials_ack": ("by",), "credentials_snooze": ("days",), "webhook_reconcile": ("tables",)}[name]
+        first = {"credentials_ack": ("by",), "credentials_snooze": ("days",), "webhook_reconcile": ("tables",),
+                 "webhook_incident_ack": ("by",), "webhook_incident_snooze": ("days",)}[name]  # fmt: skip
         body = ("{" + ", ".join(f'"{f}": {inputs.body[f].good}' for f in first) + "}").encode()
     return {
         "params": {"code": FUNCTION_KEY} | {n: rule.good for n, rule in inputs.query.items()},
