@@ -16,11 +16,11 @@ if TYPE_CHECKING:
     from azure.data.tables import TableServiceClient
     from azure.storage.blob import BlobServiceClient
 
-_KEY_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f]")
+_KEY_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 
 
 def table_key(text: str) -> str:
-    """Table Storage forbids / \\ # ? and control characters in keys."""
+    """Table Storage forbids / \\ # ? and the control characters U+0000-U+001F and U+007F-U+009F in keys."""
     return _KEY_UNSAFE.sub("_", text)
 
 

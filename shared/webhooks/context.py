@@ -25,6 +25,7 @@ MAX_VALUE_NESTING = 32
 # JSON number literals longer than this are refused before conversion: int() of thousands of digits raises
 # (Python's int max-str-digits) and costs quadratic time; no Dataverse number needs more than 20 digits.
 MAX_NUMBER_CHARS = 64
+MAX_ROW_VERSION_DIGITS = 19  # a RowVersion is a SQL rowversion: a 64-bit number
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # whole number columns, option set values, Depth/Stage/Mode
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the widest Dataverse whole number (BigInt)
 MONEY_LIMIT = 922_337_203_685_477  # Dataverse's currency range is ± this
@@ -57,6 +58,10 @@ class DataverseEvent:
     organization_id: str | None = None
     organization_name: str | None = None
     size_exceeded: bool = False  # the context was stripped: fetch the record instead
+    # The record's RowVersion after this change (the Target's, else the post image's; None for a Delete or
+    # a stripped context): what the ordering guard compares.
+    row_version: int | None = None
+    reconciled: bool = False  # a synthetic event of the reconciler: the row's latest state
 
     @property
     def dedupe_key(self) -> str:
@@ -312,6 +317,7 @@ def _parse(body: bytes, headers: dict[str, str] | None) -> DataverseEvent:
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     stripped = "x-ms-dynamics-msg-size-exceeded" in lowered
     attributes: dict[str, Any] = {}
+    row_version = None
     for pair in _pairs(context.get("InputParameters"), "InputParameters"):
         if pair.get("key") == "Target":
             target = pair.get("value")
@@ -319,6 +325,13 @@ def _parse(body: bytes, headers: dict[str, str] | None) -> DataverseEvent:
                 "Attributes" in target or str(target.get("__type", "")).startswith("Entity:")
             ):
                 attributes = entity_attributes(target, "Target")
+                row_version = _row_version(target.get("RowVersion"), "Target.RowVersion")
+    if row_version is None and context["MessageName"] != "Delete":
+        for pair in _pairs(context.get("PostEntityImages"), "PostEntityImages"):
+            image = pair.get("value")
+            if isinstance(image, dict):
+                row_version = _row_version(image.get("RowVersion"), "PostEntityImages.RowVersion")
+            break
     return DataverseEvent(
         message=context["MessageName"],
         table=context["PrimaryEntityName"],
@@ -337,7 +350,17 @@ def _parse(body: bytes, headers: dict[str, str] | None) -> DataverseEvent:
         organization_id=_optional_guid(context.get("OrganizationId"), "OrganizationId"),
         organization_name=_optional_text(context.get("OrganizationName"), "OrganizationName"),
         size_exceeded=stripped,
+        row_version=row_version,
     )
+
+
+def _row_version(value: Any, name: str) -> int | None:
+    """An entity's RowVersion: digits as text (a SQL rowversion as a number), or null."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_ROW_VERSION_DIGITS:
+        return int(value)
+    raise WebhookRejected(400, f"{name} must be a row version (digits as text), got {_preview(value)}")
 
 
 def _first_image(value: Any, name: str) -> dict[str, Any]:

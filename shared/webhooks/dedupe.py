@@ -1,10 +1,12 @@
 """Dedupe of webhook deliveries, nonces and processed events: claims (``shared.storage.claims``) in one
 table, remembered for ``WEBHOOK_DEDUPE_TTL_S``, in one scope per kind and source.
 
-* the Dataverse receiver records each delivery ``accepted`` in ``received-<source>`` once its message is on
-  the queue, and the signed receiver each nonce in ``nonce-<source>``: a copy that finds the record answers
-  as a replay;
+* the signed receiver records each nonce in ``nonce-<source>`` once its message is on the queue: a copy
+  that finds the record answers as a replay;
 * the processor claims ``processing`` in ``processed-<source>``, runs the handlers, then settles ``done``.
+
+Dataverse events need neither: their copies are reduced to one effect by the ordering guard
+(shared.webhooks.ordering), which compares row versions.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from shared.settings_registry import EnvVars
 from shared.storage.claims import Claim, ClaimLost, Claims, Held, LeaseKeeper
 
 __all__ = ["DEDUPE_TABLE", "Claim", "ClaimLost", "Dedupe", "Held", "LeaseKeeper", "dedupe_ttl_s", "nonce_scope",
-           "processed_scope", "received_scope"]  # fmt: skip
+           "processed_scope"]  # fmt: skip
 
 DEDUPE_TABLE = "webhookdedupe"
 
@@ -31,11 +33,6 @@ def dedupe_ttl_s() -> int:
 def processed_scope(source: str) -> str:
     """The scope of "this event's effects are done" claims, written by the processor."""
     return f"processed-{source}"
-
-
-def received_scope(source: str) -> str:
-    """The scope of "this delivery is on the queue" claims, written by the Dataverse receiver."""
-    return f"received-{source}"
 
 
 def nonce_scope(source: str) -> str:

@@ -1,10 +1,12 @@
-"""The webhook blueprint: receive, authenticate, validate, enqueue, record, 202; process from the queue.
+"""The webhook blueprint: receive, authenticate, validate, enqueue (and for signed sources record the
+nonce), 202; process from the queue.
 
 Receivers never answer 500: bad input is 400/401/413 with the reason; a dependency's failure is 503 when a
 retry can fix it (storage down), which Dataverse and well-behaved senders retry, and 502 when it refused
 (Key Vault denying the identity), each naming what failed (``shared.failure_answers.failure_answer``). Of
-simultaneous copies of one delivery exactly one is accepted (shared.webhooks.dedupe): the others withdraw
-their messages and are answered as replays. A message too large for the queue travels as a claim-check
+simultaneous copies of one signed delivery exactly one is accepted (shared.webhooks.dedupe): the others
+withdraw their messages and are answered as replays; copies of a Dataverse delivery are all enqueued, and
+the processor's ordering guard applies one. A message too large for the queue travels as a claim-check
 blob (shared.webhooks.processor.enqueue_event).
 """
 
@@ -119,16 +121,16 @@ def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse 
     return None
 
 
-def _accept_dataverse(key: str, message: dict[str, Any]) -> func.HttpResponse:
-    """A copy of a delivery already accepted (Dataverse's retry after a lost 202, or a retry racing its
-    first copy) is acknowledged and dropped."""
-    from shared.webhooks.dedupe import received_scope
+def _accept_dataverse(message: dict[str, Any]) -> func.HttpResponse:
+    """Enqueue, then 202. A failed enqueue answers 503 with nothing written, which Dataverse retries. Copies
+    of one delivery (Dataverse's retry after a lost 202) are not looked up here: the processor's ordering
+    guard finds their row version applied and drops them (shared.webhooks.ordering)."""
+    from shared.webhooks.processor import enqueue_event
 
-    accepted = _accept(received_scope("dataverse"), key, message)
-    if accepted is None:
-        log_event(logger, "webhook_duplicate", source="dataverse")
-        return _answer(202, {"accepted": True, "duplicate": True})
-    return accepted
+    enqueued = enqueue_event(storage(), {**message, "received_at": time.time()})
+    if enqueued.blob:
+        log_event(logger, "webhook_claim_checked", source="dataverse")
+    return _answer(202, {"accepted": True})
 
 
 def _accept_signed(source: str, nonce: str, message: dict[str, Any]) -> func.HttpResponse:
@@ -157,7 +159,7 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
             if not hmac.compare_digest(expected.encode(), supplied.encode("utf-8", "replace")):
                 raise WebhookRejected(401, f"the {header_auth.header} header is missing or wrong")
         event = parse_remote_execution_context(body, dict(req.headers))
-        return _accept_dataverse(event.dedupe_key, {"source": "dataverse", "event": event.to_dict()})
+        return _accept_dataverse({"source": "dataverse", "key": event.dedupe_key, "event": event.to_dict()})
     except WebhookRejected as exc:
         log_event(logger, "webhook_rejected", logging.WARNING, source="dataverse", status=exc.status, reason=exc.reason)
         return _answer(exc.status, {"error": exc.reason})

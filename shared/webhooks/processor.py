@@ -1,9 +1,17 @@
 """Queue-side processing of acknowledged webhooks: dispatch by (source, table, message) to handlers.
 
-Of N copies of one event (a sender's retry racing its first copy, a replayed poison message, a queue
-redelivery), one runs the handlers: the processor claims the event key (shared.webhooks.dedupe) before it
-runs them and settles the claim after their effects. Handlers are idempotent all the same, because a crash
-between effects and settling repeats them: the blob handler writes one blob per event key (overwrite), the
+Dataverse events are ordered per record (shared.webhooks.ordering): one is applied only when its row
+version (``RowVersion`` from the context, else ``versionnumber`` of the record fetched now) is newer than
+the last applied for that record; an older or repeated one is counted and dropped, and a deletion wins over
+older updates. That guard also reduces copies of one delivery (Dataverse's retry after a lost 202, the
+reconciler's copy of a delivered change) to one effect, so the receiver only enqueues them.
+
+For the signed sources, of N copies of one event (a sender's retry racing its first copy, a replayed poison
+message, a queue redelivery), one runs the handlers: the processor claims the event key
+(shared.webhooks.dedupe) before it runs them and settles the claim after their effects.
+
+Handlers are idempotent all the same, because a crash between effects and settling (or finishing the
+ordering claim) repeats them: the blob handler writes one blob per event key (overwrite), the
 upsert handler upserts by key, and the HTTP forwarder signs each delivery with the event key as its nonce
 so the receiver can deduplicate.
 
@@ -21,9 +29,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.dataverse.addressing import KeyValueRefused, guid
 from shared.dataverse.client import DataverseClient
@@ -35,7 +43,10 @@ from shared.outgoing_http import HttpCaller
 from shared.storage import Storage
 from shared.storage.queues import QueuedMessage, queue_message_fits
 from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, LeaseKeeper, processed_scope
-from shared.webhooks.routes import BlobHandler, HttpForwardHandler, RoutesFile, UpsertHandler
+from shared.webhooks.routes import BlobHandler, Handler, HttpForwardHandler, RoutesFile, UpsertHandler
+
+if TYPE_CHECKING:
+    from shared.webhooks.ordering import Change
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +64,8 @@ PROCESS_LEASE_S = 60
 # A copy that finds another copy processing waits this long for it to settle before asking the queue to
 # deliver it again later (one worker thread is held meanwhile).
 PROCESS_WAIT_S = 5.0
+BUSY_POLL_S = 0.25  # how often a copy waiting for another event of its record asks again
+DATAVERSE = "dataverse"  # the source whose events carry row versions and go through the ordering guard
 
 
 class EventInProgress(DvbridgeError):
@@ -137,12 +150,15 @@ def withdraw_event(storage: Storage, enqueued: Enqueued) -> bool:
 def process(message: dict[str, Any], routes: RoutesFile, ctx: HandlerContext) -> list[str]:
     """Run every handler routed for this event once; return what each did. Raises to have the queue retry.
 
-    An event another copy already processed is skipped; one another copy is processing raises
+    Dataverse events go through the ordering guard (:func:`_process_ordered`). For a signed source's event:
+    an event another copy already processed is skipped; one another copy is processing raises
     :class:`EventInProgress` (after waiting briefly for it). A handler's failure gives the claim up and
     propagates, so the queue's retry runs the event again."""
     source = str(message["source"])
     key = str(message["key"])
     blob = _claim_blob(message, source, key)
+    if source == DATAVERSE:
+        return _process_ordered(key, message, blob, routes, ctx)
     claims = Dedupe(ctx.storage.table(DEDUPE_TABLE))
     claim = claims.claim(processed_scope(source), key, state=PROCESSING, lease_s=PROCESS_LEASE_S, wait_s=PROCESS_WAIT_S)
     if not isinstance(claim, Claim):
@@ -171,6 +187,112 @@ def process(message: dict[str, Any], routes: RoutesFile, ctx: HandlerContext) ->
     return effects
 
 
+def _process_ordered(
+    key: str, message: dict[str, Any], blob: str | None, routes: RoutesFile, ctx: HandlerContext
+) -> list[str]:
+    """A Dataverse event, applied only when newer than what was applied for its record
+    (shared.webhooks.ordering): a stale or duplicate copy is dropped, one that must follow another event of
+    its record in progress waits briefly, then raises :class:`EventInProgress` for the queue to retry."""
+    from shared.webhooks.ordering import Verdict, guard
+
+    full = _load(ctx.storage, blob) if blob else message
+    event: dict[str, Any] = full.get("event") or {}
+    table, verb = event.get("table"), event.get("message")
+    handlers = routes.handlers_for(DATAVERSE, table, verb)
+    if not handlers:
+        log_event(logger, "webhook_processed", source=DATAVERSE, table=table or "-", message=verb or "-", effects=0)
+        _done(ctx.storage, blob)
+        return []
+    current = _current_state(ctx, key, event)
+    if isinstance(current, str):  # dead-lettered or superseded: nothing to order
+        _done(ctx.storage, blob)
+        return [current]
+    ordering = guard(ctx.storage)
+    change = _change(key, event)
+    decision = ordering.begin(change)
+    deadline = time.monotonic() + PROCESS_WAIT_S
+    while decision.verdict is Verdict.BUSY and time.monotonic() < deadline:
+        time.sleep(BUSY_POLL_S)
+        decision = ordering.begin(change)
+    if decision.verdict is Verdict.BUSY:
+        raise EventInProgress(f"another event of this {table} record is being applied; the queue retries")
+    if decision.ticket is None:  # stale or duplicate: never applied
+        name = "webhook_stale" if decision.verdict is Verdict.STALE else "webhook_duplicate"
+        log_event(logger, name, source=DATAVERSE, table=str(table), message=str(verb), version=change.version,
+                  applied_version=decision.applied_version, reconciled=bool(event.get("reconciled")))  # fmt: skip
+        _done(ctx.storage, blob)
+        return []
+    try:
+        effects = _apply_handlers(DATAVERSE, key, event, {}, handlers, ctx)
+    except BaseException:
+        try:
+            ordering.abandon(decision.ticket)
+        except Exception as exc:  # the claim's lease runs out instead; the queue's retry waits for it
+            log_event(logger, "webhook_claim_release_failed", logging.WARNING, source=DATAVERSE,
+                      error=type(exc).__name__)  # fmt: skip
+        raise
+    if not ordering.finish(decision.ticket):  # outlived the lease: the taker records; effects are idempotent
+        log_event(logger, "webhook_claim_taken_over", logging.WARNING, source=DATAVERSE)
+    _done(ctx.storage, blob)
+    return effects
+
+
+def _change(key: str, event: dict[str, Any]) -> Change:
+    from shared.webhooks.ordering import Change
+
+    version = event.get("row_version")
+    return Change(
+        source=DATAVERSE,
+        table=str(event.get("table")),
+        record_id=str(event.get("record_id")),
+        version=version if isinstance(version, int) and not isinstance(version, bool) else None,
+        deleted=event.get("message") == "Delete",
+        key=key,
+    )
+
+
+def _current_state(ctx: HandlerContext, key: str, event: dict[str, Any]) -> str | None:
+    """For an update without a row version (a stripped context, no post image): the record as it is now,
+    with its ``versionnumber``, into ``event``. A string: what became of an event that cannot be applied
+    (a dead letter, or a record deleted since, whose Delete supersedes this event)."""
+    table, verb = str(event.get("table")), event.get("message")
+    if verb == "Delete" or event.get("row_version") is not None:
+        return None
+    try:
+        fetched = _fetch(ctx, table, str(event.get("record_id")))
+    except KeyValueRefused as refused:  # a table or id no URL may carry: every retry would fail the same way
+        _dead_letter(ctx, DATAVERSE, key, event, Rejection("invalid_reference", str(refused), refused.field))
+        return f"dead-lettered (invalid_reference {refused.field})"
+    except DataverseError as exc:
+        if exc.status != 404:
+            raise  # throttling, outage: the queue retries
+        # No such table: every retry would fail the same way, so keep the event with the reason.
+        reason = f"the event names table {table!r}, which Dataverse does not have: {exc.message}"
+        _dead_letter(ctx, DATAVERSE, key, event, Rejection("unknown_table", reason, "PrimaryEntityName"))
+        return f"dead-lettered (unknown_table {table})"
+    if fetched is None:
+        log_event(logger, "webhook_superseded", source=DATAVERSE, table=table, message=str(verb))
+        return "superseded (the record was deleted since)"
+    version = fetched.get("versionnumber")
+    event["row_version"] = _row_version_of(version)
+    event["attributes"] = fetched
+    event["post_image"] = fetched
+    return None
+
+
+def _row_version_of(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _done(storage: Storage, blob: str | None) -> None:
+    if blob:
+        _drop_claim_blob(storage, blob)
+
+
 def _load(storage: Storage, blob: str) -> dict[str, Any]:
     data = storage.get_blob(CLAIM_CONTAINER, blob)
     if data is None:  # written before the reference was enqueued and deleted only after "done": not ours
@@ -196,26 +318,14 @@ def _drop_claim_blob(storage: Storage, blob: str) -> None:
 def _run_handlers(source: str, key: str, message: dict[str, Any], routes: RoutesFile, ctx: HandlerContext) -> list[str]:
     event: dict[str, Any] = message.get("event") or {}
     payload: dict[str, Any] = message.get("payload") or {}
-    table, verb = event.get("table"), event.get("message")
-    handlers = routes.handlers_for(source, table, verb)
-    if handlers and event.get("size_exceeded") and verb != "Delete":
-        try:
-            fetched = _fetch(ctx, str(table), str(event["record_id"]))  # the context was stripped
-        except KeyValueRefused as refused:  # a table or id no URL may carry: every retry would fail the same way
-            _dead_letter(ctx, source, key, event, Rejection("invalid_reference", str(refused), refused.field))
-            return [f"dead-lettered (invalid_reference {refused.field})"]
-        except DataverseError as exc:
-            if exc.status != 404:
-                raise  # throttling, outage: the queue retries
-            # No such table: every retry would fail the same way, so keep the event with the reason.
-            reason = f"the stripped context names table {table!r}, which Dataverse does not have: {exc.message}"
-            _dead_letter(ctx, source, key, event, Rejection("unknown_table", reason, "PrimaryEntityName"))
-            return [f"dead-lettered (unknown_table {table})"]
-        if fetched is None:  # deleted since the event: its Delete follows; this one is kept, not run on nothing
-            reason = f"the {table} record was deleted before its stripped context could be read"
-            _dead_letter(ctx, source, key, event, Rejection("record_gone", reason, "PrimaryEntityId"))
-            return [f"dead-lettered (record_gone {table})"]
-        event["attributes"] = fetched
+    handlers = routes.handlers_for(source, event.get("table"), event.get("message"))
+    return _apply_handlers(source, key, event, payload, handlers, ctx)
+
+
+def _apply_handlers(
+    source: str, key: str, event: dict[str, Any], payload: dict[str, Any], handlers: Sequence[Handler],
+    ctx: HandlerContext,
+) -> list[str]:  # fmt: skip
     effects = []
     for handler in handlers:
         if isinstance(handler, BlobHandler):
@@ -226,6 +336,7 @@ def _run_handlers(source: str, key: str, message: dict[str, Any], routes: Routes
             effects.append(
                 _upsert(ctx, handler, source, key, event.get("post_image") or event.get("attributes") or payload)
             )
+    table, verb = event.get("table"), event.get("message")
     log_event(logger, "webhook_processed", source=source, table=table or "-", message=verb or "-", effects=len(effects))
     return effects
 
@@ -254,7 +365,8 @@ def _to_blob(ctx: HandlerContext, handler: BlobHandler, source: str, key: str, b
     container = ctx.storage.container(handler.container)
     subject = f"{_name_part(body.get('table', source))}/{_name_part(body.get('record_id', _event_name(key)))}"
     name = f"{source}/{subject}/{_event_name(key)}.json"
-    container.upload_blob(name, json.dumps({"key": key, "event": body}, default=str).encode(), overwrite=True)
+    document = {"key": key, "event": body, "applied_at": time.time()}  # when: the order events were applied in
+    container.upload_blob(name, json.dumps(document, default=str).encode(), overwrite=True)
     return f"blob {handler.container}/{name}"
 
 

@@ -10,10 +10,9 @@ the host indexes.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
@@ -34,7 +33,6 @@ MAX_BODY_BYTES = 16 * 1024  # a list of table names; anything larger is no such 
 MAX_TABLES = 200  # names one request may list
 MAX_TABLE_CHARS = 128  # a table's logical name is far shorter
 EXAMPLE = '{"tables": ["account"]}'
-ORDERING_MODULE = "shared.webhooks.ordering"  # the ordering guard: applied_versions(storage) -> AppliedVersions
 
 
 def _answer(status: int, body: Any) -> func.HttpResponse:
@@ -42,10 +40,10 @@ def _answer(status: int, body: Any) -> func.HttpResponse:
 
 
 def applied_versions(storage: Storage) -> AppliedVersions:
-    """The ordering guard's view of what the processors applied (``shared.webhooks.ordering``), found by
-    name so this door does not fix the guard's module layout at import time."""
-    module = importlib.import_module(ORDERING_MODULE)
-    return cast("AppliedVersions", module.applied_versions(storage))
+    """The ordering guard's view of what the processors applied (``shared.webhooks.ordering``)."""
+    from shared.webhooks.ordering import guard
+
+    return guard(storage)
 
 
 def reconciler() -> Reconciler:

@@ -29,7 +29,7 @@ from azure.core.exceptions import (
 from azure.core.paging import ItemPaged
 from azure.core.pipeline.transport import RequestsTransportResponse
 from azure.core.rest import HttpRequest
-from azure.data.tables import TableEntity, UpdateMode
+from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables._deserialize import _convert_to_entity
 from azure.data.tables._error import _decode_error
 from azure.data.tables._serialize import _add_entity_properties, _get_match_condition, _parameter_filter_substitution
@@ -49,6 +49,8 @@ _FORBIDDEN_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # what the serv
 MAX_KEY_BYTES = 1024
 MAX_PROPERTIES = 255  # including PartitionKey, RowKey and Timestamp
 MAX_STRING_CHARS = 32 * 1024  # 64 KiB of UTF-16
+MAX_TRANSACTION_OPS = 100
+_CODES = {404: "ResourceNotFound", 409: "EntityAlreadyExists", 412: "UpdateConditionNotSatisfied"}
 _CONDITION = re.compile(r"\s*(PartitionKey|RowKey)\s+(eq|ne|gt|ge|lt|le)\s+'((?:[^']|'')*)'\s*")
 _COMPARE: dict[str, Callable[[str, str], bool]] = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a, b: a > b,
@@ -58,6 +60,15 @@ _COMPARE: dict[str, Callable[[str, str], bool]] = {
 
 class UnsupportedQuery(AssertionError):
     """A filter shape the fake does not evaluate: teach it the new shape rather than match wrongly."""
+
+
+def _transaction_error(index: int, status: int, code: str, message: str) -> TableTransactionError:
+    """What ``submit_transaction`` raises: the service prefixes the message with the failing operation's index."""
+    error: TableTransactionError = _decode_error(
+        _response(status, code, f"{index}:{message.splitlines()[0] if message else code}"),
+        error_type=TableTransactionError,
+    )
+    return error
 
 
 def _response(status: int, code: str, message: str) -> RequestsTransportResponse:
@@ -211,6 +222,43 @@ class FakeTableClient:
         self._enter("query_entities", None, None)
         return self._paged(conditions, results_per_page, select)
 
+    def submit_transaction(self, operations: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """An entity-group transaction: every operation or none, all in one partition, at most 100; a
+        failure raises ``TableTransactionError`` with the failing operation's index, status and code."""
+        operations = list(operations)
+        self._enter("submit_transaction", None, None)
+        if len(operations) > MAX_TRANSACTION_OPS:
+            raise _transaction_error(0, 400, "InvalidInput", "The batch request operation exceeds the maximum 100")
+        partitions = {operation[1].get("PartitionKey") for operation in operations}
+        if len(partitions) > 1:
+            raise _transaction_error(0, 400, "CommandsInBatchActOnDifferentPartitions",
+                                     "All commands in a batch must operate on same entity group.")  # fmt: skip
+        with self._lock:
+            saved, last_write = dict(self._rows), self._last_write
+            answers = []
+            for index, (verb, entity, *rest) in enumerate(operations):
+                options = dict(rest[0]) if rest else {}
+                calls = self.calls[:]  # the transaction is one call, not one per operation
+                try:
+                    if verb == "create":
+                        answers.append(self.create_entity(entity))
+                    elif verb == "update":
+                        answers.append(self.update_entity(entity, **options))
+                    elif verb == "upsert":
+                        answers.append(self.upsert_entity(entity, **options))
+                    elif verb == "delete":
+                        self.delete_entity(entity, **options)
+                        answers.append({})
+                    else:
+                        raise ValueError(f"Unexpected operation type in transaction: {verb}")
+                except HttpResponseError as exc:
+                    self._rows, self._last_write = saved, last_write
+                    code = str(getattr(exc, "error_code", None) or _CODES.get(exc.status_code or 0, exc.reason))
+                    raise _transaction_error(index, exc.status_code or 400, code, str(exc.message)) from None
+                finally:
+                    self.calls = calls
+            return [{"etag": answer.get("etag")} for answer in answers]
+
     def list_entities(self, *, results_per_page: int | None = None, select: str | list[str] | None = None,
                       **kwargs: Any) -> ItemPaged[TableEntity]:  # fmt: skip
         self._enter("list_entities", None, None)
@@ -260,7 +308,7 @@ class FakeTableClient:
         entity: TableEntity = _convert_to_entity(row)
         return entity
 
-    def _paged(self, conditions: list[tuple[str, str, str]], per_page: int | None,
+    def _paged(self, conditions: list[list[Condition]], per_page: int | None,
                select: str | list[str] | None) -> ItemPaged[TableEntity]:  # fmt: skip
         size = per_page or 1000  # the service's page size
 
@@ -312,18 +360,68 @@ def _merged(current: dict[str, Any] | None, wire: dict[str, Any]) -> dict[str, A
     return {**kept, **wire}
 
 
-def _parse_filter(query_filter: str) -> list[tuple[str, str, str]]:
-    conditions = []
-    for part in re.split(r"\)?\s+and\s+\(?", query_filter.strip().strip("()")):
-        match = _CONDITION.fullmatch(part)
-        if match is None:
-            raise UnsupportedQuery(
-                f"the fake evaluates PartitionKey/RowKey comparisons joined by 'and', not {query_filter!r}"
-            )
-        conditions.append((match[1], match[2], match[3].replace("''", "'")))
-    return conditions
+Condition = tuple[str, str, str]
 
 
-def _matches(key: tuple[str, str], conditions: list[tuple[str, str, str]]) -> bool:
+def _top_level(text: str, word: str) -> list[str]:
+    """``text`` split at ``word`` (`` and ``/`` or ``) outside quotes and parentheses."""
+    parts, depth, quoted, start, i = [], 0, False, 0, 0
+    while i < len(text):
+        char = text[i]
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and text.startswith(word, i):
+            parts.append(text[start:i])
+            i += len(word)
+            start = i
+            continue
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _wrapped(text: str) -> bool:
+    """Whether the parenthesis opening ``text`` is the one closing it."""
+    depth, quoted = 0, False
+    for i, char in enumerate(text):
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+            if depth == 0:
+                return i == len(text) - 1
+    return False
+
+
+def _unwrap(text: str) -> str:
+    text = text.strip()
+    while text.startswith("(") and _wrapped(text):
+        text = text[1:-1].strip()
+    return text
+
+
+def _parse_filter(query_filter: str) -> list[list[Condition]]:
+    """PartitionKey/RowKey comparisons joined by ``and``, each term a comparison or a parenthesised
+    ``or`` of them: a list of terms, each a list of alternatives."""
+    terms = []
+    for term in _top_level(_unwrap(query_filter), " and "):
+        alternatives = []
+        for part in _top_level(_unwrap(term), " or "):
+            match = _CONDITION.fullmatch(_unwrap(part))
+            if match is None:
+                raise UnsupportedQuery(
+                    "the fake evaluates PartitionKey/RowKey comparisons joined by 'and' (each maybe an 'or' of"
+                    f" them), not {query_filter!r}"
+                )
+            alternatives.append((match[1], match[2], match[3].replace("''", "'")))
+        terms.append(alternatives)
+    return terms
+
+
+def _matches(key: tuple[str, str], conditions: list[list[Condition]]) -> bool:
     values = {"PartitionKey": key[0], "RowKey": key[1]}
-    return all(_COMPARE[op](values[name], literal) for name, op, literal in conditions)
+    return all(any(_COMPARE[op](values[name], literal) for name, op, literal in term) for term in conditions)

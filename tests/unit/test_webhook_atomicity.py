@@ -21,6 +21,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableEntity, UpdateMode
 
+from shared.errors import WebhookRejected
 from shared.storage import claims as claims_module
 from shared.storage.queues import QUEUE_MESSAGE_LIMIT_BYTES, QueuedMessage, queue_message_fits
 from shared.webhooks import dedupe as dedupe_module
@@ -298,14 +299,14 @@ def test_twenty_copies_of_a_signed_delivery_are_enqueued_once(store: FakeStorage
     assert store.table_.only_row()["State"] == "accepted"
 
 
-def test_twenty_copies_of_a_dataverse_delivery_are_enqueued_once(store: FakeStorage) -> None:
-    message = {"source": "dataverse", "event": {"table": "account"}}
-    results = all_at_once(COPIES, lambda: functions._accept_dataverse("req|op|Update|id", message))
-    bodies = sorted(json.dumps(json.loads(r.get_body())) for r in results)
-    assert [r.status_code for r in results] == [202] * COPIES
-    assert bodies.count(json.dumps({"accepted": True})) == 1
-    assert bodies.count(json.dumps({"accepted": True, "duplicate": True})) == COPIES - 1
-    assert len(store.queue) == 1
+def test_copies_of_a_dataverse_delivery_are_all_enqueued_with_no_lookup(store: FakeStorage) -> None:
+    # The ordering guard drops the copies at processing (tests/unit/test_webhook_ordering.py): the
+    # receiver's one storage call is the enqueue.
+    message = {"source": "dataverse", "key": "req|op|Update|id", "event": {"table": "account"}}
+    results = all_at_once(COPIES, lambda: functions._accept_dataverse(message))
+    assert [(r.status_code, json.loads(r.get_body())) for r in results] == [(202, {"accepted": True})] * COPIES
+    assert len(store.queue) == COPIES
+    assert store.table_.rows == {}
 
 
 def test_a_loser_withdraws_its_claim_check_blob_with_its_message(store: FakeStorage) -> None:
@@ -336,7 +337,7 @@ def test_a_record_that_cannot_be_written_keeps_the_message_and_answers_202(
         raise ConnectionError("the table is down")
 
     monkeypatch.setattr(store.table_, "create_entity", table_down)
-    answer = functions._accept_dataverse("req|op|Update|id-2", {"source": "dataverse", "event": {}})
+    answer = functions._accept_signed("erp", "nonce-4", {"source": "erp", "payload": {}})
     assert (answer.status_code, json.loads(answer.get_body())) == (202, {"accepted": True})
     assert len(store.queue) == 1  # on the queue: the event is not lost, whatever the sender does next
 
@@ -344,7 +345,7 @@ def test_a_record_that_cannot_be_written_keeps_the_message_and_answers_202(
 def test_a_loser_whose_message_was_received_meanwhile_still_answers_as_a_replay(
     store: FakeStorage, handlers: list[str]
 ) -> None:
-    first = functions._accept_dataverse("req|op|Update|id-3", {"source": "dataverse", "event": {}})
+    first = functions._accept_signed("erp", "nonce-5", {"source": "erp", "payload": {}})
     assert json.loads(first.get_body()) == {"accepted": True}
     real_enqueue = store.enqueue_text
 
@@ -354,13 +355,13 @@ def test_a_loser_whose_message_was_received_meanwhile_still_answers_as_a_replay(
         return sent
 
     store.enqueue_text = received_at_once  # type: ignore[method-assign]
-    second = functions._accept_dataverse("req|op|Update|id-3", {"source": "dataverse", "event": {}})
-    assert json.loads(second.get_body()) == {"accepted": True, "duplicate": True}
+    with pytest.raises(WebhookRejected, match="already used"):
+        functions._accept_signed("erp", "nonce-5", {"source": "erp", "payload": {}})
     assert len(store.queue) == 2
     ctx = FakeContext(store)
     for text in store.queue:  # the processor's claim reduces both messages to one effect
         processor.process(json.loads(text), RoutesFile(), ctx)  # type: ignore[arg-type]
-    assert handlers == ["req|op|Update|id-3"]
+    assert handlers == ["nonce-5"]
 
 
 def test_a_copy_finding_a_claim_in_progress_withdraws_and_gets_503_with_retry_after(store: FakeStorage) -> None:
@@ -450,7 +451,7 @@ def test_a_failing_handler_gives_the_claim_up_and_the_retry_runs(handlers: list[
 
 def test_a_claim_check_blob_is_read_then_deleted_once_the_event_is_done(handlers: list[str]) -> None:
     ctx = FakeContext(FakeStorage())
-    message = {"source": "dataverse", "key": "k-big", "event": {"pad": "x" * 200_000}}
+    message = {"source": "erp", "key": "k-big", "payload": {"pad": "x" * 200_000}}
     processor.enqueue_event(ctx.storage, message)  # type: ignore[arg-type]
     reference = json.loads(ctx.storage.queue[-1])
     assert processor.process(reference, RoutesFile(), ctx) == ["did k-big"]  # type: ignore[arg-type]
@@ -466,9 +467,9 @@ def test_a_claim_check_blob_is_read_then_deleted_once_the_event_is_done(handlers
 
 def test_a_message_naming_another_events_blob_is_refused(handlers: list[str]) -> None:
     ctx = FakeContext(FakeStorage())
-    processor.enqueue_event(ctx.storage, {"source": "dataverse", "key": "k-a", "event": {"pad": "x" * 200_000}})  # type: ignore[arg-type]
+    processor.enqueue_event(ctx.storage, {"source": "erp", "key": "k-a", "payload": {"pad": "x" * 200_000}})  # type: ignore[arg-type]
     theirs = json.loads(ctx.storage.queue[-1])["claim"]
-    forged = {"source": "dataverse", "key": "k-b", "claim": theirs}
+    forged = {"source": "erp", "key": "k-b", "claim": theirs}
     with pytest.raises(ValueError, match="not this event's"):
         processor.process(forged, RoutesFile(), ctx)  # type: ignore[arg-type]
     assert handlers == []

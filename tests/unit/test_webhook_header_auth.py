@@ -34,8 +34,8 @@ def accepted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
     calls: list[tuple[str, str]] = []
 
-    def accept(key: str, message: dict[str, Any]) -> func.HttpResponse:
-        calls.append((str(message["source"]), key))
+    def accept(message: dict[str, Any]) -> func.HttpResponse:
+        calls.append((str(message["source"]), str(message["key"])))
         return func.HttpResponse(status_code=202)
 
     monkeypatch.setattr(functions, "_secret", secret)

@@ -1,6 +1,7 @@
 """The webhook queue processor with its real handlers, over in-memory storage, Dataverse client and HTTP:
 what a blob, upsert or forward route does with an event, what is dead-lettered rather than retried, what
-is raised for the queue to retry, and how the claim makes N deliveries of one event one run.
+is raised for the queue to retry, and how the ordering guard makes N deliveries of one event one run and
+never applies an older one over a newer one (its own rules: tests/unit/test_webhook_ordering.py).
 
 The claim's races and the receiver's side are in tests/unit/test_webhook_atomicity.py (with the handlers
 replaced by a recorder); here the handlers are the real ones."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +23,7 @@ from shared.dataverse.schema import TableMetadata
 from shared.errors import DataverseError, DownstreamError
 from shared.outgoing_http import FORWARD, HttpCaller
 from shared.webhooks import processor
-from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, Dedupe, processed_scope
+from shared.webhooks.ordering import APPLIED_TABLE, Change, guard
 from shared.webhooks.processor import CLAIM_CONTAINER, DEAD_LETTER_CONTAINER, EventInProgress, HandlerContext
 from shared.webhooks.routes import RoutesFile
 from shared.webhooks.signing import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -66,7 +68,9 @@ def event_name(key: str) -> str:
 
 def dataverse_message(key: str, **event: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {"message": "Update", "table": "account", "record_id": RECORD_ID, "attributes": {},
-                              "post_image": {}, "size_exceeded": False}  # fmt: skip
+                              "post_image": {}, "size_exceeded": False, "row_version": 1}  # fmt: skip
+    if event.get("size_exceeded") or event.get("message") == "Delete":
+        fields["row_version"] = None  # a stripped context and a Delete carry none
     return {"source": "dataverse", "key": key, "event": fields | event}
 
 
@@ -76,8 +80,9 @@ class World:
     client: FakeEventDataverse
     ctx: HandlerContext
 
-    def claims(self) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.storage.table(DEDUPE_TABLE).rows()]
+    def applied(self) -> list[tuple[str, bool]]:
+        """The ordering guard's rows: (the version applied, whether a claim is pending)."""
+        return [(str(r["Version"]), bool(r["PendingKey"])) for r in self.storage.table(APPLIED_TABLE).rows()]
 
     def dead_letters(self) -> list[dict[str, Any]]:
         return [json.loads(data) for data in self.storage.in_container(DEAD_LETTER_CONTAINER).values()]
@@ -99,8 +104,10 @@ def test_an_event_routed_to_a_blob_handler_writes_one_blob_named_by_table_record
     name = f"dataverse/account/{RECORD_ID}/{event_name('k-create')}.json"
     assert effects == [f"blob {EVENTS}/{name}"]
     assert list(world.storage.in_container(EVENTS)) == [name]
-    assert json.loads(world.storage.blobs[(EVENTS, name)]) == {"key": "k-create", "event": message["event"]}
-    assert [row["State"] for row in world.claims()] == ["done"]
+    written = json.loads(world.storage.blobs[(EVENTS, name)])
+    assert written.pop("applied_at") == pytest.approx(time.time(), abs=60)
+    assert written == {"key": "k-create", "event": message["event"]}
+    assert world.applied() == [("1", False)]  # its version, recorded as applied
 
 
 @pytest.mark.parametrize(
@@ -158,7 +165,7 @@ def test_a_row_the_mapping_rejects_is_one_dead_letter_and_the_event_is_settled(w
     assert (letter["key"], letter["code"], letter["field"]) == ("k-long", "TooLong", "name")
     assert letter["record"]["accountnumber"] == "A-2"
     assert world.client.upserts == []
-    assert [row["State"] for row in world.claims()] == ["done"]  # settled: the queue does not retry it
+    assert world.applied() == [("1", False)]  # settled: the queue does not retry it
     assert processor.process(message, routes(UPSERT_ROUTE), world.ctx) == []
     assert len(world.dead_letters()) == 1
 
@@ -181,7 +188,7 @@ def test_a_stripped_context_naming_a_table_dataverse_lacks_is_dead_lettered_unkn
     assert (letter["code"], letter["field"]) == ("unknown_table", "PrimaryEntityName")
     assert "new_gone" in letter["reason"]
     assert world.storage.in_container(EVENTS) == {}
-    assert [row["State"] for row in world.claims()] == ["done"]
+    assert world.applied() == []  # never ordered: a copy dead-letters again, to the same blob
 
 
 @pytest.mark.parametrize(("table", "record_id", "field"), [("../x", RECORD_ID, "table"),
@@ -205,17 +212,28 @@ def test_a_503_while_fetching_propagates_and_gives_the_claim_up(world: World, fa
     with pytest.raises(DataverseError) as raised:
         processor.process(message, routes(BLOB_ROUTE), world.ctx)
     assert raised.value.status == 503
-    assert world.claims() == []
+    assert world.applied() == []
     assert world.dead_letters() == []
     processor.process(message, routes(BLOB_ROUTE), world.ctx)  # the queue's retry
     assert len(world.storage.in_container(EVENTS)) == 1
 
 
-def test_a_stripped_context_whose_record_is_gone_runs_no_handler_on_an_empty_record(world: World) -> None:
+def test_a_stripped_context_whose_record_is_gone_is_superseded_by_its_deletion(world: World) -> None:
     message = dataverse_message("k-deleted", size_exceeded=True)  # no record: the client answers None
-    processor.process(message, routes(BLOB_ROUTE, UPSERT_ROUTE), world.ctx)
+    effects = processor.process(message, routes(BLOB_ROUTE, UPSERT_ROUTE), world.ctx)
+    assert effects == ["superseded (the record was deleted since)"]
     assert world.storage.in_container(EVENTS) == {}  # no blob of an empty record
-    assert [letter["code"] for letter in world.dead_letters()] == ["record_gone"]  # kept with its reason
+    assert world.client.upserts == []
+    assert world.dead_letters() == []  # nothing to keep: the record's Delete carries the outcome
+
+
+def test_a_fetched_record_gives_the_event_its_versionnumber(world: World) -> None:
+    world.client.records[("accounts", RECORD_ID)] = {"accountid": RECORD_ID, "name": "Now", "versionnumber": 7}
+    processor.process(dataverse_message("k-v7", size_exceeded=True), routes(BLOB_ROUTE), world.ctx)
+    assert world.applied() == [("7", False)]
+    # A delivery of an older change (version 5) arriving afterwards is not applied over it.
+    assert processor.process(dataverse_message("k-v5", row_version=5), routes(BLOB_ROUTE), world.ctx) == []
+    assert len(world.storage.in_container(EVENTS)) == 1
 
 
 # -- once per event -----------------------------------------------------------------------------------------
@@ -234,18 +252,19 @@ def test_an_event_key_holding_a_lone_surrogate_is_processed_not_retried_forever(
     assert processor.process(dataverse_message(key, message="Update\ud800"), routes(BLOB_ROUTE), world.ctx) == []
 
 
-def test_a_copy_finding_another_copy_processing_raises_event_in_progress(
+def test_an_event_behind_another_of_its_record_in_progress_raises_event_in_progress(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(processor, "PROCESS_WAIT_S", 0.1)
-    other = Dedupe(world.storage.table(DEDUPE_TABLE)).claim(
-        processed_scope("dataverse"), "k-busy", state=processor.PROCESSING, lease_s=processor.PROCESS_LEASE_S
-    )
-    assert isinstance(other, Claim)
+    other = guard(world.storage).begin(Change("dataverse", "account", RECORD_ID, 1, False, "k-first"))
+    assert other.ticket is not None
     with pytest.raises(EventInProgress):
-        processor.process(dataverse_message("k-busy"), routes(BLOB_ROUTE), world.ctx)
+        processor.process(dataverse_message("k-busy", row_version=2), routes(BLOB_ROUTE), world.ctx)
     assert world.storage.uploads == []
-    assert [row["State"] for row in world.claims()] == ["processing"]  # the other copy's claim, untouched
+    assert world.applied() == [("", True)]  # the other event's claim, untouched
+    assert guard(world.storage).finish(other.ticket)
+    assert len(processor.process(dataverse_message("k-busy", row_version=2), routes(BLOB_ROUTE), world.ctx)) == 1
+    assert world.applied() == [("2", False)]
 
 
 def test_a_handler_failure_releases_the_claim_and_the_next_delivery_runs(world: World) -> None:
@@ -253,9 +272,9 @@ def test_a_handler_failure_releases_the_claim_and_the_next_delivery_runs(world: 
     world.client.fail_next("upsert", DataverseError(503, "ServiceUnavailable", "try later"))
     with pytest.raises(DataverseError):
         processor.process(message, routes(UPSERT_ROUTE), world.ctx)
-    assert world.claims() == []
+    assert world.applied() == [("", False)]  # released, nothing applied
     assert processor.process(message, routes(UPSERT_ROUTE), world.ctx) == ["created account {'accountnumber': 'A-4'}"]
-    assert [row["State"] for row in world.claims()] == ["done"]
+    assert world.applied() == [("1", False)]
 
 
 # -- claim check --------------------------------------------------------------------------------------------
@@ -281,7 +300,7 @@ def test_a_reference_to_another_events_claim_blob_is_refused_without_running_han
         processor.process(forged, routes(BLOB_ROUTE), world.ctx)
     assert world.storage.in_container(EVENTS) == {}
     assert list(world.storage.in_container(CLAIM_CONTAINER)) == [theirs]
-    assert world.claims() == []
+    assert world.applied() == []
 
 
 def test_a_claim_check_blob_that_is_missing_gives_the_claim_up(world: World) -> None:
@@ -290,7 +309,7 @@ def test_a_claim_check_blob_that_is_missing_gives_the_claim_up(world: World) -> 
     assert world.storage.delete_blob(CLAIM_CONTAINER, name)
     with pytest.raises(RuntimeError, match="missing"):
         processor.process({"claim": name, "source": "dataverse", "key": "k-lost"}, routes(BLOB_ROUTE), world.ctx)
-    assert world.claims() == []  # the queue's retry (then its poison queue) keeps the reference
+    assert world.applied() == []  # the queue's retry (then its poison queue) keeps the reference
 
 
 # -- http forward -------------------------------------------------------------------------------------------
@@ -347,4 +366,4 @@ def test_a_400_from_the_forward_target_is_sent_once_and_raises_downstream_error(
     assert (raised.value.status, raised.value.retryable, raised.value.target) == (400, False, TARGET)
     assert "not-shown" not in str(raised.value)  # the target's host only: a forward URL may carry a key
     assert "/hooks" not in str(raised.value)
-    assert world.claims() == []  # given up, like any handler failure
+    assert world.applied() == [("", False)]  # given up, like any handler failure
