@@ -17,10 +17,11 @@ from azure.storage.blob import BlobServiceClient
 from shared.storage.queues import queue_message_fits
 from shared.webhooks.context import parse_remote_execution_context
 from shared.webhooks.dedupe import processed_scope
-from shared.webhooks.processor import CLAIM_CONTAINER, claim_blob_name
+from shared.webhooks.processor import CLAIM_CONTAINER, _event_hash
 from tests.devstack_process import DevstackProcess
 from tests.e2e.test_webhook_atomicity import (
     accounts_numbered,
+    applied_row,
     claim_state,
     client_for,
     wait_for_account,
@@ -38,9 +39,12 @@ def container(stack: DevstackProcess, name: str) -> Any:
     return BlobServiceClient.from_connection_string(stack.env["AzureWebJobsStorage"]).get_container_client(name)
 
 
-def blob_exists(stack: DevstackProcess, name: str) -> bool:
+def claim_blobs(stack: DevstackProcess, source: str, key: str) -> list[str]:
+    """The claim-check blobs of one event's copies (each copy's blob name starts with the event's hash)."""
     claims = container(stack, CLAIM_CONTAINER)
-    return bool(claims.exists() and claims.get_blob_client(name).exists())
+    if not claims.exists():
+        return []
+    return [b.name for b in claims.list_blobs(name_starts_with=_event_hash(source, key))]
 
 
 def wait_until(condition: Any, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
@@ -66,7 +70,7 @@ def test_a_200_kb_dataverse_delivery_is_acknowledged_processed_and_its_blob_remo
     record_id = str(uuid.uuid4())
     description = "d" * DESCRIPTION_CHARS
     target = {
-        "__type": f"Entity:{C}", "Id": record_id, "LogicalName": "account",
+        "__type": f"Entity:{C}", "Id": record_id, "LogicalName": "account", "RowVersion": "12",
         "Attributes": [{"key": "name", "value": "Big Context Ltd"}, {"key": "description", "value": description}],
     }  # fmt: skip
     context = {
@@ -87,12 +91,14 @@ def test_a_200_kb_dataverse_delivery_is_acknowledged_processed_and_its_blob_remo
     assert done is not None
     assert done["key"] == key
     assert done["event"]["attributes"] == {"name": "Big Context Ltd", "description": description}
-    assert wait_until(lambda: claim_state(stack, processed_scope("dataverse"), key) == "done")
-    assert wait_until(lambda: not blob_exists(stack, claim_blob_name("dataverse", key)))
-    # Dataverse's retry of the same delivery is acknowledged as a duplicate and leaves no blob either.
+    assert wait_until(lambda: applied_row(stack, "account", record_id)["Version"] == "12")
+    assert wait_until(lambda: claim_blobs(stack, "dataverse", key) == [])
+    # Dataverse's retry of the same delivery is enqueued, dropped as a duplicate by the ordering guard, and
+    # leaves no blob either; the effect stays the first copy's.
     again = requests.post(dataverse_url(stack), data=data, headers=headers, timeout=60)
-    assert (again.status_code, again.json()) == (202, {"accepted": True, "duplicate": True})
-    assert not blob_exists(stack, claim_blob_name("dataverse", key))
+    assert (again.status_code, again.json()) == (202, {"accepted": True})
+    assert wait_until(lambda: claim_blobs(stack, "dataverse", key) == [])
+    assert effect(stack, record_id) == done
 
 
 def test_a_large_signed_delivery_is_upserted_and_its_blob_removed(
@@ -112,5 +118,5 @@ def test_a_large_signed_delivery_is_upserted_and_its_blob_removed(
     assert [(r["accountnumber"], r["name"]) for r in rows] == [(number, "Claim Check Ltd")]
     nonce = headers["x-webhook-nonce"]
     assert wait_until(lambda: claim_state(stack, processed_scope("erp"), nonce) == "done")
-    assert wait_until(lambda: not blob_exists(stack, claim_blob_name("erp", nonce)))
+    assert wait_until(lambda: claim_blobs(stack, "erp", nonce) == [])
     assert len(accounts_numbered(client, number)) == 1

@@ -1,11 +1,14 @@
 """Webhook round trip on devstack: the emulator's service endpoint -> the local host's receiver -> queue ->
-processor -> one blob per event. N changes give exactly N effects, also when deliveries are repeated."""
+processor -> one blob per applied event. The sink ends at each record's latest state, changes are applied in
+version order, and repeated deliveries change nothing."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 import requests
@@ -13,11 +16,12 @@ import requests
 from shared.composition import token_provider
 from shared.dataverse.client import ClientOptions, DataverseClient
 from tests.devstack_process import DevstackProcess
+from tests.e2e.test_webhook_atomicity import wait_until_quiet
 
 pytestmark = pytest.mark.e2e
 
 
-def effects(stack: DevstackProcess, record_ids: set[str]) -> list[dict[str, object]]:
+def effects(stack: DevstackProcess, record_ids: set[str]) -> list[dict[str, Any]]:
     from azure.storage.blob import BlobServiceClient
 
     container = BlobServiceClient.from_connection_string(stack.env["AzureWebJobsStorage"]).get_container_client(
@@ -32,9 +36,7 @@ def effects(stack: DevstackProcess, record_ids: set[str]) -> list[dict[str, obje
     return found
 
 
-def wait_for(
-    stack: DevstackProcess, record_ids: set[str], count: int, timeout_s: float = 60
-) -> list[dict[str, object]]:
+def wait_for(stack: DevstackProcess, record_ids: set[str], count: int, timeout_s: float = 60) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     found = effects(stack, record_ids)
     while len(found) < count and time.monotonic() < deadline:
@@ -43,7 +45,46 @@ def wait_for(
     return found
 
 
-def test_n_changes_give_n_effects_even_with_repeated_deliveries(hooks_stack: DevstackProcess, app_env) -> None:
+def latest_by_record(found: list[dict[str, Any]]) -> dict[str, int]:
+    """Each record's state in the sink: the version of the effect applied last."""
+    latest: dict[str, tuple[float, int]] = {}
+    for effect in found:
+        event = effect["event"]
+        applied = (float(effect["applied_at"]), int(event["row_version"]))
+        latest[event["record_id"]] = max(latest.get(event["record_id"], applied), applied)
+    return {record: version for record, (_, version) in latest.items()}
+
+
+def applied_in_order(found: list[dict[str, Any]]) -> bool:
+    """Per record, effects sorted by when they were applied have strictly increasing versions."""
+    by_record: dict[str, list[tuple[float, int]]] = {}
+    for effect in found:
+        event = effect["event"]
+        by_record.setdefault(event["record_id"], []).append((float(effect["applied_at"]), int(event["row_version"])))
+    return all(all(a[1] < b[1] for a, b in itertools.pairwise(sorted(applied))) for applied in by_record.values())
+
+
+def store_versions(client: DataverseClient, ids: set[str]) -> dict[str, int]:
+    found = {}
+    for record_id in ids:
+        record = client.get("accounts", record_id, select=["versionnumber"])
+        assert record is not None
+        found[record_id] = int(record["versionnumber"])
+    return found
+
+
+def wait_for_state(stack: DevstackProcess, ids: set[str], want: dict[str, int], timeout_s: float = 60) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    found = effects(stack, ids)
+    while latest_by_record(found) != want and time.monotonic() < deadline:
+        time.sleep(0.3)
+        found = effects(stack, ids)
+    return found
+
+
+def test_changes_end_at_each_records_latest_state_and_repeated_deliveries_change_nothing(
+    hooks_stack: DevstackProcess, app_env: Any
+) -> None:
     stack = hooks_stack
     app_env(stack)
     client = DataverseClient(
@@ -53,52 +94,43 @@ def test_n_changes_give_n_effects_even_with_repeated_deliveries(hooks_stack: Dev
     ids = {client.create("accounts", {"name": f"wh-{tag}-{i}", "accountnumber": f"W{tag}{i}"}) for i in range(10)}
     for record_id in list(ids)[:5]:
         client.update("accounts", record_id, {"telephone1": "555"})
-    expected = 15  # 10 creates + 5 updates
-    found = wait_for(stack, ids, expected)
-    assert len(found) == expected
-    messages = sorted(str(e["event"]["message"]) for e in found)  # type: ignore[index]
-    assert messages == ["Create"] * 10 + ["Update"] * 5
-    created = next(e for e in found if e["event"]["message"] == "Create")  # type: ignore[index]
-    assert str(created["event"]["attributes"]["name"]).startswith(f"wh-{tag}-")  # type: ignore[index]
+    want = store_versions(client, ids)
+    found = wait_for_state(stack, ids, want)
+    assert latest_by_record(found) == want  # the sink holds each record as Dataverse does
+    assert applied_in_order(found)  # never an older change applied after a newer one
+    assert 10 <= len(found) <= 15  # one effect per change, less a change superseded before it was applied
+    created = next(e for e in found if e["event"]["message"] == "Create")
+    assert str(created["event"]["attributes"]["name"]).startswith(f"wh-{tag}-")
 
-    # Dataverse's retry re-sends the identical delivery: acknowledged, not processed again.
+    # Dataverse's retry re-sends a delivery (after a 202 it never saw, or racing the first copy): each copy
+    # is acknowledged, and the ordering guard finds its version applied.
     record = next(iter(ids))
+    target = {"__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts", "LogicalName": "account",
+              "Id": record, "RowVersion": str(want[record]), "Attributes": []}  # fmt: skip
     context = {
         "MessageName": "Update", "PrimaryEntityName": "account", "PrimaryEntityId": record,
-        "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4()), "InputParameters": [],
+        "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4()),
+        "InputParameters": [{"key": "Target", "value": target}],
     }  # fmt: skip
     key = json.loads((stack.directory / "host-keys.json").read_text())["functions"]["dataverse_webhook"]["default"]
     url = f"{stack.env['FUNCTIONS_BASE_URL']}/api/webhooks/dataverse?code={key}"
-    assert requests.post(url, json=context, timeout=30).status_code == 202
-    assert len(wait_for(stack, ids, expected + 1)) == expected + 1
-    again = requests.post(url, json=context, timeout=30)  # the retry after a 202 that Dataverse never saw
-    assert (again.status_code, again.json()) == (202, {"accepted": True, "duplicate": True})
-    # Two copies racing (the retry sent while the first is still queued): both acknowledged, one effect.
-    racing = {**context, "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4())}
-    assert [requests.post(url, json=racing, timeout=30).status_code for _ in range(2)] == [202, 202]
-    assert len(wait_for(stack, ids, expected + 2)) == expected + 2
-    time.sleep(1.0)
-    assert len(effects(stack, ids)) == expected + 2
-    expected += 2
-
-    # A context Dataverse stripped for size: the processor reads the record itself, so the effect is complete.
-    stripped = {**context, "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4())}
+    answers = [requests.post(url, json=context, timeout=30) for _ in range(3)]
+    assert [(a.status_code, a.json()) for a in answers] == [(202, {"accepted": True})] * 3
+    # A context Dataverse stripped for size: the processor reads the record (and its versionnumber) itself.
+    stripped = {**context, "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4()), "InputParameters": []}
     header = {"x-ms-dynamics-msg-size-exceeded": "true"}
     assert requests.post(url, json=stripped, headers=header, timeout=30).status_code == 202
-    found = wait_for(stack, ids, expected + 1)
-    assert len(found) == expected + 1
-    fetched = next(e for e in found if str(e["key"]).startswith(f"{stripped['RequestId']}|"))
-    assert fetched["event"]["size_exceeded"] is True  # type: ignore[index]
-    assert str(fetched["event"]["attributes"]["name"]).startswith(f"wh-{tag}-")  # type: ignore[index]
-    assert fetched["event"]["attributes"]["accountid"] == record  # type: ignore[index]
-    expected += 1
+    wait_until_quiet(stack)
+    assert len(effects(stack, ids)) == len(found)
 
     # An event that failed until it landed in the poison queue is replayed by the admin after a fix: it is
     # processed once. Replaying a copy again (an operator's double click) changes nothing.
     from shared.storage import Storage
     from shared.webhooks.context import parse_remote_execution_context
 
-    poisoned_context = {**context, "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4())}
+    newer = {**target, "RowVersion": str(want[record] + 1000)}  # as if the record had moved on meanwhile
+    poisoned_context = {**context, "RequestId": str(uuid.uuid4()), "OperationId": str(uuid.uuid4()),
+                        "InputParameters": [{"key": "Target", "value": newer}]}  # fmt: skip
     poisoned = parse_remote_execution_context(json.dumps(poisoned_context).encode())
     message = {"source": "dataverse", "key": poisoned.dedupe_key, "event": poisoned.to_dict()}
     storage = Storage(stack.env["AzureWebJobsStorage"])
@@ -108,10 +140,6 @@ def test_n_changes_give_n_effects_even_with_repeated_deliveries(hooks_stack: Dev
         storage.enqueue("webhook-events-poison", message)
         replay = requests.post(replay_url, headers=admin, timeout=30)
         assert (replay.status_code, replay.json()) == (200, {"replayed": 1})
-        assert len(wait_for(stack, ids, expected + 1)) == expected + 1, attempt
-    events = storage.queue("webhook-events")
-    deadline = time.monotonic() + 30
-    while events.get_queue_properties().approximate_message_count and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert events.get_queue_properties().approximate_message_count == 0  # the second copy was taken and skipped
-    assert len(effects(stack, ids)) == expected + 1
+        assert len(wait_for(stack, ids, len(found) + 1)) == len(found) + 1, attempt
+    wait_until_quiet(stack)
+    assert len(effects(stack, ids)) == len(found) + 1  # the second copy was taken and skipped
