@@ -95,6 +95,7 @@ class Ticket:
     etag: str
     applied_version: int | None  # what was applied before this event
     applied_deleted: bool
+    applied_key: str = ""  # the key hash of the event applied before it (kept when this one is abandoned)
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ class OrderingGuard:
                 results[index] = self._begin_one(partition, change)
             return
         for (index, change, row), answer in zip(claims, answers, strict=True):
-            ticket = Ticket(change, str(answer["etag"]), row.version, row.deleted)
+            ticket = Ticket(change, str(answer["etag"]), row.version, row.deleted, row.key)
             results[index] = Decision(Verdict.APPLY, ticket, row.version)
 
     def _begin_one(self, partition: str, change: Change) -> Decision:
@@ -367,7 +368,8 @@ class OrderingGuard:
                     answer = self._table.update_entity(entity, **kwargs)
             except (ResourceExistsError, ResourceModifiedError):
                 continue  # moved again: read again
-            return Decision(Verdict.APPLY, Ticket(change, str(answer["etag"]), row.version, row.deleted), row.version)
+            ticket = Ticket(change, str(answer["etag"]), row.version, row.deleted, row.key)
+            return Decision(Verdict.APPLY, ticket, row.version)
         return Decision(Verdict.BUSY)
 
     def _claim_operation(
@@ -432,7 +434,7 @@ class OrderingGuard:
         from azure.data.tables import UpdateMode
 
         change = ticket.change
-        version, deleted, key = ticket.applied_version, ticket.applied_deleted, ""
+        version, deleted, key = ticket.applied_version, ticket.applied_deleted, ticket.applied_key
         if applied:
             if change.version is not None:
                 version = max(change.version, version or 0)
