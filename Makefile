@@ -24,7 +24,7 @@ help:
 	@echo "make test    ruff + mypy + the whole pytest suite + make demo (smoke test)"
 	@echo "make demo    start everything, run each capability once, print a summary, exit non-zero on failure"
 	@echo "make doctor  run the identity doctor against a running devstack (.devstack/env)"
-	@echo "make reliability  the fault matrix: the start-up sync under each fault, checked against the store"
+	@echo "make reliability  the fault matrix: the start-up sync and the webhooks under each fault, checked against the store"
 	@echo "make fuzz    every parser of outside input fuzzed with 10,000 examples (make test runs 500)"
 	@echo "make compare BASE=dir  every benchmark for another checkout and this one, side by side"
 	@echo "make bench   every benchmark (throughput vs ceiling, calls, cold start, memory, CPU, webhooks) -> BENCHMARKS.md"
@@ -85,6 +85,7 @@ typecheck: $(STAMP)
 # The fault matrix (RELIABILITY.md): 40k rows under each fault, then all together; rewrites the table.
 reliability: $(STAMP) $(NODE_STAMP) stamps
 	$(PY) -m tests.reliability.matrix --rows 40000 --write RELIABILITY.md
+	$(PY) -m tests.reliability.webhook_matrix --writes 2000 --time-scale 0.25 --write RELIABILITY.md
 
 # make test runs 500 examples per fuzz target; this runs 10,000 each (about an hour on 2 cores). The
 # key-addressing properties (tests/fuzz/test_key_addressing.py) write through devstack: Azurite and the host.

@@ -58,7 +58,11 @@ QUEUE_DEFAULTS = {
     "maxDequeueCount": 5,
 }
 MIN_POLLING_INTERVAL_S = 0.1  # the host starts polling fast and backs off to maxPollingInterval
-QUEUE_LEASE_S = 600  # a received message stays invisible while its invocation runs
+# A received message stays invisible while its invocation runs: 10 minutes, as the Functions host's queue
+# listener holds it, so the messages of a host that died come back only then.
+QUEUE_LEASE_S = 600
+# A shorter lease (seconds) for tests that kill hosts and run time-scaled; not an app setting.
+QUEUE_LEASE_SETTING = "DEVSTACK_HOST_MESSAGE_LEASE_S"
 STORAGE_THREADS = 8  # queue polling and sends are blocking SDK calls
 ADMIN_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 ROUTE_CONSTRAINTS = {"int": r"-?\d+", "alpha": r"[A-Za-z]+", "guid": r"[0-9a-fA-F-]{36}", "bool": r"true|false"}
@@ -683,6 +687,7 @@ class LocalHost:
         max_interval = timespan_seconds(str(settings["maxPollingInterval"]))
         visibility = int(timespan_seconds(str(settings["visibilityTimeout"])))
         max_dequeue = int(settings["maxDequeueCount"])
+        lease_s = int(os.environ.get(QUEUE_LEASE_SETTING) or QUEUE_LEASE_S)
         connection = info.connection or "AzureWebJobsStorage"
         client = self.queue_client(info.queue_name, connection)
         poison = self.queue_client(f"{info.queue_name}-poison", connection)
@@ -696,7 +701,7 @@ class LocalHost:
             try:
                 messages = list(
                     client.receive_messages(
-                        messages_per_page=batch_size, max_messages=batch_size, visibility_timeout=QUEUE_LEASE_S
+                        messages_per_page=batch_size, max_messages=batch_size, visibility_timeout=lease_s
                     )
                 )
             except Exception:

@@ -19,12 +19,17 @@ STOP_TIMEOUT_S = 20
 
 class HostProcess:
     def __init__(
-        self, stack: DevstackProcess, name: str, env: dict[str, str] | None = None, app_dir: Path = ROOT
+        self,
+        stack: DevstackProcess,
+        name: str,
+        env: dict[str, str] | None = None,
+        app_dir: Path = ROOT,
+        port: int = 0,  # 0: any free port; a fixed one lets a restarted host keep its URL
     ) -> None:
         self.stack = stack
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "devstack", "host", "--env-file", str(stack.directory / "env"),
-             "--state-dir", str(stack.directory), "--app-dir", str(app_dir)],
+             "--state-dir", str(stack.directory), "--app-dir", str(app_dir), "--port", str(port)],
             cwd=ROOT, env=subprocess_env(env or {}),
             stdout=subprocess.PIPE, stderr=(ARTIFACTS / f"host-{name}.log").open("a"), text=True,
         )  # fmt: skip

@@ -180,6 +180,7 @@ class Store:
             self._conn.execute(
                 "INSERT INTO deletions VALUES (?, ?, ?)", (record.entity, record.id, self._next_version())
             )
+        self._events.append(ChangeEvent("Delete", record, record, {}))  # what a Delete step is sent
 
     def all(self, entity: str) -> list[Record]:
         with self._lock:

@@ -107,6 +107,25 @@ def test_create_is_delivered_with_the_remote_execution_context(hooked) -> None:
     assert attributes["lastonholdtime"] == "/Date(1767323045000)/"
 
 
+def test_update_then_delete_are_delivered_with_row_versions_and_an_entity_reference(hooked) -> None:
+    call, receiver = hooked
+    call.register({"type": "WebhookKey", "value": "fn-key-123"}, ["Update", "Delete"])
+    created = call("POST", "accounts", json={"name": f"wh-{uuid.uuid4().hex[:6]}"})
+    record_id = created.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
+    call("PATCH", f"accounts({record_id})", json={"telephone1": "555"}).raise_for_status()
+    version = int(call("GET", f"accounts({record_id})?$select=versionnumber").json()["versionnumber"])
+    call("DELETE", f"accounts({record_id})").raise_for_status()
+    update, delete = (json.loads(d["raw"]) for d in receiver.wait(2))
+    assert (update["MessageName"], delete["MessageName"]) == ("Update", "Delete")
+    (image,) = update["PostEntityImages"]
+    assert int(image["value"]["RowVersion"]) == version  # what the ordering guard compares
+    assert delete["PrimaryEntityId"] == record_id
+    target = delete["InputParameters"][0]["value"]
+    assert target["__type"] == "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts"
+    assert (target["Id"], target["LogicalName"]) == (record_id, "account")
+    assert delete["PostEntityImages"] == []
+
+
 def test_rolled_back_changeset_sends_nothing_and_retries_follow_the_rules(hooked) -> None:
     call, receiver = hooked
     call.register({"type": "HttpHeader", "values": {"x-dvbridge-key": "header-secret"}})
