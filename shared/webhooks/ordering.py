@@ -400,19 +400,29 @@ class OrderingGuard:
         for index, (ticket, _) in enumerate(items):
             by_partition[partition_of(ticket.change.source, ticket.change.table)].append(index)
         for partition, indexes in by_partition.items():
-            operations = [self._finish_operation(partition, *items[i]) for i in indexes]
+            # One operation per row in a transaction (Table storage refuses a second with 400
+            # InvalidDuplicateRow): a row finished twice (its old holder and its taker) goes alone afterwards.
+            rows: set[str] = set()
+            together, alone = [], []
+            for i in indexes:
+                row = row_of(items[i][0].change.record_id)
+                (alone if row in rows else together).append(i)
+                rows.add(row)
+            operations = {i: self._finish_operation(partition, *items[i]) for i in indexes}
             try:
-                self._transact(operations)
+                self._transact([operations[i] for i in together])
             except Exception as exc:
                 if not _is_transaction_conflict(exc):
-                    for i in indexes:
+                    for i in together:
                         results[i] = exc
-                    continue
-                for i in indexes:  # one was taken over: the others finish alone
-                    results[i] = self._finish_one(*operations[indexes.index(i)])
-                continue
-            for i in indexes:
-                results[i] = True
+                else:
+                    for i in together:  # one was taken over: the others finish alone
+                        results[i] = self._finish_one(*operations[i])
+            else:
+                for i in together:
+                    results[i] = True
+            for i in alone:
+                results[i] = self._finish_one(*operations[i])
         return results
 
     def _finish_one(self, operation: str, entity: dict[str, Any], kwargs: dict[str, Any]) -> bool | BaseException:

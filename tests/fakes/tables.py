@@ -233,6 +233,13 @@ class FakeTableClient:
         if len(partitions) > 1:
             raise _transaction_error(0, 400, "CommandsInBatchActOnDifferentPartitions",
                                      "All commands in a batch must operate on same entity group.")  # fmt: skip
+        seen: set[tuple[Any, Any]] = set()
+        for index, operation in enumerate(operations):
+            row = (operation[1].get("PartitionKey"), operation[1].get("RowKey"))
+            if row in seen:  # what Azure Table storage (and Azurite) answer
+                raise _transaction_error(index, 400, "InvalidDuplicateRow",
+                                         "The batch request contains multiple changes with same row key.")  # fmt: skip
+            seen.add(row)
         with self._lock:
             saved, last_write = dict(self._rows), self._last_write
             answers = []

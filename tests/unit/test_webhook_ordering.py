@@ -415,6 +415,20 @@ def test_finishes_of_one_batch_survive_a_claim_taken_over_meanwhile(table: Table
     assert table.state("a") == ("5", False, False)
 
 
+def test_the_old_holders_and_the_takers_finish_of_one_record_in_one_batch_both_settle(table: Table) -> None:
+    # One transaction may not touch a row twice (400 InvalidDuplicateRow): the second finish goes alone.
+    clock = Clock()
+    guard = batching(table, 2, clock)
+    crashed = ticket(sequential(table, clock).begin(change(5)))
+    clock.now += LEASE
+    taker = ticket(sequential(table, clock).begin(change(6, key="redelivered")))
+    table.refused.clear()
+    outcomes = together([taker, crashed], guard.finish)
+    assert sorted(outcomes) == [False, True]  # the taker records; the old holder is told it was taken over
+    assert 400 not in table.refused
+    assert table.state(RECORD) == ("6", False, False)
+
+
 # -- conflicts: another instance writes between the read and the transaction -----------------------------------
 class Race:
     """What another instance does to record ``a`` just before the batch's transaction: applies a version
