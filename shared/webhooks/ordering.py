@@ -403,7 +403,8 @@ class OrderingGuard:
             # One operation per row in a transaction (Table storage refuses a second with 400
             # InvalidDuplicateRow): a row finished twice (its old holder and its taker) goes alone afterwards.
             rows: set[str] = set()
-            together, alone = [], []
+            together: list[int] = []
+            alone: list[int] = []
             for i in indexes:
                 row = row_of(items[i][0].change.record_id)
                 (alone if row in rows else together).append(i)
