@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import azure.functions as func
@@ -13,13 +13,11 @@ import azure.functions as func
 from shared.expiry.settings import ExpirySettings
 from shared.failure_answers import failure_answer
 from shared.http_input import (
+    SILENCE_EXAMPLES,
     RequestRejected,
-    json_object,
-    number_field,
     preview,
     query,
-    text_field,
-    time_field,
+    silence_body,
 )
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
@@ -30,16 +28,9 @@ JSON = "application/json"
 # The host resolves %EXPIRY_SWEEP_SCHEDULE% from its app settings (main.bicep and local.settings.json set
 # it, to DEFAULT_SWEEP_SCHEDULE unless changed): the worker cannot default it, and unset the sweep is disabled.
 SWEEP_SCHEDULE_SETTING = EnvVars.EXPIRY_SWEEP_SCHEDULE
-MAX_SILENCE_BODY_BYTES = 4 * 1024  # {"by": ..., "until": ...}: a few dozen bytes; anything large is not ours
-SILENCE_FIELDS = ("by", "until", "days")
-SILENCE_EXAMPLES = {
-    "ack": '{"by": "ops@contoso.com", "days": 3}',
-    "snooze": '{"until": "2026-12-01T00:00:00Z"} or {"days": 3}',
-}
 # Longer than any credential lifetime the sweep watches (Entra caps secrets at 2 years): beyond it a
 # silence is switching the monitor off, and the datetime arithmetic stays far from year 9999.
 MAX_SILENCE_DAYS = 3660
-MAX_BY_CHARS = 256  # a name or an e-mail address (RFC 5321 caps an address at 254)
 MAX_CREDENTIAL_ID_CHARS = 512  # "entra-password:<app id>:<key id>" is 88; Table Storage caps a RowKey at 1 KiB
 _ID_UNSAFE = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # characters Table Storage forbids in a RowKey
 ExpirySettings.from_env()  # validated at start-up: a bad threshold list stops the app with the fix
@@ -131,28 +122,7 @@ def _silence_request(req: func.HttpRequest, action: str) -> tuple[str, dict[str,
             f"id must be a credential id of 1..{MAX_CREDENTIAL_ID_CHARS} characters without / \\ # ? or control"
             f" characters, got {preview(credential_id)}; GET /api/credentials lists the ids",
         )
-    body = json_object(
-        req.get_body(), limit_bytes=MAX_SILENCE_BODY_BYTES, fields=SILENCE_FIELDS, example=SILENCE_EXAMPLES[action]
-    )
-    checked: dict[str, Any] = {
-        "by": text_field(body, "by", max_chars=MAX_BY_CHARS, what="who silences it (a name or e-mail)"),
-        "until": time_field(body, "until"),
-        "days": number_field(body, "days", above=0, at_most=MAX_SILENCE_DAYS, unit="days"),
-    }
-    if checked["until"] is not None and checked["days"] is not None:
-        raise RequestRejected(400, "send either until or days, not both")
-    if action == "ack" and checked["by"] is None:
-        raise RequestRejected(400, "field 'by' is required: who acknowledges (a name or e-mail)")
-    if action == "snooze" and checked["until"] is None and checked["days"] is None:
-        raise RequestRejected(400, "field 'until' or 'days' is required")
-    # The wall clock, which the monitor also keeps (shared.expiry.wiring builds it without one).
-    now = datetime.now(UTC)
-    until = checked["until"]
-    if until is not None and not now < until <= now + timedelta(days=MAX_SILENCE_DAYS):
-        raise RequestRejected(
-            400, f"until must be after now ({now:%Y-%m-%dT%H:%M:%SZ}) and at most {MAX_SILENCE_DAYS} days away,"
-            f" got {until:%Y-%m-%dT%H:%M:%SZ}",
-        )  # fmt: skip
+    checked = silence_body(req.get_body(), action, max_days=MAX_SILENCE_DAYS)
     return credential_id, checked
 
 

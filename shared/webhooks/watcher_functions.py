@@ -22,13 +22,20 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from shared.failure_answers import failure_answer
-from shared.http_input import RequestRejected, json_object, number_field, preview, query, text_field, time_field
+from shared.http_input import (
+    MAX_SILENCE_BODY_BYTES,
+    SILENCE_EXAMPLES,
+    RequestRejected,
+    preview,
+    query,
+    silence_body,
+)
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 
@@ -40,14 +47,7 @@ logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
 SCHEDULE_SETTING = EnvVars.WEBHOOK_WATCH_SCHEDULE
-MAX_SILENCE_BODY_BYTES = 4 * 1024  # {"by": ..., "until": ...}: a few dozen bytes
-SILENCE_FIELDS = ("by", "until", "days")
-SILENCE_EXAMPLES = {
-    "ack": '{"by": "ops@contoso.com", "days": 3}',
-    "snooze": '{"until": "2026-12-01T00:00:00Z"} or {"days": 3}',
-}
 MAX_SILENCE_DAYS = 90  # an incident resolves after a quiet period; a longer silence is switching the watcher off
-MAX_BY_CHARS = 256
 INCIDENT_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 INCIDENT_ID_SHAPE = "an incident id such as 20261201T195925Z-<step id>"
 # The credential-expiry notifier, found by name: a capability imports no other capability's modules, and this
@@ -183,26 +183,7 @@ def _silence_request(req: func.HttpRequest, action: str) -> tuple[str, dict[str,
             400,
             f"id must be {INCIDENT_ID_SHAPE}, got {preview(incident_id)}; GET /api/webhooks-admin/incidents lists them",
         )
-    body = json_object(raw, limit_bytes=MAX_SILENCE_BODY_BYTES, fields=SILENCE_FIELDS, example=SILENCE_EXAMPLES[action])
-    checked: dict[str, Any] = {
-        "by": text_field(body, "by", max_chars=MAX_BY_CHARS, what="who silences it (a name or e-mail)"),
-        "until": time_field(body, "until"),
-        "days": number_field(body, "days", above=0, at_most=MAX_SILENCE_DAYS, unit="days"),
-    }
-    if checked["until"] is not None and checked["days"] is not None:
-        raise RequestRejected(400, "send either until or days, not both")
-    if action == "ack" and checked["by"] is None:
-        raise RequestRejected(400, "field 'by' is required: who acknowledges (a name or e-mail)")
-    if action == "snooze" and checked["until"] is None and checked["days"] is None:
-        raise RequestRejected(400, "field 'until' or 'days' is required")
-    now = datetime.now(UTC)
-    until = checked["until"]
-    if until is not None and not now < until <= now + timedelta(days=MAX_SILENCE_DAYS):
-        raise RequestRejected(
-            400,
-            f"until must be after now ({now:%Y-%m-%dT%H:%M:%SZ}) and at most {MAX_SILENCE_DAYS} days away,"
-            f" got {until:%Y-%m-%dT%H:%M:%SZ}",
-        )
+    checked = silence_body(raw, action, max_days=MAX_SILENCE_DAYS)
     return incident_id, checked
 
 

@@ -22,7 +22,8 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 
 import function_app
-from shared.expiry.functions import MAX_BY_CHARS, MAX_CREDENTIAL_ID_CHARS, MAX_SILENCE_BODY_BYTES, MAX_SILENCE_DAYS
+from shared.expiry.functions import MAX_CREDENTIAL_ID_CHARS, MAX_SILENCE_DAYS
+from shared.http_input import MAX_BY_CHARS, MAX_SILENCE_BODY_BYTES
 from shared.sync.functions import MAX_RUNS_LIMIT
 from shared.webhooks import functions as webhook_functions
 from shared.webhooks import reconciler_functions, signing, watcher_functions
@@ -293,7 +294,7 @@ INPUTS: dict[str, Inputs] = {
         route={"id": INCIDENT_ID_RULE},
         body={
             "by": Rule(
-                f"required; text 1..{watcher_functions.MAX_BY_CHARS} characters, no control characters",
+                f"required; text 1..{MAX_BY_CHARS} characters, no control characters",
                 '"ops@contoso.com"',
                 (
                     "null",
@@ -302,7 +303,7 @@ INPUTS: dict[str, Inputs] = {
                     '""',
                     '"   "',
                     '"a\\u0000b"',
-                    '"' + "x" * (watcher_functions.MAX_BY_CHARS + 1) + '"',
+                    '"' + "x" * (MAX_BY_CHARS + 1) + '"',
                 ),
             ),
             "until": Rule(
