@@ -414,11 +414,14 @@ def render(outcomes: list[Outcome], command: str, seconds: float) -> str:
     return "\n".join([*lines, "", *notes])
 
 
-def write_section(path: Path, text: str) -> None:
+def write_section(path: Path, text: str, start: str = MARKER_START, end: str = MARKER_END) -> None:
+    """Replace what stands between the two markers of ``path`` (added at its end when missing)."""
     document = path.read_text()
-    head, _, rest = document.partition(MARKER_START)
-    _, _, tail = rest.partition(MARKER_END)
-    path.write_text(f"{head}{MARKER_START}\n{text}\n{MARKER_END}{tail}")
+    if start not in document:
+        document += f"\n{start}\n{end}\n"
+    head, _, rest = document.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:

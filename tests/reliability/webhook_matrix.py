@@ -40,6 +40,7 @@ from devstack.host import QUEUE_LEASE_SETTING
 from shared.webhooks.ordering import DEFAULT_LEASE_S as ORDERING_LEASE_S
 from tests.devstack_process import ROOT, DevstackProcess
 from tests.host_process import HostProcess
+from tests.reliability.matrix import write_section
 
 STOP_S = 60.0  # the host's outage, in Dataverse seconds (scaled by the row's time scale)
 WRITERS = 4  # threads writing to the emulator
@@ -452,15 +453,6 @@ def render(outcomes: list[WebhookOutcome], command: str, seconds: float) -> str:
     return "\n".join([*lines, "", *notes])
 
 
-def write_section(path: Path, text: str) -> None:
-    document = path.read_text()
-    if MARKER_START not in document:
-        document += f"\n{MARKER_START}\n{MARKER_END}\n"
-    head, _, rest = document.partition(MARKER_START)
-    _, _, tail = rest.partition(MARKER_END)
-    path.write_text(f"{head}{MARKER_START}\n{text}\n{MARKER_END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--writes", type=int, default=2_000)
@@ -480,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(outcomes, command.strip(), time.monotonic() - started)
     print(text)
     if args.write:
-        write_section(Path(args.write), text)
+        write_section(Path(args.write), text, MARKER_START, MARKER_END)
     return 0 if all(o.ok for o in outcomes) else 1
 
 
