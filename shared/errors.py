@@ -17,8 +17,13 @@
     ├── RequestRejected           an HTTP route's input is refused; .status (400/413), .reason (shared.http_input)
     ├── WebhookRejected           an incoming webhook is refused; .status (400/401/413), .reason
     ├── ClaimLost                 a webhook claim was taken over before it was settled (shared.webhooks.dedupe)
-    └── EventInProgress           another copy of a webhook event is being processed: the queue retries
-                                  (shared.webhooks.processor)
+    ├── EventInProgress           another copy of a webhook event is being processed: the queue retries
+    │                             (shared.webhooks.processor)
+    ├── DeltaTokenExpired         a reconciler's delta link is older than change tracking keeps
+    │                             (shared.webhooks.reconciler)
+    ├── CheckpointMoved           another reconciler moved a table's checkpoint since it was read
+    ├── WatchConflict             another watcher changed a step's row since it was read (shared.webhooks.watcher)
+    └── IncidentNotOpen           an ack or snooze of a resolved webhook incident
 
 Every error message is safe to log: no secret value or token is ever put into one.
 Callers chain the original exception (``raise ... from exc``) so the SDK detail stays available.

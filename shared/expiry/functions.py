@@ -12,15 +12,10 @@ import azure.functions as func
 
 from shared.expiry.settings import ExpirySettings
 from shared.failure_answers import failure_answer
-from shared.http_input import (
-    SILENCE_EXAMPLES,
-    RequestRejected,
-    preview,
-    query,
-    silence_body,
-)
+from shared.http_input import RequestRejected, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
+from shared.silences import refusal_text, silence_body
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -144,10 +139,8 @@ def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
             state = watch.snooze(credential_id, until)
         else:
             raise RequestRejected(400, "field 'until' or 'days' is required")
-    except RequestRejected as exc:  # a 400 also shows a good body
-        example = SILENCE_EXAMPLES[action]
-        fix = f"; send {example}" if exc.status == 400 and example not in exc.reason else ""
-        return _answer(exc.status, {"error": exc.reason + fix})
+    except RequestRejected as exc:
+        return _answer(exc.status, {"error": refusal_text(exc, action)})
     except Exception as exc:  # StateConflict (lost every claim race) is a DvbridgeError: a 503
         return failure_answer(exc, f"credential_{action}_unavailable").response()
     if state is None:

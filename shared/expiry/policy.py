@@ -16,6 +16,7 @@ from typing import Literal
 
 from shared.expiry.model import Alert, Credential
 from shared.expiry.settings import DEFAULT_THRESHOLDS_DAYS
+from shared.silences import silence_reason
 
 ESCALATE_AFTER_DAYS = 3  # expired this long and still not rotated or acknowledged: tell the escalation level
 ROTATION_TOLERANCE_S = 3600  # an end date this much later than the one alerted on means a rotated credential
@@ -57,11 +58,7 @@ class CredentialState:
     etag: str | None = None
 
     def silenced(self, now: datetime) -> str | None:
-        if self.acknowledged_until and now < self.acknowledged_until:
-            return f"acknowledged by {self.acknowledged_by} until {self.acknowledged_until:%Y-%m-%d %H:%M} UTC"
-        if self.snoozed_until and now < self.snoozed_until:
-            return f"snoozed until {self.snoozed_until:%Y-%m-%d %H:%M} UTC"
-        return None
+        return silence_reason(self.acknowledged_by, self.acknowledged_until, self.snoozed_until, now)
 
 
 def current_level(credential: Credential, now: datetime, table: tuple[Level, ...]) -> Level | None:

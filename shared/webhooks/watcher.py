@@ -48,6 +48,7 @@ from shared.errors import DataverseError, DvbridgeError
 from shared.failure_answers import scrub
 from shared.logging import log_event
 from shared.settings_registry import DEFAULT_INCIDENT_QUIET_S, EnvVars
+from shared.silences import silence_reason
 
 if TYPE_CHECKING:
     from shared.dataverse.client import DataverseClient
@@ -294,11 +295,7 @@ class Incident:
     undelivered_kind: str | None = None
 
     def silenced(self, now: datetime) -> str | None:
-        if self.acknowledged_until and now < self.acknowledged_until:
-            return f"acknowledged by {self.acknowledged_by} until {self.acknowledged_until:%Y-%m-%d %H:%M} UTC"
-        if self.snoozed_until and now < self.snoozed_until:
-            return f"snoozed until {self.snoozed_until:%Y-%m-%d %H:%M} UTC"
-        return None
+        return silence_reason(self.acknowledged_by, self.acknowledged_until, self.snoozed_until, now)
 
     def add(self, job: FailedJob) -> None:
         self.failures += 1
@@ -365,7 +362,7 @@ class WatchConflict(DvbridgeError):
     """Another writer changed the step's row since this run read it."""
 
 
-class IncidentNotOpen(ValueError):
+class IncidentNotOpen(DvbridgeError):
     """An acknowledgement or snooze of an incident that is resolved."""
 
 

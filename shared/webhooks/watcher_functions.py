@@ -28,16 +28,10 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from shared.failure_answers import failure_answer
-from shared.http_input import (
-    MAX_SILENCE_BODY_BYTES,
-    SILENCE_EXAMPLES,
-    RequestRejected,
-    preview,
-    query,
-    silence_body,
-)
+from shared.http_input import RequestRejected, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
+from shared.silences import MAX_SILENCE_BODY_BYTES, refusal_text, silence_body
 
 if TYPE_CHECKING:
     from shared.composition import Worker
@@ -201,10 +195,8 @@ def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
             incident = book.snooze(incident_id, until)
         else:
             raise RequestRejected(400, "field 'until' or 'days' is required")
-    except RequestRejected as exc:  # a 400 also shows a good body
-        example = SILENCE_EXAMPLES[action]
-        fix = f"; send {example}" if exc.status == 400 and example not in exc.reason else ""
-        return _answer(exc.status, {"error": exc.reason + fix})
+    except RequestRejected as exc:
+        return _answer(exc.status, {"error": refusal_text(exc, action)})
     except IncidentNotOpen:
         return _answer(409, {"error": f"incident {preview(incident_id)} is resolved: there is nothing to silence"})
     except Exception as exc:  # a lost claim race (WatchConflict) is a DvbridgeError: a 503

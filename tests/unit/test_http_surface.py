@@ -23,7 +23,7 @@ from azure.core.exceptions import ServiceRequestError
 
 import function_app
 from shared.expiry.functions import MAX_CREDENTIAL_ID_CHARS, MAX_SILENCE_DAYS
-from shared.http_input import MAX_BY_CHARS, MAX_SILENCE_BODY_BYTES
+from shared.silences import MAX_BY_CHARS, MAX_SILENCE_BODY_BYTES
 from shared.sync.functions import MAX_RUNS_LIMIT
 from shared.webhooks import functions as webhook_functions
 from shared.webhooks import reconciler_functions, signing, watcher_functions
