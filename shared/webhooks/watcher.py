@@ -766,7 +766,8 @@ class Watcher:
         """The steps to watch and the matching endpoints (host and path). Raises on a Dataverse failure."""
         if self._step_ids is not None:
             return [self._named_step(step_id) for step_id in self._step_ids], []
-        assert self._app_host is not None  # the constructor requires one of the two
+        if self._app_host is None:  # the constructor requires one of the two
+            raise ValueError("the watcher needs WEBHOOK_WATCH_STEP_IDS or this app's host name (WEBSITE_HOSTNAME)")
         endpoints: list[tuple[str, str]] = []
         params = {"$filter": f"contract eq {CONTRACT_WEBHOOK}", "$select": "serviceendpointid,url,name"}
         for page in _pages(self._client, "serviceendpoints", params, self._page_size):
