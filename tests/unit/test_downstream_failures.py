@@ -155,7 +155,13 @@ CASES: list[tuple[str, str, tuple[Failure, ...]]] = [
     ("credentials_ack", "", (*STORAGE_ONLY, KV_UNREACHABLE)),
     ("credentials_snooze", "", (*STORAGE_ONLY, KV_REFUSING)),
     ("health_doctor", "", DOCTOR),
+    ("webhook_reconcile", "", (*STORAGE_ONLY, ENTRA_REFUSING, ENTRA_UNREACHABLE)),
+    ("webhook_watch", "", (*STORAGE_ONLY, ENTRA_REFUSING, ENTRA_UNREACHABLE)),
+    ("webhook_incidents", "", STORAGE_ONLY),
+    ("webhook_incident_ack", "", STORAGE_ONLY),
+    ("webhook_incident_snooze", "", STORAGE_ONLY),
 ]
+INCIDENT_ID = "20261201T195925Z-5f1c7d4e-9a0b-4c2d-8e3f-112233445566"
 PARAMS = [
     pytest.param(name, kind, failure, id=f"{name}[{kind}]-{failure.name}" if kind else f"{name}-{failure.name}")
     for name, kind, failures in CASES
@@ -297,6 +303,11 @@ def request_for(name: str, kind: str, world: World, monkeypatch: pytest.MonkeyPa
         route_params = {"source": kind}
         body = b'{"customer_no": "C1"}'
         headers = signed_headers(body, nonce="n-17")
+    elif name == "webhook_watch":  # the steps named: no discovery, so storage is the first thing it reads
+        monkeypatch.setenv("WEBHOOK_WATCH_STEP_IDS", INCIDENT_ID.split("-", 1)[1])
+    elif name in ("webhook_incident_ack", "webhook_incident_snooze"):
+        route_params = {"id": INCIDENT_ID}
+        body = b'{"by": "ops@contoso.com", "days": 3}' if name == "webhook_incident_ack" else b'{"days": 3}'
     elif name in ("credentials_ack", "credentials_snooze"):
         route_params = {"id": CREDENTIAL_ID}
         body = b'{"by": "ops@contoso.com", "days": 3}' if name == "credentials_ack" else b'{"days": 3}'
