@@ -8,12 +8,17 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 AZURITE_BIN = Path(__file__).parent / "node_modules" / ".bin" / "azurite"
 START_TIMEOUT_S = 30
 EXTENT_MEMORY_LIMIT_MB = 256  # in-memory mode would otherwise reserve half of RAM
+# Set to 1 to have Azurite write its access log (one line per request it serves, in its log file, e.g.
+# ``.devstack/azurite.log``) instead of starting it ``--silent``: ``bench.webhooks`` counts storage calls
+# from it. Off by default: the log costs Azurite a write per request.
+ACCESS_LOG_SETTING = "DEVSTACK_AZURITE_ACCESS_LOG"
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented; not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -85,16 +90,25 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_azurite(location: Path | None, log_path: Path) -> Azurite:
-    """Start Azurite on three free ports; ``location=None`` keeps data in memory."""
+def access_log_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``DEVSTACK_AZURITE_ACCESS_LOG`` asks for Azurite's access log (1, true, yes or on)."""
+    value = (os.environ if environ is None else environ).get(ACCESS_LOG_SETTING, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def start_azurite(location: Path | None, log_path: Path, *, access_log: bool | None = None) -> Azurite:
+    """Start Azurite on three free ports; ``location=None`` keeps data in memory. ``access_log`` (default:
+    :func:`access_log_wanted`) leaves out ``--silent``, so that every request Azurite serves is a line of
+    ``log_path`` (morgan's "common" format: ``127.0.0.1 - - [date] "PUT /devstoreaccount1/... HTTP/1.1" 201 -``)."""
     if not AZURITE_BIN.exists():
         raise AzuriteMissingError(
             f"Azurite is not installed ({AZURITE_BIN} missing): run `make run` or `cd devstack && npm ci`"
         )
     ports = [_free_port() for _ in range(3)]
+    logged = access_log_wanted() if access_log is None else access_log
     args = [
         str(AZURITE_BIN),
-        "--silent",
+        *([] if logged else ["--silent"]),
         "--disableTelemetry",
         "--skipApiVersionCheck",  # the SDKs send newer x-ms-version values than Azurite 3.35 knows
         "--blobHost", "127.0.0.1", "--blobPort", str(ports[0]),
