@@ -38,6 +38,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -145,6 +146,7 @@ class _Row:
     pending_version: int | None = None
     pending_delete: bool = False
     pending_until: float = 0.0
+    pending_claim: str = ""  # the claim's own token: a claim whose answer was lost is recognised as ours
 
     @classmethod
     def of(cls, entity: Mapping[str, Any] | None) -> _Row:
@@ -160,6 +162,7 @@ class _Row:
             pending_version=_version(entity.get("PendingVersion")),
             pending_delete=bool(entity.get("PendingDelete", False)),
             pending_until=float(entity.get("PendingUntil") or 0.0),
+            pending_claim=str(entity.get("PendingClaim") or ""),
         )
 
     def pending(self, now: float) -> bool:
@@ -337,43 +340,56 @@ class OrderingGuard:
                 results[index] = Decision(later, applied_version=row.version)
         if not claims:
             return
-        operations = [self._claim_operation(partition, change, row, now) for _, change, row in claims]
+        tokens = [uuid.uuid4().hex for _ in claims]
+        operations = [
+            self._claim_operation(partition, change, row, now, token)
+            for (_, change, row), token in zip(claims, tokens, strict=True)
+        ]
         try:
             answers = self._transact(operations)
         except Exception as exc:
-            if not _is_transaction_conflict(exc):
+            if not _worth_one_at_a_time(exc):
                 raise
-            # A row moved since it was read (another instance): each claim again, one at a time.
-            for index, change, _ in claims:
-                results[index] = self._begin_one(partition, change)
+            # A row moved since it was read (another instance), or the answer was lost (a dropped
+            # connection; the SDK does not repeat a transaction): each claim again, one at a time.
+            for (index, change, _), token in zip(claims, tokens, strict=True):
+                results[index] = self._begin_one(partition, change, token)
             return
         for (index, change, row), answer in zip(claims, answers, strict=True):
             ticket = Ticket(change, str(answer["etag"]), row.version, row.deleted, row.key)
             results[index] = Decision(Verdict.APPLY, ticket, row.version)
 
-    def _begin_one(self, partition: str, change: Change) -> Decision:
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+    def _begin_one(self, partition: str, change: Change, token: str) -> Decision:
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         for _ in range(CONTENTION_ATTEMPTS):
             now = self._clock()
             row = self._read(partition, [row_of(change.record_id)]).get(row_of(change.record_id), _Row(None))
+            if row.etag is not None and row.pending_claim == token and row.pending(now):
+                # An earlier attempt of this very claim landed but its answer was lost: it is ours.
+                return Decision(Verdict.APPLY, Ticket(change, row.etag, row.version, row.deleted, row.key), row.version)
             verdict = decide(row, change, now)
             if verdict is not Verdict.APPLY:
                 return Decision(verdict, applied_version=row.version)
-            operation, entity, kwargs = self._claim_operation(partition, change, row, now)
+            operation, entity, kwargs = self._claim_operation(partition, change, row, now, token)
             try:
                 if operation == "create":
                     answer = self._table.create_entity(entity)
                 else:
                     answer = self._table.update_entity(entity, **kwargs)
-            except (ResourceExistsError, ResourceModifiedError):
-                continue  # moved again: read again
+            except (ResourceExistsError, ResourceModifiedError, ServiceRequestError, ServiceResponseError):
+                continue  # moved again, or the answer was lost: read again
             ticket = Ticket(change, str(answer["etag"]), row.version, row.deleted, row.key)
             return Decision(Verdict.APPLY, ticket, row.version)
         return Decision(Verdict.BUSY)
 
     def _claim_operation(
-        self, partition: str, change: Change, row: _Row, now: float
+        self, partition: str, change: Change, row: _Row, now: float, token: str
     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
         from azure.core import MatchConditions
         from azure.data.tables import UpdateMode
@@ -388,6 +404,7 @@ class OrderingGuard:
             "PendingVersion": _version_text(change.version),
             "PendingDelete": change.deleted,
             "PendingUntil": now + self.lease_s,
+            "PendingClaim": token,
         }
         if row.etag is None:
             return "create", entity, {}
@@ -413,11 +430,11 @@ class OrderingGuard:
             try:
                 self._transact([operations[i] for i in together])
             except Exception as exc:
-                if not _is_transaction_conflict(exc):
+                if not _worth_one_at_a_time(exc):
                     for i in together:
                         results[i] = exc
-                else:
-                    for i in together:  # one was taken over: the others finish alone
+                else:  # one was taken over, or the answer was lost: each finishes alone
+                    for i in together:
                         results[i] = self._finish_one(*operations[i])
             else:
                 for i in together:
@@ -432,6 +449,16 @@ class OrderingGuard:
         try:
             self._table.update_entity(entity, **kwargs)
         except (ResourceModifiedError, ResourceNotFoundError):
+            try:
+                now = self._read(entity["PartitionKey"], [entity["RowKey"]]).get(entity["RowKey"], _Row(None))
+            except Exception as exc:
+                return exc
+            if (
+                now.etag is not None
+                and not now.pending_key
+                and (now.key, now.deleted) == (entity["Key"], entity["Deleted"])
+            ):
+                return True  # an earlier attempt landed (its answer was lost): finished as this one would
             log_event(logger, "webhook_ordering_claim_taken_over", logging.WARNING, table=entity["PartitionKey"])
             return False
         except Exception as exc:
@@ -476,12 +503,16 @@ class OrderingGuard:
         return answers
 
 
-def _is_transaction_conflict(exc: Exception) -> bool:
-    """A transaction refused because one of its rows exists already or moved (409/412): worth a retry
-    one row at a time."""
+def _worth_one_at_a_time(exc: Exception) -> bool:
+    """A transaction refused because one of its rows exists already or moved (409/412), or whose answer
+    was lost (a dropped connection: it may or may not have landed): worth a retry one row at a time,
+    each row read again."""
+    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
     from azure.data.tables import TableTransactionError
 
-    return isinstance(exc, TableTransactionError) and exc.status_code in (409, 412)
+    if isinstance(exc, TableTransactionError):
+        return exc.status_code in (409, 412)
+    return isinstance(exc, ServiceRequestError | ServiceResponseError | ConnectionError)
 
 
 _GUARDS_LOCK = threading.Lock()

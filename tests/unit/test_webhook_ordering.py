@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ServiceResponseError
 from azure.data.tables import TableTransactionError
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
@@ -427,6 +428,49 @@ def test_the_old_holders_and_the_takers_finish_of_one_record_in_one_batch_both_s
     assert sorted(outcomes) == [False, True]  # the taker records; the old holder is told it was taken over
     assert 400 not in table.refused
     assert table.state(RECORD) == ("6", False, False)
+
+
+# -- a lost answer: the connection drops around a transaction (the SDK does not repeat a $batch) ---------------
+class Dropping(Table):
+    """Drops the connection of the next ``drops`` transactions, after they landed (``landed``) or before."""
+
+    def __init__(self, landed: bool) -> None:
+        super().__init__()
+        self.landed = landed
+        self.drops = 0
+
+    def submit_transaction(self, operations: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        if self.drops:
+            self.drops -= 1
+            if self.landed:
+                super().submit_transaction(operations, **kwargs)
+            raise ServiceResponseError("Connection aborted: ConnectionResetError(104, 'Connection reset by peer')")
+        return super().submit_transaction(operations, **kwargs)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["after it landed", "before it landed"])
+def test_claims_whose_transaction_answer_was_lost_are_applied_once_each(landed: bool) -> None:
+    table = Dropping(landed)
+    guard = batching(table, 2)
+    table.drops = 1
+    first, second = together([change(3, record="a"), change(4, record="b")], guard.begin)
+    assert (first.verdict, second.verdict) == (APPLY, APPLY)  # the claims are ours, not someone else's
+    assert together([ticket(first), ticket(second)], guard.finish) == [True, True]
+    assert (table.state("a"), table.state("b")) == (("3", False, False), ("4", False, False))
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["after it landed", "before it landed"])
+def test_finishes_whose_transaction_answer_was_lost_are_finished_not_taken_over(
+    landed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = Dropping(landed)
+    guard = batching(table, 2)
+    tickets = [ticket(d) for d in together([change(3, record="a"), change(4, record="b")], guard.begin)]
+    table.drops = 1
+    assert together(tickets, guard.finish) == [True, True]
+    assert (table.state("a"), table.state("b")) == (("3", False, False), ("4", False, False))
+    assert "taken_over" not in caplog.text
+    assert sequential(table).begin(change(3, record="a")).verdict is DUPLICATE  # recorded as applied
 
 
 # -- conflicts: another instance writes between the read and the transaction -----------------------------------
