@@ -104,8 +104,10 @@ class ManagedIdentity:
     kind: str  # "system" or "user"
     client_id: str
     object_id: str
-    key_vault_roles: list[str]
+    key_vault_roles: list[str]  # assigned at the vault's scope
     graph_app_roles: list[str]
+    # (role, scope) assigned below the vault: scope "secrets/<name>" or "certificates/<name>"
+    key_vault_scoped_roles: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -247,8 +249,11 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
             kind=mi.get("type", "user"),
             client_id=str(mi.get("client_id") or uuid.uuid4()),
             object_id=str(mi.get("object_id") or uuid.uuid4()),
-            key_vault_roles=list(mi.get("key_vault_roles") or []),
+            key_vault_roles=[r for r in mi.get("key_vault_roles") or [] if isinstance(r, str)],
             graph_app_roles=list(mi.get("graph_app_roles") or []),
+            key_vault_scoped_roles=[
+                (str(r["role"]), str(r["scope"])) for r in mi.get("key_vault_roles") or [] if isinstance(r, dict)
+            ],
         )
         for mi in scenario.get("managed_identities") or []
     ]

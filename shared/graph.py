@@ -66,6 +66,11 @@ class GraphReader:
         """One app registration by its appId (client id)."""
         return self._get(f"{self.graph_url}/v1.0/applications(appId='{app_id}')", {"$select": select})
 
+    def owners(self, app_id: str) -> list[str]:
+        """The object ids of the app registration's owners (users and service principals)."""
+        body = self._get(f"{self.graph_url}/v1.0/applications(appId='{app_id}')/owners", {"$select": "id"})
+        return [str(owner["id"]) for owner in body.get("value", []) if owner.get("id")]
+
     def applications(self, app_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
         """The named apps, or every app the identity can read when ``app_ids`` is ``("*",)``."""
         if tuple(app_ids) == ("*",):

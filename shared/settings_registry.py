@@ -39,6 +39,8 @@ class EnvVars:
     ENTRA_INSTANCE_DISCOVERY = "ENTRA_INSTANCE_DISCOVERY"
     KEY_VAULT_VERIFY_CHALLENGE_RESOURCE = "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"
     GRAPH_URL = "GRAPH_URL"
+    ARM_URL = "ARM_URL"
+    KEY_VAULT_RESOURCE_ID = "KEY_VAULT_RESOURCE_ID"
     # dataverse
     DATAVERSE_URL = "DATAVERSE_URL"
     DATAVERSE_TABLES = "DATAVERSE_TABLES"
@@ -67,6 +69,14 @@ class EnvVars:
     EXPIRY_VAULT_NAME = "EXPIRY_VAULT_NAME"
     EXPIRY_DRIFT_TOLERANCE_S = "EXPIRY_DRIFT_TOLERANCE_S"
     EXPIRY_SWEEP_SCHEDULE = "EXPIRY_SWEEP_SCHEDULE"
+    # rotation (of the app's own Dataverse credential)
+    ROTATION_ENABLED = "ROTATION_ENABLED"
+    ROTATION_SCHEDULE = "ROTATION_SCHEDULE"
+    ROTATE_BEFORE_DAYS = "ROTATE_BEFORE_DAYS"
+    ROTATION_SECRET_LIFETIME_DAYS = "ROTATION_SECRET_LIFETIME_DAYS"  # noqa: S105 - a setting's name  # nosec B105
+    ROTATION_GRACE_S = "ROTATION_GRACE_S"
+    ROTATION_VERIFY_DEADLINE_S = "ROTATION_VERIFY_DEADLINE_S"
+    ROTATION_RETRY_AFTER_S = "ROTATION_RETRY_AFTER_S"
     # tuning
     SECRET_CACHE_TTL_S = "SECRET_CACHE_TTL_S"  # noqa: S105 - a setting's name  # nosec B105
     SECRET_MAX_STALE_S = "SECRET_MAX_STALE_S"  # noqa: S105 - a setting's name  # nosec B105
@@ -106,6 +116,14 @@ DEFAULT_WATCH_SCHEDULE = "0 1-59/5 * * * *"
 DEFAULT_INCIDENT_QUIET_S = 1800  # no new failed delivery for this long closes a webhook incident
 DEFAULT_THRESHOLDS_DAYS = (30, 14, 7, 1)
 DEFAULT_DRIFT_TOLERANCE_S = 86400  # Key Vault exp and Entra endDateTime may differ by a day (time zones, typing)
+DEFAULT_ARM_URL = "https://management.azure.com"
+DEFAULT_ROTATION_SCHEDULE = "0 */10 * * * *"  # a grace period ends, or a renewed certificate is seen, within 10 minutes
+DEFAULT_ROTATE_BEFORE_DAYS = 30  # the first expiry threshold: a rotation that fails still leaves a month to act
+DEFAULT_SECRET_LIFETIME_DAYS = 180
+MAX_SECRET_LIFETIME_DAYS = 730  # Entra caps a client secret at two years (a tenant policy may cap it lower)
+DEFAULT_ROTATION_GRACE_S = 3600  # the old credential stays valid this long (at least) after the switch
+DEFAULT_ROTATION_VERIFY_DEADLINE_S = 600  # Entra may take minutes to accept a new secret everywhere
+DEFAULT_ROTATION_RETRY_AFTER_S = 6 * 3600  # a failed rotation is tried again after this (an admin may start it sooner)
 DEFAULT_SWEEP_SCHEDULE = "0 0 6 * * *"  # daily 06:00 UTC: the EXPIRY_SWEEP_SCHEDULE main.bicep and local settings set
 
 
@@ -288,7 +306,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(EnvVars.KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, K.IDENTITY, T.BOOL,
             "Check that Key Vault's auth challenge names the vault's own domain.", default="true"),
     Setting(EnvVars.GRAPH_URL, K.IDENTITY, T.HTTPS_URL,
-            "Microsoft Graph, read for the app registrations' credential end dates.", default=DEFAULT_GRAPH_URL),
+            "Microsoft Graph: the app registrations' credential end dates, and the rotation's addPassword/addKey.",
+            default=DEFAULT_GRAPH_URL),
+    Setting(EnvVars.ARM_URL, K.IDENTITY, T.HTTPS_URL,
+            "Azure Resource Manager, asked (read-only) by the doctor which Key Vault permissions the identity holds.",
+            default=DEFAULT_ARM_URL),
+    Setting(EnvVars.KEY_VAULT_RESOURCE_ID, K.IDENTITY, T.TEXT,
+            "The vault's ARM resource id (/subscriptions/…/providers/Microsoft.KeyVault/vaults/<name>), for the"
+            " doctor's rotation-readiness step.",
+            default_note="none: the doctor cannot check the Key Vault role and says so", deploy=D.TEMPLATE),
     # -- dataverse --------------------------------------------------------------------------------------------
     Setting(EnvVars.DATAVERSE_URL, K.DATAVERSE, T.HTTPS_URL,
             "The Dataverse environment URL, scheme and host only (no /api/data path).",
@@ -378,6 +404,30 @@ SETTINGS: tuple[Setting, ...] = (
             "The expiry sweep's timer; unset disables it.",
             default_note=f"none; main.bicep and local settings set `{DEFAULT_SWEEP_SCHEDULE}` (daily, 06:00 UTC)",
             need=Need.REQUIRED, read_by=ReadBy.HOST, deploy=D.TEMPLATE, example=DEFAULT_SWEEP_SCHEDULE),
+    Setting(EnvVars.ROTATION_ENABLED, K.EXPIRY, T.BOOL,
+            "Rotate the app's own Dataverse credential (client secret or certificate) before it expires.",
+            default="true"),
+    Setting(EnvVars.ROTATION_SCHEDULE, K.EXPIRY, T.NCRONTAB,
+            "The rotation sweep's timer: starts a rotation within `ROTATE_BEFORE_DAYS` of expiry (or when Key Vault"
+            " renewed the certificate) and moves a rotation in progress on (its grace period, a resume).",
+            default_note=f"none; main.bicep and local settings set `{DEFAULT_ROTATION_SCHEDULE}` (every 10 minutes)",
+            need=Need.REQUIRED, read_by=ReadBy.HOST, deploy=D.TEMPLATE, example=DEFAULT_ROTATION_SCHEDULE),
+    Setting(EnvVars.ROTATE_BEFORE_DAYS, K.EXPIRY, T.INT,
+            "Days before the client secret's end date at which the app rotates it.",
+            default=str(DEFAULT_ROTATE_BEFORE_DAYS), minimum=1, maximum=MAX_SECRET_LIFETIME_DAYS, unit="days"),
+    Setting(EnvVars.ROTATION_SECRET_LIFETIME_DAYS, K.EXPIRY, T.INT,
+            "Lifetime of a client secret the rotation creates (a tenant's app management policy may allow less).",
+            default=str(DEFAULT_SECRET_LIFETIME_DAYS), minimum=2, maximum=MAX_SECRET_LIFETIME_DAYS, unit="days"),
+    Setting(EnvVars.ROTATION_GRACE_S, K.EXPIRY, T.INT,
+            "How long the old credential stays valid after the switch; the rotation waits at least twice"
+            " `SECRET_CACHE_TTL_S` too, so every instance has read the new one before the old one goes.",
+            default=str(DEFAULT_ROTATION_GRACE_S), minimum=0, unit="seconds"),
+    Setting(EnvVars.ROTATION_VERIFY_DEADLINE_S, K.EXPIRY, T.INT,
+            "How long a new credential may take before Entra accepts it; past it the rotation is undone.",
+            default=str(DEFAULT_ROTATION_VERIFY_DEADLINE_S), minimum=1, unit="seconds"),
+    Setting(EnvVars.ROTATION_RETRY_AFTER_S, K.EXPIRY, T.INT,
+            "How long after a failed rotation the sweep tries again (the admin route starts one at once).",
+            default=str(DEFAULT_ROTATION_RETRY_AFTER_S), minimum=0, unit="seconds"),
     # -- tuning -----------------------------------------------------------------------------------------------
     Setting(EnvVars.SECRET_CACHE_TTL_S, K.TUNING, T.INT,
             "How long a Key Vault secret is cached before it is read again.",
