@@ -161,18 +161,18 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
         return skip_rest("the token would be refused")
 
     remaining.pop(0)
-    client = _probe_client(settings, provider)
-    whoami = _whoami_step(settings, client)
+    client = probe_client(settings, provider)
+    whoami = whoami_step(settings, client)
     report.steps.append(whoami)
     if whoami.status == "fail":
         return skip_rest("Dataverse refused the caller")
 
     remaining.pop(0)
-    report.steps.append(_privileges_step(settings, client))
+    report.steps.append(privileges_step(settings, client))
     return report
 
 
-def _probe_client(settings: Settings, tokens: TokenSource) -> DataverseClient:
+def probe_client(settings: Settings, tokens: TokenSource) -> DataverseClient:
     """A Dataverse client that tries each request once (a 401 still refreshes the token once): the doctor
     reports what it finds now, within HTTP_TIMEOUT_S."""
     from shared.dataverse.client import ClientOptions, DataverseClient
@@ -182,7 +182,7 @@ def _probe_client(settings: Settings, tokens: TokenSource) -> DataverseClient:
     return DataverseClient(settings.dataverse_url, tokens, options=options)
 
 
-def _privileges_step(settings: Settings, client: DataverseClient) -> StepResult:
+def privileges_step(settings: Settings, client: DataverseClient) -> StepResult:
     """Read and write privileges on each configured table, without changing any data.
 
     Read: ``GET <set>?$top=1``. Write: ``PATCH <set>(<random id>)`` with ``If-Match: *``: with the
@@ -235,7 +235,7 @@ def _privileges_step(settings: Settings, client: DataverseClient) -> StepResult:
     )
 
 
-def _whoami_step(settings: Settings, client: DataverseClient) -> StepResult:
+def whoami_step(settings: Settings, client: DataverseClient) -> StepResult:
     """Call WhoAmI: proves the application user exists in the environment."""
     from shared.identity.diagnosis import diagnose
 
