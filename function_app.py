@@ -7,6 +7,7 @@ and the blueprints (which import their heavy dependencies lazily).
 import azure.functions as func
 
 from shared.expiry.functions import bp as expiry_bp
+from shared.expiry.rotation_functions import bp as rotation_bp
 from shared.health.functions import bp as health_bp
 from shared.logging import install_redaction, quiet_sdk_request_logging
 from shared.sync.functions import bp as sync_bp
@@ -24,3 +25,4 @@ app.register_functions(webhooks_bp)
 app.register_functions(webhook_reconciler_bp)
 app.register_functions(webhook_watcher_bp)
 app.register_functions(expiry_bp)
+app.register_functions(rotation_bp)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from shared.dataverse.client import DataverseClient
     from shared.dataverse.governor import ThrottleGovernor
     from shared.dataverse.schema import TableMetadata
-    from shared.graph import GraphReader
+    from shared.graph import GraphApplications
     from shared.identity.secret_store import SecretStore
     from shared.identity.token_provider import AccessToken, DataverseTokenProvider
     from shared.outgoing_http import HttpCaller, RetryPolicy
@@ -43,7 +43,7 @@ class Worker:
         self._dataverse: DataverseClient | None = None
         self._metadata: TableMetadata | None = None
         self._storage: Storage | None = None
-        self._graph: GraphReader | None = None
+        self._graph: GraphApplications | None = None
         self._http: requests.Session | None = None
         self._callers: dict[str, HttpCaller] = {}
 
@@ -170,13 +170,14 @@ class Worker:
                 found = self._callers[policy.name] = HttpCaller(self.http_session(), policy)
             return found
 
-    def graph(self) -> GraphReader:
+    def graph(self) -> GraphApplications:
+        """App registrations through Graph: read (expiry, doctor) and the app's own credentials (rotation)."""
         with self._lock:
             if self._graph is None:
-                from shared.graph import GraphReader
+                from shared.graph import GraphApplications
 
                 config = self.settings()
-                self._graph = GraphReader(config.graph_url, self.credential(), timeout_s=config.http_timeout_s)
+                self._graph = GraphApplications(config.graph_url, self.credential(), timeout_s=config.http_timeout_s)
             return self._graph
 
 

@@ -19,6 +19,8 @@ EXPIRY_EVENT_TYPES = {
     "microsoft.keyvault.secretexpired": ("secret", "expired"),
     "microsoft.keyvault.certificatenearexpiry": ("certificate", "near"),
     "microsoft.keyvault.certificateexpired": ("certificate", "expired"),
+    # Key Vault renewed a certificate (its lifetime action): the rotation uploads the new one to Entra.
+    "microsoft.keyvault.certificatenewversioncreated": ("certificate", "new"),
 }
 
 
@@ -31,7 +33,7 @@ class VaultExpiryEvent:
     event_id: str
     event_type: str
     kind: str  # "secret" or "certificate"
-    stage: str  # "near" or "expired"
+    stage: str  # "near", "expired", or "new" (a certificate's new version)
     topic: str
     vault_name: str
     object_name: str

@@ -60,8 +60,24 @@ def expiry_event(event: func.EventGridEvent) -> None:
     except EventRejected as exc:  # acknowledged (no retry would change it) and logged
         log_event(logger, "expiry_event_ignored", logging.WARNING, reason=str(exc), event_id=str(event.id))
         return
-    alerts = watch.on_event(parsed)
+    alerts = watch.on_event(parsed) if parsed.stage != "new" else []
     log_event(logger, "expiry_event", event_type=parsed.event_type, name=parsed.object_name, alerts=len(alerts))
+    _rotate_on(parsed)
+
+
+def _rotate_on(parsed: Any) -> None:
+    """The Dataverse credential's near-expiry or expiry event, or its certificate's new version, starts the rotation now
+    (the sweep would within ROTATION_SCHEDULE; the two take turns through the rotation's lease)."""
+    from shared.expiry.wiring import build_rotator
+
+    rotator = build_rotator()
+    wanted = "certificate" if rotator.settings.kind == "certificate" else "secret"
+    if parsed.object_name != rotator.settings.credential_name or parsed.kind != wanted:
+        return
+    # Even an expired secret is rotated: Graph is reached with the managed identity, not with the old secret.
+    report = rotator.tick("event")
+    log_event(logger, "rotation_tick", outcome=report.outcome, reason="event",
+              phase=report.state.phase if report.state else "-")  # fmt: skip
 
 
 @bp.route(route="credentials", methods=["GET"])

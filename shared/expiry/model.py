@@ -40,7 +40,7 @@ class Credential:
         return f"{labels[self.source]} {self.name} ({self.owner})"
 
 
-AlertKind = Literal["threshold", "drift", "resolved", "probe_failed", "probe_recovered"]
+AlertKind = Literal["threshold", "drift", "resolved", "probe_failed", "probe_recovered", "rotation"]
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
-"""The expiry monitor assembled from the composition root's objects (managed identity for Key Vault,
-Graph and storage), and the Dataverse probe the sweep runs."""
+"""The expiry monitor and the credential rotation assembled from the composition root's objects (managed
+identity for Key Vault, Graph and storage), and the Dataverse probe the sweep runs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from shared.composition import Worker, worker
 from shared.errors import AuthError, DataverseError
 from shared.expiry.monitor import ExpiryMonitor
+from shared.expiry.rotation import RotationSettings, Rotator
 from shared.expiry.settings import ExpirySettings
 
 
@@ -51,3 +52,44 @@ def build_monitor(clock: Callable[[], datetime] | None = None, source: Worker | 
 def monitor() -> ExpiryMonitor:
     """The monitor for this invocation, on the worker's objects (their caches outlive it)."""
     return build_monitor()
+
+
+def build_rotator(source: Worker | None = None, clock: Callable[[], datetime] | None = None) -> Rotator:
+    """The rotation of the app's own Dataverse credential, on the worker's objects."""
+    from shared.expiry.notify import Notifier, parse_channels
+    from shared.expiry.rotation_state import ROTATION_TABLE, RotationStore
+    from shared.identity.credential import DataverseCredential, certificate_credential
+    from shared.identity.credential_check import CredentialCheck
+    from shared.identity.managed_identity import identity_label
+    from shared.identity.secret_store import SecretValue
+    from shared.identity.vault_writer import VaultWriter
+
+    root = source or worker()
+    config = root.settings()
+    settings = RotationSettings.from_env()
+    expiry = ExpirySettings.from_env()
+    store = root.secret_store()
+
+    def parse(secret: SecretValue) -> DataverseCredential:
+        if settings.kind == "certificate":
+            return certificate_credential(secret)
+        return DataverseCredential(kind="secret", source=secret.name, secret=secret.value.strip())
+
+    return Rotator(
+        settings,
+        states=RotationStore(root.storage().table(ROTATION_TABLE)),
+        entra=root.graph(),
+        vault=VaultWriter(
+            config.key_vault_url,
+            root.credential(),
+            verify_challenge_resource=config.verify_challenge_resource,
+            identity_label=identity_label(config),
+        ),
+        check=CredentialCheck(config),
+        notices=Notifier(parse_channels(expiry.channels), root.secret, session=root.http_session()),
+        lease=root.storage().lease,
+        # The token provider re-reads the credential through the store and rebuilds its MSAL app when it changed.
+        switch=store.invalidate,
+        parse=parse,
+        clock=clock or (lambda: datetime.now(UTC)),
+    )

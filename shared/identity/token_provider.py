@@ -62,12 +62,18 @@ class DataverseTokenProvider:
     def __init__(
         self,
         settings: Settings,
-        store: SecretStore,
+        store: SecretStore | None,
         *,
+        fixed: DataverseCredential | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``fixed``: this credential only, never re-read from Key Vault (``store`` may then be None): how the
+        rotation proves a new credential with an MSAL app of its own, sharing no cache with the worker's."""
+        if store is None and fixed is None:
+            raise ValueError("a token provider needs a secret store or a fixed credential")
         self._settings = settings
         self._store = store
+        self._fixed = fixed
         self._clock = clock
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
@@ -93,7 +99,7 @@ class DataverseTokenProvider:
             try:
                 return self._acquire(app)
             except AuthError as exc:
-                if exc.code not in ROTATION_CODES:
+                if exc.code not in ROTATION_CODES or self._store is None:
                     raise
                 # The credential may have been rotated in Key Vault since we cached it: re-read now.
                 self._store.invalidate(self._settings.credential_name)
@@ -112,7 +118,11 @@ class DataverseTokenProvider:
 
     # -- internals -----------------------------------------------------------------------------
     def _application(self) -> msal.ConfidentialClientApplication:
-        credential = load_credential(self._settings, self._store)
+        credential = self._fixed
+        if credential is None and self._store is not None:  # the constructor saw to it that one is set
+            credential = load_credential(self._settings, self._store)
+        if credential is None:
+            raise ValueError("a token provider needs a secret store or a fixed credential")
         if self._app is not None and credential.fingerprint == self._app_fingerprint:
             return self._app
         import msal
