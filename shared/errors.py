@@ -14,6 +14,8 @@
     ├── KeyValueRefused           a key, id or name no URL may carry; .field (shared.dataverse.addressing)
     ├── EventRejected             an Event Grid event we do not act on (shared.expiry.eventgrid)
     ├── StateConflict             an alert-state row changed since it was read (shared.expiry.state)
+    ├── RotationFailed            a credential rotation step failed for good; .step, .code, .cause, .fix
+    │                             (shared.expiry.rotation: undone and alerted)
     ├── RequestRejected           an HTTP route's input is refused; .status (400/413), .reason (shared.http_input)
     ├── WebhookRejected           an incoming webhook is refused; .status (400/401/413), .reason
     ├── ClaimLost                 a webhook claim was taken over before it was settled (shared.webhooks.dedupe)

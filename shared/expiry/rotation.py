@@ -29,7 +29,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -43,6 +43,7 @@ from shared.graph import ENTRA_KEY_ID_TAG, graph_time, possession_proof
 from shared.logging import log_event
 
 if TYPE_CHECKING:
+    from shared.config import Settings
     from shared.identity.credential import DataverseCredential
     from shared.identity.secret_store import SecretValue
 
@@ -69,11 +70,12 @@ class RotationSettings:
     retry_after_s: float
 
     @classmethod
-    def from_env(cls, env: Any = None) -> RotationSettings:
-        from shared.config import Settings, SettingsReader
+    def from_env(cls, config: Settings, env: Mapping[str, str] | None = None) -> RotationSettings:
+        """The rotation settings, with the app's identity settings already read in ``config``; one ConfigError
+        lists every problem."""
+        from shared.config import SettingsReader
         from shared.settings_registry import EnvVars
 
-        config = Settings.from_env(env)
         reader = SettingsReader(env)
         enabled = reader.boolean(EnvVars.ROTATION_ENABLED)
         before = reader.integer(EnvVars.ROTATE_BEFORE_DAYS)

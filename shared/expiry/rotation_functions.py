@@ -52,7 +52,7 @@ def rotation_status(req: func.HttpRequest) -> func.HttpResponse:
     return _answer(200, {"enabled": rotator.settings.enabled, "rotation": state.to_dict() if state else None})
 
 
-@bp.route(route="rotation/start", methods=["POST"])
+@bp.route(route="rotation/start", methods=["POST"], auth_level=func.AuthLevel.ADMIN)  # it changes the credential
 def rotation_start(req: func.HttpRequest) -> func.HttpResponse:
     """Start a rotation now, whatever the end date (or resume the one in progress), and run it as far as it
     goes now: to the grace period, or its end."""

@@ -66,7 +66,7 @@ def build_rotator(source: Worker | None = None, clock: Callable[[], datetime] | 
 
     root = source or worker()
     config = root.settings()
-    settings = RotationSettings.from_env()
+    settings = RotationSettings.from_env(config)
     expiry = ExpirySettings.from_env()
     store = root.secret_store()
 
@@ -89,7 +89,7 @@ def build_rotator(source: Worker | None = None, clock: Callable[[], datetime] | 
         notices=Notifier(parse_channels(expiry.channels), root.secret, session=root.http_session()),
         lease=root.storage().lease,
         # The token provider re-reads the credential through the store and rebuilds its MSAL app when it changed.
-        switch=store.invalidate,
+        switch=lambda name: store.invalidate(name),
         parse=parse,
         clock=clock or (lambda: datetime.now(UTC)),
     )

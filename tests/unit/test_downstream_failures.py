@@ -160,6 +160,8 @@ CASES: list[tuple[str, str, tuple[Failure, ...]]] = [
     ("webhook_incidents", "", STORAGE_ONLY),
     ("webhook_incident_ack", "", STORAGE_ONLY),
     ("webhook_incident_snooze", "", STORAGE_ONLY),
+    ("rotation_status", "", STORAGE_ONLY),
+    ("rotation_start", "", (*STORAGE_ONLY, KV_UNREACHABLE, KV_REFUSING)),
 ]
 INCIDENT_ID = "20261201T195925Z-5f1c7d4e-9a0b-4c2d-8e3f-112233445566"
 PARAMS = [
@@ -233,9 +235,15 @@ class World:
         return SimpleNamespace()
 
     def settings(self) -> Any:
-        return SimpleNamespace(client_secret_name="dataverse-client-secret")
+        return SimpleNamespace(client_secret_name="dataverse-client-secret", client_id="3b9d7c1e-0000-4000-8000-1",
+                               credential_name="dataverse-client-secret", uses_certificate=False,
+                               secret_cache_ttl_s=900, key_vault_url="https://kv-test.vault.azure.net/",
+                               verify_challenge_resource=True, managed_identity_client_id=None)  # fmt: skip
 
     def graph(self) -> Any:
+        return SimpleNamespace()
+
+    def credential(self) -> Any:
         return SimpleNamespace()
 
     def http_session(self) -> Any:

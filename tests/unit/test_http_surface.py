@@ -63,6 +63,8 @@ AUDITED: dict[str, tuple[str, tuple[str, ...], str, int | None]] = {
     "credentials_list": ("credentials", ("GET",), "function", NO_BODY),
     "credentials_ack": ("credentials/{id}/ack", ("POST",), "function", MAX_SILENCE_BODY_BYTES),
     "credentials_snooze": ("credentials/{id}/snooze", ("POST",), "function", MAX_SILENCE_BODY_BYTES),
+    "rotation_status": ("rotation", ("GET",), "function", NO_BODY),
+    "rotation_start": ("rotation/start", ("POST",), "admin", NO_BODY),  # it changes the app's credential
 }
 
 
@@ -288,6 +290,8 @@ INPUTS: dict[str, Inputs] = {
         needs="storage, Key Vault, Entra, Dataverse",
     ),
     "webhook_watch": Inputs(200, needs="storage, Key Vault, Entra, Dataverse"),  # no input: strict query, no body
+    "rotation_status": Inputs(200, needs="storage"),
+    "rotation_start": Inputs(200, needs="storage, Key Vault, Graph, Entra, Dataverse"),
     "webhook_incidents": Inputs(200, needs="storage"),
     "webhook_incident_ack": Inputs(
         200,
@@ -455,6 +459,13 @@ class Dependencies:
         return SimpleNamespace(clock=lambda: datetime.now(UTC), listing=lambda: {"incidents": [], "steps": []},
                                acknowledge=silence, snooze=silence)  # fmt: skip
 
+    def rotator(self) -> Any:
+        self._up()
+        report = SimpleNamespace(outcome="not due", notices=[], state=None)
+        return SimpleNamespace(settings=SimpleNamespace(enabled=True, credential_name="dataverse-client-secret"),
+                               states=SimpleNamespace(get=lambda name: None),
+                               tick=lambda reason, force=False: report)  # fmt: skip
+
     def doctor(self) -> Any:
         ok = not self.down
         return SimpleNamespace(ok=ok, to_dict=lambda: {"ok": ok})
@@ -471,6 +482,7 @@ class Dependencies:
         monkeypatch.setattr(sync_functions, "run_job", self.run_job)
         monkeypatch.setattr(engine, "replay_dead_letters", self.replay)
         monkeypatch.setattr(expiry_wiring, "monitor", self.monitor)
+        monkeypatch.setattr(expiry_wiring, "build_rotator", self.rotator)
         monkeypatch.setattr(doctor, "run_doctor", self.doctor)
         monkeypatch.setattr(reconciler_functions, "reconciler", self.reconciler)
         monkeypatch.setattr(watcher_functions, "watcher", self.watcher)
