@@ -42,6 +42,9 @@ class PasswordCredential:
     value: str
     start: datetime
     end: datetime
+    # Entra's propagation: the token endpoint accepts the password from this (world-clock) time on;
+    # None: at once (the scenario's own credentials).
+    accepted_after: datetime | None = None
 
     @property
     def hint(self) -> str:
@@ -52,9 +55,11 @@ class PasswordCredential:
 class KeyCredential:
     key_id: str
     display_name: str
-    private_key: rsa.RSAPrivateKey
+    private_key: rsa.RSAPrivateKey | None  # None: uploaded through Graph addKey (only its public part)
     certificate: x509.Certificate
     registered: bool = True  # False: exists (e.g. in the vault) but was never uploaded to the app
+    accepted_after: datetime | None = None  # as PasswordCredential.accepted_after
+    graph_display_name: str | None = None  # Graph's displayName; None: the certificate's subject
 
     @property
     def start(self) -> datetime:
@@ -72,8 +77,13 @@ class KeyCredential:
     def sha256(self) -> bytes:
         return self.certificate.fingerprint(hashes.SHA256())
 
+    def _key(self) -> rsa.RSAPrivateKey:
+        if self.private_key is None:
+            raise ValueError(f"key credential {self.key_id} was uploaded without its private key")
+        return self.private_key
+
     def pem_bundle(self) -> str:
-        key = self.private_key.private_bytes(
+        key = self._key().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         cert = self.certificate.public_bytes(serialization.Encoding.PEM)
@@ -81,7 +91,7 @@ class KeyCredential:
 
     def pfx_base64(self) -> str:
         blob = pkcs12.serialize_key_and_certificates(
-            self.display_name.encode(), self.private_key, self.certificate, None, serialization.NoEncryption()
+            self.display_name.encode(), self._key(), self.certificate, None, serialization.NoEncryption()
         )
         return base64.b64encode(blob).decode()
 
@@ -96,6 +106,7 @@ class Application:
     keys: list[KeyCredential] = field(default_factory=list)
     consent_missing: bool = False  # answers AADSTS65001 (injectable consent failure)
     app_roles: dict[str, list[str]] = field(default_factory=dict)  # resource -> roles in the token
+    owners: list[str] = field(default_factory=list)  # object ids of the owning service principals
 
 
 @dataclass
@@ -141,11 +152,15 @@ class World:
     extra_resources: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
     clock_offset_s: float = 0.0
+    credential_propagation_s: float = 0.0  # a password/key added through Graph works this long after
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- lookups -------------------------------------------------------------------------------
     def application(self, app_id: str) -> Application | None:
         return next((a for a in self.applications.values() if a.app_id == app_id), None)
+
+    def application_by_object_id(self, object_id: str) -> Application | None:
+        return next((a for a in self.applications.values() if a.object_id == object_id), None)
 
     def identity(self, client_id: str | None) -> ManagedIdentity | None:
         if client_id is None:
@@ -161,6 +176,8 @@ class World:
         values += [v.value for versions in self.secrets.values() for v in versions]
         for app in self.applications.values():
             for key in app.keys:
+                if key.private_key is None:  # uploaded through Graph: nothing secret here
+                    continue
                 values.append(key.pem_bundle().split("-----BEGIN CERTIFICATE-----")[0])
                 values.append(key.pfx_base64())
         return values
@@ -259,6 +276,7 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
     ]
     if sum(1 for i in identities if i.kind == "system") > 1:
         raise ScenarioError("managed_identities: at most one entry may have type: system")
+    _resolve_owners(scenario, applications, identities)
 
     vault = scenario.get("vault") or {}
     world = World(
@@ -274,6 +292,7 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
         mi_token_lifetime_s=int(entra.get("managed_identity_token_lifetime_s", DEFAULT_MI_TOKEN_LIFETIME_S)),
         error_status={str(k): int(v) for k, v in (entra.get("error_status") or {}).items()},
         extra_resources=list(entra.get("resources") or []),
+        credential_propagation_s=float(entra.get("credential_propagation_s", 0)),
     )
 
     for entry in vault.get("secrets") or []:
@@ -301,6 +320,18 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
     for setting, value in (scenario.get("settings") or {}).items():
         world.settings[str(setting)] = _resolve_reference(world, str(value))
     return world
+
+
+def _resolve_owners(
+    scenario: dict[str, Any], applications: dict[str, Application], identities: list[ManagedIdentity]
+) -> None:
+    """``applications[].owners``: managed identities (by name) that own the registration, as object ids."""
+    by_name = {i.name: i.object_id for i in identities}
+    for entry in scenario.get("applications") or []:
+        for owner in entry.get("owners") or []:
+            if owner not in by_name:
+                raise ScenarioError(f"applications[{entry['name']}].owners: unknown managed identity {owner!r}")
+            applications[entry["name"]].owners.append(by_name[owner])
 
 
 def _secret_version(entry: dict[str, Any], world: World, when: Any, now: datetime) -> SecretVersion:
