@@ -27,7 +27,7 @@ APP_ID = "3b9d7c1e-5a2f-4e8b-b6d4-8c1f0a7e2d11"
 OBJECT_ID = "7e1c9a3b-2d4f-4b6a-8c0e-1f3a5b7c9d02"
 
 
-class Crash(BaseException):  # noqa: N818 - a process dying, not an error the code may catch
+class Crash(BaseException):
     """The worker died here (a SIGKILL): nothing after this point runs."""
 
 
@@ -106,7 +106,8 @@ class FakeApp(Faults):
                 for p in self.passwords
             ],
             "keyCredentials": [
-                {"keyId": k.key_id, "customKeyIdentifier": base64.b64encode(k.sha1).decode(), "type": "AsymmetricX509Cert"}
+                {"keyId": k.key_id, "customKeyIdentifier": base64.b64encode(k.sha1).decode(),
+                 "type": "AsymmetricX509Cert"}
                 for k in self.keys
             ],
         }  # fmt: skip
@@ -219,10 +220,10 @@ class FakeCheck:
         self.tokens: list[bool] = []
 
     def accepts(self, credential: DataverseCredential) -> bool:
-        now = self.clock()
+        ready = self.clock() - self.propagation
         if credential.kind == "secret":
-            return any(p.value == credential.secret and now >= p.added_at + self.propagation for p in self.app.passwords)
-        return any(k.sha1.hex() == credential.thumbprint and now >= k.added_at + self.propagation for k in self.app.keys)
+            return any(p.value == credential.secret and p.added_at <= ready for p in self.app.passwords)
+        return any(k.sha1.hex() == credential.thumbprint and k.added_at <= ready for k in self.app.keys)
 
     def token(self, credential: DataverseCredential) -> None:
         ok = self.accepts(credential)

@@ -96,12 +96,15 @@ class World:
 def test_a_secret_25_days_from_expiry_is_rotated_step_by_step() -> None:
     world = World(days_left=25)
     first = world.tick()
-    assert first.outcome == "waiting" and first.state.phase == "switched"
+    assert first.outcome == "waiting"
+    assert first.state.phase == "switched"
     assert world.steps() == STEPS[:-1]
     new = [p for p in world.app.passwords if p.key_id != world.old.key_id]
-    assert len(new) == 1 and new[0].end.date() == (world.clock.now + timedelta(days=180)).date()
+    assert len(new) == 1
+    assert new[0].end.date() == (world.clock.now + timedelta(days=180)).date()
     latest = world.latest()
-    assert latest.value == new[0].value and latest.expires_on == new[0].end
+    assert latest.value == new[0].value
+    assert latest.expires_on == new[0].end
     assert latest.tags == {"entraKeyId": new[0].key_id, "rotationId": first.state.rotation_id}
     assert latest.content_type == "text/plain"
     assert world.switched == [NAME]
@@ -111,7 +114,8 @@ def test_a_secret_25_days_from_expiry_is_rotated_step_by_step() -> None:
     done = world.after_grace()
     assert done.outcome == "retired"
     assert [p.key_id for p in world.app.passwords] == [new[0].key_id]
-    assert world.old_version.enabled is False and latest.enabled is True
+    assert world.old_version.enabled is False
+    assert latest.enabled is True
     assert world.steps() == STEPS, "one notice per step"
     assert world.tick().outcome == "not due", "the new secret has 180 days"
 
@@ -119,7 +123,8 @@ def test_a_secret_25_days_from_expiry_is_rotated_step_by_step() -> None:
 def test_a_secret_outside_the_window_is_left_alone_unless_an_admin_asks() -> None:
     world = World(days_left=45)
     assert world.tick().outcome == "not due"
-    assert world.app.calls == ["application"] and world.steps() == []
+    assert world.app.calls == ["application"]
+    assert world.steps() == []
     assert world.tick(reason="admin", force=True).state.phase == "switched"
 
 
@@ -137,18 +142,21 @@ def test_the_secret_reaches_key_vault_only_once_entra_accepts_it() -> None:
 
     world.check.token = token  # type: ignore[method-assign]
     assert world.tick().state.phase == "switched"
-    assert stored_while_refused and set(stored_while_refused) == {1}, "no version before Entra accepted it"
+    assert stored_while_refused, "Entra refused the new secret at first"
+    assert set(stored_while_refused) == {1}, "no version before Entra accepted it"
     assert world.sleeps[:4] == [1.0, 2.0, 4.0, 8.0], "backoff between token attempts"
 
 
 def test_a_secret_refused_past_the_deadline_is_removed_and_the_old_one_kept() -> None:
     world = World(propagation_s=10_000)
     report = world.tick()
-    assert report.outcome == "failed" and report.state.failed_step == "verify"
+    assert report.outcome == "failed"
+    assert report.state.failed_step == "verify"
     assert [p.key_id for p in world.app.passwords] == [world.old.key_id], "the new password was removed"
     assert world.vault.objects[NAME] == [world.old_version], "Key Vault never saw it"
     failed = world.sink.received["json"][-1]
-    assert failed["level"] == "failed" and "AADSTS7000215" in failed["title"]
+    assert failed["level"] == "failed"
+    assert "AADSTS7000215" in failed["title"]
     assert "still refused 600 s after it was added" in failed["text"]
     assert world.tick().outcome == "not due", "ROTATION_RETRY_AFTER_S before the next attempt"
     world.check.propagation = timedelta(0)
@@ -159,7 +167,8 @@ def test_graph_down_at_add_changes_nothing_and_names_the_cause() -> None:
     world = World()
     world.app.fail_next("add_password", refused("serviceNotAvailable", step="graph", retryable=True, status=503))
     report = world.tick()
-    assert report.outcome == "failed" and report.state.failed_step == "add"
+    assert report.outcome == "failed"
+    assert report.state.failed_step == "add"
     assert [p.key_id for p in world.app.passwords] == [world.old.key_id]
     assert len(world.vault.objects[NAME]) == 1
     assert "serviceNotAvailable" in world.sink.received["json"][-1]["title"]
@@ -169,21 +178,25 @@ def test_key_vault_down_at_the_store_removes_the_new_password() -> None:
     world = World()
     world.vault.fail_next("store", refused("KeyVaultUnavailable", step="key_vault", retryable=True, status=503))
     report = world.tick()
-    assert report.outcome == "failed" and report.state.failed_step == "store"
+    assert report.outcome == "failed"
+    assert report.state.failed_step == "store"
     assert [p.key_id for p in world.app.passwords] == [world.old.key_id]
     assert len(world.vault.objects[NAME]) == 1
     alert = world.sink.received["json"][-1]
-    assert "KeyVaultUnavailable" in alert["title"] and "the new password was removed" in alert["text"]
+    assert "KeyVaultUnavailable" in alert["title"]
+    assert "the new password was removed" in alert["text"]
 
 
 def test_a_failed_whoami_undoes_the_rotation_in_entra_and_key_vault() -> None:
     world = World()
     world.check.dataverse_failure = refused("0x80072560", step="whoami", status=403)
     report = world.tick()
-    assert report.outcome == "failed" and report.state.failed_step == "verify"
+    assert report.outcome == "failed"
+    assert report.state.failed_step == "verify"
     assert [p.key_id for p in world.app.passwords] == [world.old.key_id]
     latest = world.latest()
-    assert latest.value == OLD_VALUE and latest.tags["entraKeyId"] == world.old.key_id
+    assert latest.value == OLD_VALUE
+    assert latest.tags["entraKeyId"] == world.old.key_id
     assert [v.enabled for v in world.vault.objects[NAME]] == [True, False, True]
     assert world.switched == []
 
@@ -196,7 +209,8 @@ def test_a_crash_while_the_text_is_only_in_memory_leaves_no_orphan(crash: str) -
         world.tick()
     world.leases.held.clear()  # the dead worker's lease ran out
     if crash == "add_password":  # the answer was lost: Entra has a password nobody saved the keyId of
-        assert world.states.get(NAME).phase == "planned" and len(world.app.passwords) == 2
+        assert world.states.get(NAME).phase == "planned"
+        assert len(world.app.passwords) == 2
     resumed = world.tick()
     assert resumed.state.phase == "switched"
     assert world.after_grace().outcome == "retired"
@@ -218,12 +232,14 @@ def test_a_crash_after_the_new_version_was_written_adopts_it() -> None:
     with pytest.raises(Crash):
         world.tick()
     world.leases.held.clear()
-    assert world.states.get(NAME).phase == "added" and len(world.vault.objects[NAME]) == 2
+    assert world.states.get(NAME).phase == "added"
+    assert len(world.vault.objects[NAME]) == 2
     # The latest version carries this rotation's id: adopted, not removed (it works; the text is in Key Vault).
     assert world.tick().state.phase == "switched"
     assert written == ["store"], "no second password, no second version"
     assert world.after_grace().outcome == "retired"
-    assert len(world.app.passwords) == 1 and world.latest().value == world.app.passwords[0].value
+    assert len(world.app.passwords) == 1
+    assert world.latest().value == world.app.passwords[0].value
 
 
 @pytest.mark.parametrize("step", ["planned", "added", "stored", "verified", "switched"])
@@ -246,7 +262,8 @@ def test_a_crash_after_each_saved_step_resumes_to_one_valid_credential(step: str
     world.after_grace()
     assert world.states.get(NAME).phase == "retired"
     assert len(world.app.passwords) == 1
-    assert world.latest().value == world.app.passwords[0].value and world.latest().enabled
+    assert world.latest().value == world.app.passwords[0].value
+    assert world.latest().enabled
     assert world.check.accepts(DataverseCredential(kind="secret", source=NAME, secret=world.latest().value))
 
 
@@ -255,7 +272,8 @@ def test_the_old_password_stays_when_graph_cannot_remove_it_and_goes_next_time()
     world.tick()
     world.app.fail_next("remove_password", refused("serviceNotAvailable", step="graph", retryable=True))
     assert world.after_grace().outcome == "waiting"
-    assert world.old in world.app.passwords and world.states.get(NAME).phase == "switched"
+    assert world.old in world.app.passwords
+    assert world.states.get(NAME).phase == "switched"
     assert world.steps()[-1] == "retire_delayed"
     assert world.tick().outcome == "retired"
     assert world.old not in world.app.passwords
@@ -265,21 +283,25 @@ def test_one_rotation_at_a_time() -> None:
     world = World()
     world.leases.held.add(f"rotation-{NAME}")
     assert world.tick().outcome == "busy"
-    assert world.app.calls == [] and world.steps() == []
+    assert world.app.calls == []
+    assert world.steps() == []
 
 
 def test_a_connection_string_is_not_rotated_and_the_alert_says_how_to_fix_it() -> None:
     world = World()
     world.vault.put(NAME, "AuthType=ClientSecret;Url=https://x.crm.dynamics.com;ClientId=a;ClientSecret=b")
     report = world.tick()
-    assert report.outcome == "failed" and "ConnectionStringNotRotated" in report.state.failure
-    assert world.app.calls == ["application"] and len(world.app.passwords) == 1
+    assert report.outcome == "failed"
+    assert "ConnectionStringNotRotated" in report.state.failure
+    assert world.app.calls == ["application"]
+    assert len(world.app.passwords) == 1
     assert "Value alone" in world.sink.received["json"][-1]["fix"]
 
 
 def test_disabled_rotation_does_nothing() -> None:
     world = World(enabled=False)
-    assert world.tick(force=True).outcome == "disabled" and world.app.calls == []
+    assert world.tick(force=True).outcome == "disabled"
+    assert world.app.calls == []
 
 
 def test_a_renewed_certificate_is_uploaded_with_a_proof_verified_and_the_old_key_removed() -> None:
@@ -288,7 +310,8 @@ def test_a_renewed_certificate_is_uploaded_with_a_proof_verified_and_the_old_key
     pem, cert = certificate("dvbridge", world.clock.now, 365)
     renewed = world.vault.put(CERT, pem, content_type="application/x-pem-file")
     report = world.tick(reason="event")
-    assert report.state.phase == "switched" and report.state.new_version == renewed.version
+    assert report.state.phase == "switched"
+    assert report.state.new_version == renewed.version
     assert [k.certificate for k in world.app.keys] == [world.old_key.certificate, cert]
     assert world.steps() == ["planned", "added", "verified", "switched"]
     assert world.after_grace().outcome == "retired"
@@ -298,7 +321,7 @@ def test_a_renewed_certificate_is_uploaded_with_a_proof_verified_and_the_old_key
 
 def test_a_certificate_whose_upload_fails_verification_is_removed_again() -> None:
     world = World(kind="certificate")
-    pem, cert = certificate("dvbridge", world.clock.now, 365)
+    pem, _cert = certificate("dvbridge", world.clock.now, 365)
     world.vault.put(CERT, pem, content_type="application/x-pem-file")
     world.check.dataverse_failure = refused("0x80072560", step="whoami", status=403)
     report = world.tick()
@@ -313,4 +336,5 @@ def test_no_secret_reaches_a_notice_or_the_state() -> None:
     world.after_grace()
     new_value = world.latest().value
     text = repr(world.sink.received) + repr(world.table.rows())
-    assert new_value not in text and OLD_VALUE not in text
+    assert new_value not in text
+    assert OLD_VALUE not in text
