@@ -26,6 +26,11 @@ param dataverseClientSecretName string = 'dataverse-client-secret'
 @description('Key Vault certificate for certificate authentication (instead of a secret).')
 param dataverseCertificateName string = ''
 
+// Rotation's role on the credential (Secrets Officer on the secret; Certificate User on the certificate) is scoped
+// to that one object, which is stored after the first deployment: set this once it is in the vault (DEPLOY.md).
+@description('true once the Dataverse secret or certificate is in Key Vault: grants rotation its role on that one object.')
+param grantRotationAccess bool = false
+
 @description('Entity sets the app writes, probed by the doctor, e.g. accounts,contacts')
 param dataverseTables string = ''
 
@@ -56,7 +61,8 @@ param syncChunkConcurrency int = 2
 
 // Timer schedules (six-field NCRONTAB, UTC). The Functions host resolves each timer's %SETTING% from the
 // app settings; one left unset disables that timer ("failed indexing"). Defaults: each job's `schedule` in
-// sync_jobs.yaml and the expiry sweep's daily 06:00 (tests/infra/test_binding_settings.py keeps them equal).
+// sync_jobs.yaml, the expiry sweep's daily 06:00 and the rotation's every 10 minutes (tests/infra/test_binding_settings.py
+// keeps them equal).
 @description('SYNC_SCHEDULE_ACCOUNTS: timer of the accounts job.')
 param syncScheduleAccounts string = '0 */15 * * * *'
 
@@ -68,6 +74,9 @@ param syncScheduleShipmentsOut string = '0 */5 * * * *'
 
 @description('EXPIRY_SWEEP_SCHEDULE: timer of the credential expiry sweep.')
 param expirySweepSchedule string = '0 0 6 * * *'
+
+@description('ROTATION_SCHEDULE: timer of the credential rotation (starts one before expiry, moves one in progress on).')
+param rotationSchedule string = '0 */10 * * * *'
 
 @description('WEBHOOK_RECONCILE_SCHEDULE: timer of the webhook reconciler (lost events back from change tracking).')
 param webhookReconcileSchedule string = '0 */5 * * * *'
@@ -103,6 +112,7 @@ var deploymentContainer = 'app-package-${resourceToken}'
 var useUserAssigned = !empty(userAssignedIdentityId)
 var useCertificate = !empty(dataverseCertificateName)
 var keyVaultName = 'kv-${resourceToken}'
+var credentialName = useCertificate ? dataverseCertificateName : dataverseClientSecretName
 
 var credentialSetting = useCertificate ? [
   {
@@ -201,6 +211,10 @@ module app 'modules/functionapp.bicep' = {
         value: 'https://${keyVaultName}${environment().suffixes.keyvaultDns}'
       }
       {
+        name: 'KEY_VAULT_RESOURCE_ID'
+        value: vault.outputs.id
+      }
+      {
         name: 'DATAVERSE_TABLES'
         value: dataverseTables
       }
@@ -237,6 +251,10 @@ module app 'modules/functionapp.bicep' = {
         value: expirySweepSchedule
       }
       {
+        name: 'ROTATION_SCHEDULE'
+        value: rotationSchedule
+      }
+      {
         name: 'WEBHOOK_RECONCILE_SCHEDULE'
         value: webhookReconcileSchedule
       }
@@ -248,6 +266,7 @@ module app 'modules/functionapp.bicep' = {
   }
 }
 
+// Rotation's role goes only to the identity that rotates: the one the app authenticates to Key Vault with.
 module roles 'modules/roles.bicep' = {
   name: 'roles'
   params: {
@@ -256,11 +275,13 @@ module roles 'modules/roles.bicep' = {
     keyVaultName: vault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
     useCertificate: useCertificate
+    credentialName: credentialName
+    grantRotationAccess: grantRotationAccess && !useUserAssigned
   }
 }
 
 // The identity the app authenticates with needs the roles: with a user-assigned one, that is it (storage,
-// deployment, Key Vault); the system identity keeps its own, as telemetry still uses it.
+// deployment, Key Vault, rotation); the system identity keeps its read roles, as telemetry still uses it.
 module userAssignedRoles 'modules/roles.bicep' = if (useUserAssigned) {
   name: 'roles-user-assigned'
   params: {
@@ -269,6 +290,8 @@ module userAssignedRoles 'modules/roles.bicep' = if (useUserAssigned) {
     keyVaultName: vault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
     useCertificate: useCertificate
+    credentialName: credentialName
+    grantRotationAccess: grantRotationAccess
   }
 }
 
@@ -326,4 +349,6 @@ output AZURE_KEY_VAULT_NAME string = vault.outputs.name
 output AZURE_KEY_VAULT_URL string = 'https://${keyVaultName}${environment().suffixes.keyvaultDns}'
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_PRINCIPAL_ID string = app.outputs.principalId
+// The identity the app calls Key Vault and Graph with: infra/scripts/grant-graph-permission.sh grants it Graph's roles.
+output AZURE_APP_PRINCIPAL_ID string = useUserAssigned ? userAssignedIdentityPrincipalId : app.outputs.principalId
 output FUNCTIONS_BASE_URL string = 'https://${app.outputs.hostName}'

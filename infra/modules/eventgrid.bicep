@@ -1,4 +1,5 @@
-// Key Vault's system topic and a subscription for the four expiry events to the expiry_event function.
+// Key Vault's system topic and a subscription for the four expiry events, and a certificate's renewal (a new
+// version, which starts its rotation), to the expiry_event function.
 // Deployed by the azd postdeploy hook: Event Grid validates the endpoint, so the function must exist.
 param location string
 param keyVaultName string
@@ -41,6 +42,8 @@ resource expiry 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2024-06-01-
         'Microsoft.KeyVault.SecretExpired'
         'Microsoft.KeyVault.CertificateNearExpiry'
         'Microsoft.KeyVault.CertificateExpired'
+        // the certificate's lifetime action renewed it: the rotation registers the new version with Entra
+        'Microsoft.KeyVault.CertificateNewVersionCreated'
       ]
     }
     eventDeliverySchema: 'EventGridSchema'

@@ -28,7 +28,8 @@ Model versions (the SDK packages are pinned in requirements-dev.txt):
 |---|---|---|
 | Microsoft.Web/serverfarms, Microsoft.Web/sites @2024-04-01 | azure-mgmt-web 8.0.0: v2024_04_01 | same |
 | Microsoft.Storage/storageAccounts (and children) @2023-05-01 | azure-mgmt-storage 21.2.1: v2023_05_01 | same |
-| Microsoft.KeyVault/vaults@2023-07-01 | azure-mgmt-keyvault 10.3.1: v2023_07_01 | same |
+| Microsoft.KeyVault/vaults (and /secrets) @2023-07-01 | azure-mgmt-keyvault 10.3.1: v2023_07_01 | same |
+| Microsoft.KeyVault/vaults/certificates@2023-07-01 | none: scope only [3] | - |
 | Microsoft.Insights/components@2020-02-02 | azure-mgmt-applicationinsights 4.1.0: v2020_02_02 | same |
 | Microsoft.Authorization/roleAssignments@2022-04-01 | azure-mgmt-authorization 4.0.0: v2022_04_01 | same |
 | Microsoft.EventGrid/systemTopics (/eventSubscriptions) @2024-06-01-preview | azure-mgmt-eventgrid 10.3.0b4 | same |
@@ -40,6 +41,9 @@ Model versions (the SDK packages are pinned in requirements-dev.txt):
     property that 2023-03-15-preview added would be reported as unknown (then map a newer SDK).
 [2] azure-mgmt-loganalytics 13.x carries one API version only, 2025-07-01, the nearest to 2023-09-01. A property
     added since 2023-09-01 would not be reported; one removed since would.
+[3] ARM has no resource type for a Key Vault certificate (so no SDK model, and Bicep no type definition), yet Key
+    Vault RBAC takes one as a role assignment's scope (Azure/bicep#5630). :data:`SCOPE_ONLY` lists such types: a
+    declaration must be ``existing``, and only its ``id`` and ``name`` may be read.
 
 Run it alone with ``python -m tests.infra.schema_walk [infra-dir]`` (exit status 1 when it finds anything).
 """
@@ -128,6 +132,9 @@ MODELS: dict[tuple[str, str], ModelRef] = {
     ("microsoft.keyvault/vaults", "2023-07-01"): ModelRef(
         KEYVAULT, "VaultCreateOrUpdateParameters", "Vault", "2023-07-01"
     ),
+    ("microsoft.keyvault/vaults/secrets", "2023-07-01"): ModelRef(
+        KEYVAULT, "SecretCreateOrUpdateParameters", "Secret", "2023-07-01"
+    ),
     ("microsoft.insights/components", "2020-02-02"): ModelRef(
         APPINSIGHTS, "ApplicationInsightsComponent", "ApplicationInsightsComponent", "2020-02-02"
     ),
@@ -154,6 +161,13 @@ MODELS: dict[tuple[str, str], ModelRef] = {
         LOGANALYTICS, "Workspace", "Workspace", "2025-07-01", ONLY_MODEL
     ),
 }
+
+# (type in lower case, API version) -> what it is: objects with no ARM resource type that a role assignment may still
+# take as its scope. Declared ``existing`` only (ARM cannot create them), and read for these only:
+SCOPE_ONLY: dict[tuple[str, str], str] = {
+    ("microsoft.keyvault/vaults/certificates", "2023-07-01"): "a Key Vault certificate (a data-plane object)",
+}
+SCOPE_ONLY_READS = frozenset({"id", "name"})
 
 # Keys of a resource body that are Bicep's, not the resource's: never looked up in the model.
 BICEP_BODY_KEYS = frozenset({"name", "scope", "parent", "dependsOn", "depends_on"})
@@ -511,6 +525,15 @@ class SchemaWalk:
     # -- resource bodies ------------------------------------------------------------------------------------------
     def check_resource(self, parsed: BicepFile, declaration: Declaration) -> None:
         ref = lookup(declaration.type, declaration.api_version)
+        scope_only = SCOPE_ONLY.get((declaration.type.lower(), declaration.api_version))
+        if ref is None and scope_only is not None:
+            if not declaration.existing:
+                message = (
+                    f"{declaration.type} is {scope_only}: ARM has no resource type to create it;"
+                    " declare it `existing`, as a role assignment's scope"
+                )
+                self.report(parsed, declaration.symbol, "existing", message, declaration.line)
+            return
         if ref is None:
             versions = mapped_versions(declaration.type)
             if versions:
@@ -783,6 +806,16 @@ class SchemaWalk:
         elif root in parsed.resources:
             declaration = parsed.resources[root]
             ref = lookup(declaration.type, declaration.api_version)
+            scope_only = SCOPE_ONLY.get((declaration.type.lower(), declaration.api_version))
+            if ref is None and scope_only is not None:
+                head = rest[0]
+                if head.kind == "name" and head.value not in SCOPE_ONLY_READS:
+                    message = (
+                        f"reads '{head.value}' of {scope_only}, which ARM cannot read; only"
+                        f" {', '.join(sorted(SCOPE_ONLY_READS))} (in {where})"
+                    )
+                    self.report(parsed, root, str(head.value), message, line)
+                return
             if ref is None:
                 return  # reported as an unmapped type
             if declaration.loop is not None and rest and rest[0].kind == "index":

@@ -34,11 +34,13 @@ EXPECTED_ROLES = {  # variable in modules/roles.bicep -> built-in role GUID
     "keyVaultSecretsUserRoleId": "4633458b-17de-408a-b874-0445c86b69e6",
     "keyVaultReaderRoleId": "21090545-7ca7-4776-b22c-e363652d74d2",
     "keyVaultCertificateUserRoleId": "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba",
+    "keyVaultSecretsOfficerRoleId": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
     "monitoringMetricsPublisherRoleId": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
-EXPIRY_EVENTS = {
+KEY_VAULT_EVENTS = {  # the four expiry events, and a certificate's renewal (it starts the certificate's rotation)
     "Microsoft.KeyVault.SecretNearExpiry", "Microsoft.KeyVault.SecretExpired",
     "Microsoft.KeyVault.CertificateNearExpiry", "Microsoft.KeyVault.CertificateExpired",
+    "Microsoft.KeyVault.CertificateNewVersionCreated",
 }  # fmt: skip
 
 
@@ -138,9 +140,22 @@ def test_role_assignments_use_the_right_built_in_roles_on_the_right_scopes() -> 
     assert scopes == {
         "storageBlobDataOwnerRoleId": "storage", "storageQueueDataContributorRoleId": "storage",
         "storageTableDataContributorRoleId": "storage", "keyVaultSecretsUserRoleId": "vault",
-        "keyVaultReaderRoleId": "vault", "keyVaultCertificateUserRoleId": "vault",
-        "monitoringMetricsPublisherRoleId": "appInsights",
+        "keyVaultReaderRoleId": "vault", "keyVaultCertificateUserRoleId": "dataverseCertificate",
+        "keyVaultSecretsOfficerRoleId": "dataverseSecret", "monitoringMetricsPublisherRoleId": "appInsights",
     }  # fmt: skip
+
+
+def test_rotation_roles_are_scoped_to_the_credential_object_in_the_vault() -> None:
+    # The scopes above are these two: the one secret or certificate named like the app's credential setting,
+    # a child of the vault (tests/infra/test_identities.py checks the evaluated names and who holds them).
+    roles = parsed(INFRA / "modules" / "roles.bicep")
+    for symbol, kind in (("dataverseSecret", "secrets"), ("dataverseCertificate", "certificates")):
+        declaration = roles["resources"][symbol]
+        assert declaration["type"] == f"Microsoft.KeyVault/vaults/{kind}", symbol
+        assert declaration.get("existing"), f"{symbol}: the template must not create or overwrite the credential"
+        assert declaration["config"] == {"parent": "vault", "name": "credentialName"}, symbol
+    main = parsed(INFRA / "main.bicep")
+    assert main["parameters"]["grantRotationAccess"]["default"] is False  # the credential is stored after deploy
 
 
 def test_telemetry_has_local_auth_disabled() -> None:
@@ -149,12 +164,12 @@ def test_telemetry_has_local_auth_disabled() -> None:
     assert "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" in app_settings()
 
 
-def test_event_grid_subscribes_exactly_the_four_expiry_events_to_the_expiry_function() -> None:
+def test_event_grid_subscribes_the_expiry_events_and_certificate_renewals_to_the_expiry_function() -> None:
     topic = resource("eventgrid", "topic")["properties"]
     assert topic["topicType"] == "Microsoft.KeyVault.vaults"
     subscription = resource("eventgrid", "expiry")["properties"]
-    assert set(subscription["filter"]["includedEventTypes"]) == EXPIRY_EVENTS
-    assert len(subscription["filter"]["includedEventTypes"]) == 4
+    assert set(subscription["filter"]["includedEventTypes"]) == KEY_VAULT_EVENTS
+    assert len(subscription["filter"]["includedEventTypes"]) == len(KEY_VAULT_EVENTS)
     destination = subscription["destination"]
     assert destination["endpointType"] == "AzureFunction"
     assert json.dumps(destination["properties"]["resourceId"]).endswith('/functions/expiry_event"')

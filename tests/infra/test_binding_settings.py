@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from shared.expiry.settings import DEFAULT_SWEEP_SCHEDULE
+from shared.settings_registry import DEFAULT_ROTATION_SCHEDULE
 from shared.sync.jobs_file import schedule_setting
 from tests.devstack_process import ROOT
 from tests.infra.test_bicep_contract import parsed, walk
@@ -141,7 +142,7 @@ def example_values(path: Path = LOCAL_SETTINGS_EXAMPLE) -> dict[str, Any]:
 def test_the_bindings_carry_placeholders() -> None:
     found = placeholders()
     assert found, "no %NAME% in any binding: the walk over the bindings is broken"
-    assert {*job_schedules(), "EXPIRY_SWEEP_SCHEDULE"} <= set(found), found
+    assert {*job_schedules(), "EXPIRY_SWEEP_SCHEDULE", "ROTATION_SCHEDULE"} <= set(found), found
     assert found["EXPIRY_SWEEP_SCHEDULE"] == ["expiry_sweep"]
 
 
@@ -159,8 +160,12 @@ def test_importing_function_app_sets_no_binding_placeholder_in_the_environment()
     assert probe()["in_environ"] == []
 
 
-def test_the_schedules_are_the_jobs_file_and_the_sweep_default() -> None:
-    expected = {**job_schedules(), "EXPIRY_SWEEP_SCHEDULE": DEFAULT_SWEEP_SCHEDULE}
+def test_the_schedules_are_the_jobs_file_and_the_sweep_and_rotation_defaults() -> None:
+    expected = {
+        **job_schedules(),
+        "EXPIRY_SWEEP_SCHEDULE": DEFAULT_SWEEP_SCHEDULE,
+        "ROTATION_SCHEDULE": DEFAULT_ROTATION_SCHEDULE,
+    }  # fmt: skip
     tree = parsed(MAIN_BICEP)
     settings = bicep_app_settings(tree)
     assert {name: bicep_value(tree, settings.get(name)) for name in expected} == expected

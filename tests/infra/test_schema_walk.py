@@ -105,6 +105,22 @@ PLANTS = [
           (("    instanceMemoryMB: instanceMemoryMB\n",
            "    instanceMemoryMB: instanceMemoryMB\n    maxInstances: 9\n"),),
           "app", "params.maxInstances", "module app (modules/functionapp.bicep) has no param 'maxInstances'"),
+    Plant("a certificate created as if ARM had the type", "modules/roles.bicep",
+          (("certificates@2023-07-01' existing = {", "certificates@2023-07-01' = {"),),
+          "dataverseCertificate", "existing",
+          "Microsoft.KeyVault/vaults/certificates is a Key Vault certificate (a data-plane object): ARM has no"
+          " resource type to create it; declare it `existing`, as a role assignment's scope"),
+    Plant("read of a scope-only object's properties", "modules/roles.bicep",
+          (("resource dataverseCertificate ",
+            "output certificateSecret string = dataverseCertificate.properties.sid\n"
+            "\nresource dataverseCertificate "),),
+          "dataverseCertificate", "properties",
+          "reads 'properties' of a Key Vault certificate (a data-plane object), which ARM cannot read; only id, name"
+          " (in output certificateSecret)"),
+    Plant("misspelt read of the secret a role is scoped to", "modules/roles.bicep",
+          (("guid(dataverseSecret.id, ", "guid(dataverseSecret.properties.secretUrl, "),),
+          "dataverseSecret", "properties.secretUrl",
+          "reads unknown property 'secretUrl' of SecretProperties (did you mean 'secretUri'?)"),
 ]  # fmt: skip
 
 
