@@ -136,6 +136,28 @@ class SecretVersion:
     certificate: KeyCredential | None = None
 
 
+LIFETIME_ACTION_TYPES = ("AutoRenew", "EmailContacts")
+DAYS_PER_VALIDITY_MONTH = 27  # Key Vault: days_before_expiry <= validity_months * 27
+
+
+@dataclass
+class LifetimeAction:
+    """One of a certificate policy's ``lifetime_actions``: what Key Vault does, and when."""
+
+    action_type: str  # "AutoRenew" or "EmailContacts"
+    days_before_expiry: int | None = None
+    lifetime_percentage: int | None = None
+
+
+@dataclass
+class CertificatePolicy:
+    """A vault certificate's management policy (issuer Self; the subject is the current version's)."""
+
+    validity_months: int = 12
+    lifetime_actions: list[LifetimeAction] = field(default_factory=list)
+    key_size: int = RSA_KEY_BITS
+
+
 @dataclass
 class World:
     tenant_id: str
@@ -153,6 +175,7 @@ class World:
     settings: dict[str, str] = field(default_factory=dict)
     clock_offset_s: float = 0.0
     credential_propagation_s: float = 0.0  # a password/key added through Graph works this long after
+    certificate_policies: dict[str, CertificatePolicy] = field(default_factory=dict)  # by certificate name
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- lookups -------------------------------------------------------------------------------
@@ -274,6 +297,14 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
         )
         for mi in scenario.get("managed_identities") or []
     ]
+    for mi in identities:
+        for role, scope in mi.key_vault_scoped_roles:
+            kind, _, obj = scope.partition("/")
+            if kind not in ("secrets", "certificates", "keys") or not obj or "/" in obj:
+                raise ScenarioError(
+                    f"managed_identities[{mi.name}].key_vault_roles: {role!r} scope is secrets/<name>,"
+                    f" certificates/<name> or keys/<name>, not {scope!r}"
+                )
     if sum(1 for i in identities if i.kind == "system") > 1:
         raise ScenarioError("managed_identities: at most one entry may have type: system")
     _resolve_owners(scenario, applications, identities)
@@ -316,10 +347,46 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
                 certificate=credential,
             )
         ]
+        world.certificate_policies[entry["name"]] = _certificate_policy(entry)
 
     for setting, value in (scenario.get("settings") or {}).items():
         world.settings[str(setting)] = _resolve_reference(world, str(value))
     return world
+
+
+def _certificate_policy(entry: dict[str, Any]) -> CertificatePolicy:
+    """``vault.certificates[].policy``: ``validity_months`` and ``lifetime_actions`` as
+    ``{trigger: {days_before_expiry: N} | {lifetime_percentage: P}, action: AutoRenew | EmailContacts}``.
+    Without a policy: 12 months and an EmailContacts action at 80 % of the lifetime (nothing renews)."""
+    where = f"vault.certificates[{entry['name']}].policy"
+    spec = entry.get("policy")
+    if spec is None:
+        return CertificatePolicy(lifetime_actions=[LifetimeAction("EmailContacts", lifetime_percentage=80)])
+    validity = int(spec.get("validity_months", 12))
+    if validity < 1:
+        raise ScenarioError(f"{where}.validity_months: at least 1")
+    actions = []
+    for item in spec.get("lifetime_actions") or []:
+        action = item.get("action")
+        action_type = action.get("action_type") if isinstance(action, dict) else action
+        if action_type not in LIFETIME_ACTION_TYPES:
+            raise ScenarioError(f"{where}.lifetime_actions: action is one of {', '.join(LIFETIME_ACTION_TYPES)}")
+        trigger = item.get("trigger") or {}
+        days, percentage = trigger.get("days_before_expiry"), trigger.get("lifetime_percentage")
+        if (days is None) == (percentage is None):
+            raise ScenarioError(f"{where}.lifetime_actions: a trigger has days_before_expiry or lifetime_percentage")
+        if days is not None and not 1 <= int(days) <= validity * DAYS_PER_VALIDITY_MONTH:
+            raise ScenarioError(f"{where}: days_before_expiry is 1..{validity * DAYS_PER_VALIDITY_MONTH}")
+        if percentage is not None and not 1 <= int(percentage) <= 99:
+            raise ScenarioError(f"{where}: lifetime_percentage is 1..99")
+        actions.append(
+            LifetimeAction(
+                str(action_type),
+                days_before_expiry=int(days) if days is not None else None,
+                lifetime_percentage=int(percentage) if percentage is not None else None,
+            )
+        )
+    return CertificatePolicy(validity_months=validity, lifetime_actions=actions)
 
 
 def _resolve_owners(
