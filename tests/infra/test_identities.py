@@ -218,6 +218,18 @@ def test_rotation_writes_one_secret_and_reads_one_certificate_never_the_vault() 
     assert {g.principal for g in both if g.role == SECRETS_OFFICER} == {USER_PRINCIPAL}  # the one that rotates
 
 
+@pytest.mark.parametrize(("params", "principal"), [({}, SYSTEM_PRINCIPAL), (USER_ASSIGNED, USER_PRINCIPAL)])
+def test_the_graph_script_is_pointed_at_the_identity_that_holds_the_rotation_role(
+    params: dict[str, str], principal: Any
+) -> None:
+    # grant-graph-permission.sh takes AZURE_APP_PRINCIPAL_ID: Graph's rights must land where Key Vault's do.
+    main = deployment(INFRA, {**params, **GRANT})
+    output = main.evaluator.value(main.file.outputs["AZURE_APP_PRINCIPAL_ID"]["value"])
+    assert output == principal
+    rotating = {g.principal for g in grants(INFRA, {**params, **GRANT}) if g.role == SECRETS_OFFICER}
+    assert rotating == {principal}
+
+
 @dataclass(frozen=True)
 class Plant:
     id: str
