@@ -2,7 +2,8 @@
 receives (``GET /_devstack/alerts``) and can be told to fail a channel (``POST /_devstack/control``).
 
 Teams' Workflows trigger answers ``202 Accepted``; Slack's incoming webhook answers ``200`` with the body
-``ok``; the generic receiver ``200``. Plain HTTP on loopback, like the managed-identity endpoint.
+``ok``; the generic receiver ``200``. Plain HTTP on loopback, like the managed-identity endpoint. Like the
+other servers it takes ``POST /_devstack/outage`` (devstack.outage): a channel down, or slow (``delay_s``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from devstack.common import stats_routes
-from devstack.stats import Stats, StatsMiddleware
+from devstack.outage import service_middleware
+from devstack.stats import Stats
 
 PLACEHOLDER = "devstack-alert-sink:"  # a vault secret value naming a channel; replaced by its URL at start-up
 
@@ -75,5 +76,5 @@ def alerts_app(sink: AlertSink) -> Starlette:
             Route("/_devstack/control", control, methods=["POST"]),
             *stats_routes(sink.stats),
         ],
-        middleware=[Middleware(StatsMiddleware, stats=sink.stats)],
+        middleware=service_middleware(sink.stats),
     )

@@ -2,12 +2,18 @@
 503 for that long, as a region or service incident would. Served by Entra (and Graph), the managed-identity
 endpoint, Key Vault and Dataverse; the reliability matrix uses it for "Key Vault down for 30 s".
 
+An outage can be narrowed to some requests: ``"methods": ["PUT"]`` and/or ``"path_contains": "/secrets/"``
+(e.g. Key Vault refusing writes while reads still work, the moment a rotation stores its new secret).
+``"delay_s": 5`` instead holds each matching request that long and then serves it (a slow dependency, or a
+test that must act between two calls of the app).
+
 The 503 carries each service's error envelope shape closely enough for the SDKs to classify it as a
 transient server error (azure-core and msal both retry 503 a few times, then raise).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -23,6 +29,14 @@ class OutageMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.until = 0.0
+        self.methods: frozenset[str] = frozenset()  # empty: every method
+        self.path_contains = ""
+        self.delay_s = 0.0
+
+    def _matches(self, scope: Scope) -> bool:
+        if self.methods and scope["method"] not in self.methods:
+            return False
+        return self.path_contains in scope["path"]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,11 +49,18 @@ class OutageMiddleware:
                 body += message.get("body", b"")
                 if not message.get("more_body"):
                     break
-            seconds = float(json.loads(body or b"{}").get("seconds", 0))
+            spec = json.loads(body or b"{}")
+            seconds = float(spec.get("seconds", 0))
             self.until = time.monotonic() + seconds
+            self.methods = frozenset(str(m).upper() for m in spec.get("methods") or ())
+            self.path_contains = str(spec.get("path_contains") or "")
+            self.delay_s = float(spec.get("delay_s") or 0)
             await _answer(send, 200, {"ok": True, "down_for_s": seconds})
             return
-        if not scope["path"].startswith("/_devstack/") and time.monotonic() < self.until:
+        active = not scope["path"].startswith("/_devstack/") and time.monotonic() < self.until
+        if active and self._matches(scope) and self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
+        elif active and self._matches(scope):
             await _answer(
                 send,
                 503,

@@ -74,6 +74,7 @@ class DevstackProcess:
             "mi": self.env["DEVSTACK_MANAGED_IDENTITY_URL"],
             "keyvault": self.env["DEVSTACK_KEY_VAULT_URL"],
             "dataverse": self.env["DEVSTACK_DATAVERSE_URL"],
+            "alerts": self.env["DEVSTACK_ALERTS_URL"],
         }[server]
 
     def _call(self, server: str, path: str, payload: dict[str, Any] | None = None) -> Any:
