@@ -151,6 +151,20 @@ class SecretStore:
             self._cache[name] = _Entry(secret, now, now)
             return secret
 
+    def enabled_versions(self, name: str) -> list[str]:
+        """The enabled versions of ``name``, newest first (not cached: a rare path). Raises AuthError."""
+        try:
+            return enabled_versions(self._secrets(), name)
+        except Exception as exc:
+            raise self._error(exc, f"{name} (versions)") from exc
+
+    def get_version(self, name: str, version: str) -> SecretValue:
+        """One version of ``name`` by its id (not cached). Raises AuthError."""
+        try:
+            return secret_value(name, self._secrets().get_secret(name, version))
+        except Exception as exc:
+            raise self._error(exc, f"{name}/{version}") from exc
+
     def invalidate(self, name: str) -> None:
         """Drop ``name`` from the cache: the next :meth:`get` reads Key Vault."""
         with self._lock:
@@ -161,18 +175,9 @@ class SecretStore:
             bundle = self._secrets().get_secret(name)
         except Exception as exc:  # mapped to one AuthError per failure kind below
             raise self._error(exc, name) from exc
-        value = bundle.value or ""
-        register_secret(value)
-        props = bundle.properties
-        log_event(logger, "secret_read", secret=name, version=props.version)
-        return SecretValue(
-            name=name,
-            value=value,
-            version=props.version,
-            content_type=props.content_type,
-            expires_on=props.expires_on,
-            tags=dict(props.tags or {}),
-        )
+        secret = secret_value(name, bundle)
+        log_event(logger, "secret_read", secret=name, version=secret.version)
+        return secret
 
     def find_certificate_name(self, thumbprint_hex: str) -> str | None:
         """The name of the vault certificate whose SHA-1 thumbprint is ``thumbprint_hex``, if any."""
@@ -234,3 +239,25 @@ def key_vault_error(exc: Exception, **context: Any) -> AuthError:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+def enabled_versions(client: SecretClient, name: str) -> list[str]:
+    """The ids of the enabled versions of secret ``name``, newest first."""
+    listed = [p for p in client.list_properties_of_secret_versions(name) if p.enabled]
+    listed.sort(key=lambda p: p.created_on.timestamp() if p.created_on else 0.0, reverse=True)
+    return [str(p.version) for p in listed if p.version]
+
+
+def secret_value(name: str, bundle: Any) -> SecretValue:
+    """An SDK ``KeyVaultSecret`` as a SecretValue; its value is registered for redaction first."""
+    value = bundle.value or ""
+    register_secret(value)
+    props = bundle.properties
+    return SecretValue(
+        name=name,
+        value=value,
+        version=props.version,
+        content_type=props.content_type,
+        expires_on=props.expires_on,
+        tags=dict(props.tags or {}),
+    )

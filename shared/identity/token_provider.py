@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 STEP = "entra_token"
 ROTATION_CODES = {"AADSTS7000215", "AADSTS7000222", "AADSTS700027"}
+RENEWED_CERTIFICATE_CODE = "AADSTS700027"  # the key is not registered (yet): a renewed certificate
+MAX_PREVIOUS_CERTIFICATES = 2  # earlier certificate versions tried when Entra refuses the latest
 MSAL_EXPIRY_MARGIN_S = 300  # MSAL's own: a cached token with less left is never returned
 
 
@@ -74,6 +76,7 @@ class DataverseTokenProvider:
         self._settings = settings
         self._store = store
         self._fixed = fixed
+        self._pinned: tuple[DataverseCredential, float] | None = None  # an earlier certificate version, until
         self._clock = clock
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
@@ -106,7 +109,10 @@ class DataverseTokenProvider:
                 previous = self._app_fingerprint
                 app = self._application()
                 if self._app_fingerprint == previous:
-                    raise
+                    fallback = self._previous_certificate(exc) if exc.code == RENEWED_CERTIFICATE_CODE else None
+                    if fallback is None:
+                        raise
+                    return fallback
                 log_event(logger, "dataverse_credential_reloaded", reason=exc.code)
                 return self._acquire(app)
 
@@ -117,8 +123,37 @@ class DataverseTokenProvider:
                 self._evict(self._app)
 
     # -- internals -----------------------------------------------------------------------------
+    def _previous_certificate(self, failure: AuthError) -> AccessToken | None:
+        """Key Vault renewed the certificate and Entra does not accept the new one yet (the rotation uploads it
+        and Entra takes a while): the newest earlier version that still gets a token is used, pinned for the
+        secret cache TTL, after which the latest is tried again."""
+        store = self._store
+        if store is None or not self._settings.uses_certificate or self._settings.certificate_name is None:
+            return None
+        from shared.identity.credential import certificate_credential
+
+        name = self._settings.certificate_name
+        for version in store.enabled_versions(name)[1 : 1 + MAX_PREVIOUS_CERTIFICATES]:
+            credential = certificate_credential(store.get_version(name, version))
+            pinned, self._fixed = self._fixed, credential
+            try:
+                token = self._acquire(self._application())
+            except AuthError:
+                self._fixed = pinned
+                continue
+            self._fixed = None
+            self._pinned = (credential, self._clock() + self._settings.secret_cache_ttl_s)
+            log_event(logger, "dataverse_certificate_fallback", logging.WARNING, version=version, reason=failure.code)
+            return token
+        return None
+
     def _application(self) -> msal.ConfidentialClientApplication:
         credential = self._fixed
+        if credential is None and self._pinned is not None:
+            if self._clock() < self._pinned[1]:
+                credential = self._pinned[0]
+            else:
+                self._pinned = None
         if credential is None and self._store is not None:  # the constructor saw to it that one is set
             credential = load_credential(self._settings, self._store)
         if credential is None:

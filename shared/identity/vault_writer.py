@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.errors import AuthError
 from shared.identity.secret_store import (
     KEY_VAULT_RETRY_BACKOFF_MAX_S,
     KEY_VAULT_RETRY_TOTAL,
     SecretValue,
+    enabled_versions,
     key_vault_error,
+    secret_value,
 )
-from shared.logging import log_event, register_secret
+from shared.logging import log_event
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
-    from azure.keyvault.secrets import KeyVaultSecret, SecretClient
+    from azure.keyvault.secrets import SecretClient
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +66,14 @@ class VaultWriter:
     def latest(self, name: str) -> SecretValue:
         """The latest version. Raises AuthError."""
         try:
-            return _value(name, self._secrets().get_secret(name))
+            return secret_value(name, self._secrets().get_secret(name))
         except Exception as exc:
             raise self._error(exc, name) from exc
 
     def version(self, name: str, version: str) -> SecretValue:
         """One version by its id. Raises AuthError."""
         try:
-            return _value(name, self._secrets().get_secret(name, version))
+            return secret_value(name, self._secrets().get_secret(name, version))
         except Exception as exc:
             raise self._error(exc, f"{name}/{version}") from exc
 
@@ -99,22 +101,6 @@ class VaultWriter:
     def enabled_versions(self, name: str) -> list[str]:
         """The enabled versions' ids, newest first. Raises AuthError."""
         try:
-            listed: list[Any] = [p for p in self._secrets().list_properties_of_secret_versions(name) if p.enabled]
+            return enabled_versions(self._secrets(), name)
         except Exception as exc:
             raise self._error(exc, f"{name} (versions)") from exc
-        listed.sort(key=lambda p: p.created_on.timestamp() if p.created_on else 0.0, reverse=True)
-        return [str(p.version) for p in listed if p.version]
-
-
-def _value(name: str, bundle: KeyVaultSecret) -> SecretValue:
-    value = bundle.value or ""
-    register_secret(value)
-    props = bundle.properties
-    return SecretValue(
-        name=name,
-        value=value,
-        version=props.version,
-        content_type=props.content_type,
-        expires_on=props.expires_on,
-        tags=dict(props.tags or {}),
-    )
