@@ -30,6 +30,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from devstack.alerts import AlertSink, alerts_app
+from devstack.arm import ArmContext, arm_app
 from devstack.azurite import Azurite, start_azurite
 from devstack.common import add_read_timeout_arguments, read_timeouts_from, server_config
 from devstack.dataverse.build import build_dataverse
@@ -37,7 +38,7 @@ from devstack.dataverse.server import dataverse_app
 from devstack.demo import render, run_steps
 from devstack.entra import EntraContext, entra_app, managed_identity_app
 from devstack.host import HOST_LOG, FunctionLoadError, LocalHost, describe_banner
-from devstack.keyvault import VaultContext, keyvault_app
+from devstack.keyvault import VaultContext, keyvault_app, vault_resource_id
 from devstack.stats import Stats
 from devstack.tls import TlsFiles, create_tls
 from devstack.tokens import TokenIssuer
@@ -116,19 +117,23 @@ async def _serve(args: argparse.Namespace) -> int:
     world = build_world(scenario)
 
     entra_sock, mi_sock, vault_sock, dataverse_sock, alerts_sock = _bind(), _bind(), _bind(), _bind(), _bind()
+    arm_sock = _bind()
     alerts_url = f"http://{LOOPBACK}:{alerts_sock.getsockname()[1]}"
     _point_channels_at_sink(world, alerts_url)
     entra_url = f"https://{LOOPBACK}:{entra_sock.getsockname()[1]}"
     vault_url = f"https://{LOOPBACK}:{vault_sock.getsockname()[1]}"
     mi_url = f"http://{LOOPBACK}:{mi_sock.getsockname()[1]}"
     dataverse_url = f"https://{LOOPBACK}:{dataverse_sock.getsockname()[1]}"
+    arm_url = f"https://{LOOPBACK}:{arm_sock.getsockname()[1]}"
 
     record_path = Path(args.record_secrets).resolve() if args.record_secrets else None
     issuer = TokenIssuer(entra_url, world.tenant_id, record_path=record_path)
     identity_header = secrets.token_urlsafe(24)
     entra_ctx = EntraContext(world, issuer, Stats(), entra_url, [dataverse_url])
     mi_ctx = EntraContext(world, issuer, Stats(), entra_url, [dataverse_url])
-    vault_ctx = VaultContext(world, issuer, Stats(), vault_url, entra_url)
+    vault_events = VaultEventEmitter(world, vault_url)  # delivers to the local host once it runs
+    vault_ctx = VaultContext(world, issuer, Stats(), vault_url, entra_url, events=vault_events)
+    arm_ctx = ArmContext(world, issuer, Stats(), entra_url)
     dataverse_ctx = build_dataverse(
         scenario,
         world,
@@ -144,6 +149,7 @@ async def _serve(args: argparse.Namespace) -> int:
         _Listener("keyvault", keyvault_app(vault_ctx), vault_sock, tls=True),
         _Listener("dataverse", dataverse_app(dataverse_ctx), dataverse_sock, tls=True),
         _Listener("alerts", alerts_app(AlertSink()), alerts_sock, tls=False),
+        _Listener("arm", arm_app(arm_ctx), arm_sock, tls=True),
     ]
     for value in [*world.every_secret_value(), identity_header]:
         issuer.record(value)
@@ -165,7 +171,7 @@ async def _serve(args: argparse.Namespace) -> int:
         servers.append(_QuietServer(config))
 
     loop = asyncio.get_running_loop()
-    background: list[asyncio.Task[None]] = []  # endless loops (Key Vault's events): cancelled on stop
+    background: list[asyncio.Task[None]] = []  # endless loops (Key Vault's clock and events): cancelled on stop
     stopping = asyncio.Event()
 
     def stop() -> None:
@@ -215,6 +221,8 @@ async def _serve(args: argparse.Namespace) -> int:
             "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
             "GRAPH_URL": entra_url,
             "REQUESTS_CA_BUNDLE": str(tls.bundle),
+            "ARM_URL": arm_url,
+            "KEY_VAULT_RESOURCE_ID": vault_resource_id(world.vault_name),
             **({"AzureWebJobsStorage": azurite.connection_string} if azurite else {}),
             **world.settings,
             "DEVSTACK_ENTRA_URL": entra_url,
@@ -222,6 +230,7 @@ async def _serve(args: argparse.Namespace) -> int:
             "DEVSTACK_KEY_VAULT_URL": vault_url,
             "DEVSTACK_DATAVERSE_URL": dataverse_url,
             "DEVSTACK_ALERTS_URL": alerts_url,
+            "DEVSTACK_ARM_URL": arm_url,
             "DEVSTACK_CA_CERT": str(tls.ca_cert),
             "DEVSTACK_SEED_ACCOUNTS": str(args.seed_accounts),
         }
@@ -269,8 +278,9 @@ async def _serve(args: argparse.Namespace) -> int:
             env["DEVSTACK_HOST_KEYS"] = str(directory / "host-keys.json")  # the master key stays in that file
             _register_webhooks_to_host(scenario, dataverse_ctx, host)
             if (scenario.get("vault") or {}).get("event_grid_to_host", True) and "expiry_event" in host.by_name:
-                emitter = VaultEventEmitter(world, vault_url, base_url, host.keys.eventgrid)
-                background.append(asyncio.create_task(emitter.run()))
+                vault_events.deliver_to(base_url, host.keys.eventgrid)
+        # Key Vault's clock (certificate renewal by policy) and its Event Grid events, delivered when a host runs.
+        background.append(asyncio.create_task(vault_events.run(vault_ctx.renewer)))
 
         _write_env(env_path, env)
         print(READY_LINE, flush=True)
