@@ -17,6 +17,13 @@ ADMIN_CENTER = "Power Platform admin center > Environments > <environment> > Set
 KV_SECRETS_USER_ROLE_ID = "4633458b-17de-408a-b874-0445c86b69e6"
 KV_CERTIFICATE_USER_ROLE_ID = "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba"
 GRAPH_APPLICATION_READ_ALL_ID = "9a5d68dd-52b0-4cc2-bd40-abcf44ac3a30"
+GRAPH_APPLICATION_READWRITE_OWNEDBY_ID = "18a4783c-866b-4cc7-a460-3d5e5662c884"
+KV_SECRETS_OFFICER_ROLE_ID = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
+GRANT_SCRIPT = (
+    "AZURE_APP_PRINCIPAL_ID=$(azd env get-value AZURE_APP_PRINCIPAL_ID) DATAVERSE_CLIENT_ID={client_id}"
+    " ./infra/scripts/grant-graph-permission.sh"
+)
+GRANT_ROTATION_ACCESS = "azd env set GRANT_ROTATION_ACCESS true && azd provision"
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,94 @@ _ENTRIES = [
         "Have an administrator grant the app role Application.Read.All (" + GRAPH_APPLICATION_READ_ALL_ID + ") to the"
         " identity's service principal (New-MgServicePrincipalAppRoleAssignment), or add the identity as an owner"
         " of the app with Application.ReadWrite.OwnedBy.",
+    ),
+    # --- credential rotation readiness (the doctor's rotation_readiness step) --------------------------
+    Diagnosis(
+        "RotationGraphPermissionMissing",
+        "Graph permission for rotation missing",
+        "{identity} holds no Graph application permission that adds and removes credentials of app registration"
+        " {client_id}: its Graph token's app roles are {detail}. Rotation's addPassword/addKey would be refused.",
+        "As an administrator, run "
+        + GRANT_SCRIPT
+        + ": it grants Application.ReadWrite.OwnedBy ("
+        + GRAPH_APPLICATION_READWRITE_OWNEDBY_ID
+        + ") and makes the identity an owner of the registration. A"
+        " managed identity's tokens are cached by the platform, so a new app role can take a while to show.",
+    ),
+    Diagnosis(
+        "RotationGraphPermissionBroad",
+        "Graph permission broader than rotation needs",
+        "{identity} holds Application.ReadWrite.All: rotation works, but the identity could change the credentials"
+        " of every app registration in the tenant, and so act as any of them.",
+        "Grant Application.ReadWrite.OwnedBy and ownership of app {client_id} instead (" + GRANT_SCRIPT + "), then"
+        " remove the ReadWrite.All app role assignment from the identity's service principal.",
+    ),
+    Diagnosis(
+        "RotationNotOwner",
+        "not an owner of the app registration",
+        "{identity} (object id {object_id}) is not among the owners of app registration {client_id}:"
+        " Application.ReadWrite.OwnedBy reaches only registrations the identity owns.",
+        "Run " + GRANT_SCRIPT + " (it adds the ownership), or: az ad app owner add --id {client_id}"
+        " --owner-object-id {object_id}",
+    ),
+    Diagnosis(
+        "RotationKeyVaultRoleMissing",
+        "no Key Vault role to write the secret",
+        "{identity} cannot store a new version of secret {name} or disable the old one: its Key Vault roles lack"
+        " {detail}.",
+        "Assign Key Vault Secrets Officer (" + KV_SECRETS_OFFICER_ROLE_ID + ") scoped to that one secret: main.bicep"
+        " does it with grantRotationAccess (" + GRANT_ROTATION_ACCESS + "), or az role assignment create"
+        " --assignee <the identity's object id> --role 'Key Vault Secrets Officer' --scope {resource}/secrets/{name}."
+        " Role assignments can take a few minutes to apply.",
+    ),
+    Diagnosis(
+        "RotationKeyVaultRoleBroad",
+        "Key Vault role broader than rotation needs",
+        "{identity} may write every secret in the vault (a vault-wide role such as Key Vault Secrets Officer),"
+        " the alert channels' URLs included; rotation needs to write {name} only.",
+        "Replace the vault-wide assignment with Key Vault Secrets Officer scoped to {resource}/secrets/{name}"
+        " (main.bicep's grantRotationAccess), then delete the vault-wide one (az role assignment delete).",
+    ),
+    Diagnosis(
+        "RotationCertificateRoleMissing",
+        "no Key Vault role to read the certificate's versions",
+        "{identity} cannot read the versions of certificate {name}, which rotation uploads to Entra once Key Vault"
+        " renewed it: its Key Vault roles lack {detail}.",
+        "Assign Key Vault Certificate User (" + KV_CERTIFICATE_USER_ROLE_ID + ") scoped to the certificate (main.bicep"
+        " with grantRotationAccess: "
+        + GRANT_ROTATION_ACCESS
+        + ") and keep the vault-wide Key Vault Secrets User ("
+        + KV_SECRETS_USER_ROLE_ID
+        + "), which reads the certificate's private key through its backing secret.",
+    ),
+    Diagnosis(
+        "RotationCertificateNotRegistered",
+        "the certificate in use is not a valid credential of the app",
+        "Certificate {name} (thumbprint {detail}) is not a currently valid certificate of app registration"
+        " {client_id} in Entra. Graph's addKey requires a proof signed by one, so rotation cannot add the next.",
+        "Upload the certificate's public part (.cer) to the app registration (Certificates & secrets >"
+        " Certificates) while it is within its validity period; once it has expired, upload the renewed one by hand.",
+    ),
+    Diagnosis(
+        "RotationKeyVaultNotChecked",
+        "Key Vault role not checked",
+        "The doctor cannot ask Azure Resource Manager for the identity's role on {name}: {detail}.",
+        "Set KEY_VAULT_RESOURCE_ID to the vault's resource id (az keyvault show --name <vault> --query id -o tsv:"
+        " /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.KeyVault/vaults/<vault>); main.bicep sets"
+        " it.",
+    ),
+    Diagnosis(
+        "ArmPermissionsUnreadable",
+        "Azure Resource Manager did not list the permissions",
+        "Azure Resource Manager did not list the identity's permissions on {resource}: {detail}.",
+        "Check KEY_VAULT_RESOURCE_ID (the vault's resource id) and ARM_URL, and that the identity holds a role with"
+        " Microsoft.Authorization/*/read on the vault (main.bicep's Key Vault Reader has it).",
+    ),
+    Diagnosis(
+        "GraphTokenUnreadable",
+        "no readable Graph token",
+        "The managed identity's Graph token could not be obtained or read ({detail}).",
+        "Check GRAPH_URL; the Graph permission and ownership could not be checked.",
     ),
     # --- Dataverse Web API ---------------------------------------------------------------------------
     Diagnosis(

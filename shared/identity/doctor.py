@@ -2,7 +2,7 @@
 to fix it.
 
     settings -> managed identity -> Key Vault read -> credential -> credential expiry
-             -> Entra token -> token claims -> WhoAmI
+             -> Entra token -> token claims -> WhoAmI -> privileges -> rotation readiness
 
 ``python -m shared.identity.doctor [--json] [--env-file .devstack/env]`` prints the report and
 exits non-zero when a step failed; ``GET /api/health/doctor`` returns the same report as JSON.
@@ -22,6 +22,8 @@ from shared.config import Settings, load_env_file, read_float
 from shared.errors import AuthError, ConfigError, DataverseError
 from shared.identity.doctor_expiry import expiry_step
 from shared.identity.doctor_report import DoctorReport, StepResult
+from shared.identity.doctor_rotation import STEP as ROTATION_STEP
+from shared.identity.doctor_rotation import rotation_step
 from shared.settings_registry import EnvVars
 
 if TYPE_CHECKING:  # the client loads requests: imported when the doctor runs
@@ -61,6 +63,7 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
         "token claims",
         "whoami",
         "privileges",
+        ROTATION_STEP,
     ]
 
     def skip_rest(reason: str) -> DoctorReport:
@@ -169,6 +172,9 @@ def run_doctor(env: Mapping[str, str] | None = None, *, now: Callable[[], float]
 
     remaining.pop(0)
     report.steps.append(privileges_step(settings, client))
+
+    remaining.pop(0)  # rotation needs the identity, not the privileges: it runs whatever they said
+    report.steps.append(rotation_step(settings, credential, dv_credential, now(), env=env))
     return report
 
 
