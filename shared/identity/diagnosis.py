@@ -278,7 +278,7 @@ _ENTRIES = [
         " {detail}.",
         "Assign Key Vault Secrets Officer (" + KV_SECRETS_OFFICER_ROLE_ID + ") scoped to that one secret: main.bicep"
         " does it with grantRotationAccess (" + GRANT_ROTATION_ACCESS + "), or az role assignment create"
-        " --assignee <the identity's object id> --role 'Key Vault Secrets Officer' --scope {resource}/secrets/{name}."
+        " --assignee {object_id} --role 'Key Vault Secrets Officer' --scope {resource}/secrets/{name}."
         " Role assignments can take a few minutes to apply.",
     ),
     Diagnosis(

@@ -205,7 +205,8 @@ def rotation_step(
         _graph_rights(settings, graph, claims, identity, found)
     if dv_credential.kind == "certificate":
         _registered_certificate(settings, graph, dv_credential, now, found)
-    _key_vault_rights(settings, config.key_vault_resource_id, arm, identity, found)
+    object_id = str((claims or {}).get("oid") or "") or None
+    _key_vault_rights(settings, config.key_vault_resource_id, arm, identity, object_id, found)
     return _result(found, claims)
 
 
@@ -289,9 +290,8 @@ def _registered_certificate(settings: Settings, graph: GraphReader, dv_credentia
                detail=dv_credential.thumbprint or "?")  # fmt: skip
 
 
-def _key_vault_rights(
-    settings: Settings, vault_id: str | None, arm: ArmPermissions, identity: str, found: _Findings
-) -> None:
+def _key_vault_rights(settings: Settings, vault_id: str | None, arm: ArmPermissions, identity: str,
+                      object_id: str | None, found: _Findings) -> None:  # fmt: skip
     name = settings.credential_name
     if not vault_id or not _VAULT_ID.fullmatch(vault_id):
         detail = (
@@ -317,7 +317,8 @@ def _key_vault_rights(
             return
         lacking += [f"{action} on {scope}" for s, action in wanted if s == scope and not permitted(entries, action)]
     if lacking:
-        found.miss(code, identity=identity, name=name, resource=vault_id, detail="; ".join(lacking))
+        found.miss(code, identity=identity, name=name, resource=vault_id, object_id=object_id,
+                   detail="; ".join(lacking))  # fmt: skip
         return
     if settings.uses_certificate:
         found.checked.append(f"Key Vault read of certificate {name}'s versions")

@@ -225,7 +225,9 @@ def test_without_the_key_vault_role_it_names_the_actions_and_the_scoped_assignme
     assert "secrets/setSecret/action" in (step.cause or "")
     assert "secrets/update/action" in (step.cause or "")
     assert "Key Vault Secrets Officer" in (step.fix or "")
-    assert f"--scope {VAULT_ID}/secrets/{SECRET}" in (step.fix or "")
+    assert f"--assignee {OID} --role 'Key Vault Secrets Officer' --scope {VAULT_ID}/secrets/{SECRET}" in (
+        step.fix or ""
+    )
     assert "grantRotationAccess" in (step.fix or "")
 
 
