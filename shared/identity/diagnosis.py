@@ -242,7 +242,7 @@ _ENTRIES = [
         " identity's service principal (New-MgServicePrincipalAppRoleAssignment), or add the identity as an owner"
         " of the app with Application.ReadWrite.OwnedBy.",
     ),
-    # --- credential rotation readiness (the doctor's rotation_readiness step) --------------------------
+    # --- credential rotation readiness (the doctor's rotation readiness step) --------------------------
     Diagnosis(
         "RotationGraphPermissionMissing",
         "Graph permission for rotation missing",

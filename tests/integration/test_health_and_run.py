@@ -45,12 +45,15 @@ def test_http_doctor_reports_a_healthy_chain(devstack, app_env) -> None:
         "token claims",
         "whoami",
         "privileges",
+        "rotation readiness",
     ]
-    assert body["steps"][-2]["details"]["UserId"] == "9b1d3f5a-2c4e-4a6b-8d0f-3e5a7c9b1d01"
-    assert body["steps"][-1]["details"]["checked"] == [
+    steps = {s["name"]: s for s in body["steps"]}
+    assert steps["whoami"]["details"]["UserId"] == "9b1d3f5a-2c4e-4a6b-8d0f-3e5a7c9b1d01"
+    assert steps["privileges"]["details"]["checked"] == [
         f"{t}:{k}" for t in ("accounts", "contacts", "dvb_shipments") for k in ("read", "write")
     ]
-    claims = body["steps"][-3]["details"]
+    assert steps["rotation readiness"]["status"] == "ok"
+    claims = steps["token claims"]["details"]
     assert claims["aud"] == devstack.env["DATAVERSE_URL"]
     assert claims["appid"] == devstack.env["DATAVERSE_CLIENT_ID"]
 
