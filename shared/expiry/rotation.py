@@ -650,6 +650,9 @@ class _CertificateVersions:
 def _failed(step: str, exc: AuthError | DownstreamError, *, note: str = "") -> RotationFailed:
     code = getattr(exc, "code", "") or type(exc).__name__
     cause = getattr(exc, "cause", "") or str(exc)
+    status = getattr(exc, "status", None)
+    if status is not None and str(status) not in cause:  # the status is what a person looks up first
+        cause = f"{cause} (HTTP {status})"
     fix = getattr(exc, "fix", "") or "Check the service named in the cause; the rotation retries later."
     return RotationFailed(step, code, f"{cause} ({note})" if note else cause, fix)
 

@@ -172,6 +172,7 @@ def test_graph_down_at_add_changes_nothing_and_names_the_cause() -> None:
     assert [p.key_id for p in world.app.passwords] == [world.old.key_id]
     assert len(world.vault.objects[NAME]) == 1
     assert "serviceNotAvailable" in world.sink.received["json"][-1]["title"]
+    assert "(HTTP 503)" in world.sink.received["json"][-1]["text"], "the status a person looks up first"
 
 
 def test_key_vault_down_at_the_store_removes_the_new_password() -> None:
