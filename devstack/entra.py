@@ -9,6 +9,7 @@ code with the scenario's ``entra.error_status`` map.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 import uuid
@@ -37,6 +38,10 @@ ARM_RESOURCE = "https://management.azure.com"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_CLOCK_SKEW_S = 300  # Entra tolerates a few minutes of client clock skew
 GRAPH_READ_ROLES = {"Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All"}
+GRAPH_WRITE_ALL = "Application.ReadWrite.All"
+GRAPH_OWNED_BY = "Application.ReadWrite.OwnedBy"  # read and write the registrations the caller owns
+PROOF_AUDIENCE = "00000002-0000-0000-c000-000000000000"  # addKey/removeKey proof of possession
+PROOF_MAX_LIFETIME_S = 600
 
 # code -> (default HTTP status, OAuth error). Sources: public issue threads quoting raw bodies.
 AADSTS_DEFAULTS: dict[int, tuple[int, str]] = {
@@ -64,6 +69,9 @@ class EntraContext:
 
     fail_token_requests: int = 0  # fault: answer the next N token requests with 503
     retry_after_s: int = 5
+    fail_graph_writes: int = 0  # fault: answer the next N Graph credential writes with graph_write_status
+    graph_write_status: int = 503
+    graph_write_retry_after_s: int = 1
 
     def now(self) -> float:
         return time.time() + self.world.clock_offset_s
@@ -233,31 +241,118 @@ def entra_app(ctx: EntraContext) -> Starlette:
             }
         )
 
-    async def graph_get(request: Request) -> Response:
-        denied = _graph_authorize(ctx, request)
-        if denied is not None:
-            return denied
-        app_id = request.path_params["app_id"]
-        app = ctx.world.application(app_id)
+    def find_app(request: Request) -> tuple[Application | None, Response | None]:
+        params = request.path_params
+        app = (
+            ctx.world.application(params["app_id"])
+            if "app_id" in params
+            else next((a for a in ctx.world.applications.values() if a.object_id == params["object_id"]), None)
+        )
         if app is None:
-            return json_error(
+            ref = params.get("app_id") or params.get("object_id")
+            return None, json_error(
                 404,
                 _graph_error(
                     "Request_ResourceNotFound",
-                    f"Resource '{app_id}' does not exist or one of its queried reference-property objects are not"
+                    f"Resource '{ref}' does not exist or one of its queried reference-property objects are not"
                     " present.",
                 ),
             )
+        return app, None
+
+    async def graph_get(request: Request) -> Response:
+        app, missing = find_app(request)
+        denied = _graph_authorize(ctx, request, app)
+        if denied is not None:
+            return denied
+        if app is None:
+            return missing or Response(status_code=404)
         body = _graph_application(app, _graph_select(request))
         body["@odata.context"] = f"{GRAPH_RESOURCE}/v1.0/$metadata#applications/$entity"
         return JSONResponse(body)
 
+    async def graph_owners(request: Request) -> Response:
+        app, missing = find_app(request)
+        denied = _graph_authorize(ctx, request, app)
+        if denied is not None:
+            return denied
+        if app is None:
+            return missing or Response(status_code=404)
+        select = _graph_select(request)
+        owners = []
+        for object_id in app.owners:
+            identity = ctx.world.identity_by_object_id(object_id)
+            owner = {"@odata.type": "#microsoft.graph.servicePrincipal", "id": object_id,
+                     "appId": identity.client_id if identity else None,
+                     "displayName": identity.name if identity else None,
+                     "servicePrincipalType": "ManagedIdentity"}  # fmt: skip
+            owners.append(
+                {k: v for k, v in owner.items() if select is None or k in select or k in ("id", "@odata.type")}
+            )
+        return JSONResponse({"@odata.context": f"{GRAPH_RESOURCE}/v1.0/$metadata#directoryObjects", "value": owners})
+
+    async def graph_write(request: Request) -> Response:
+        """addPassword, removePassword, addKey, removeKey on one application."""
+        app, missing = find_app(request)
+        denied = _graph_authorize(ctx, request, app, write=True)
+        if denied is not None:
+            return denied
+        if app is None:
+            return missing or Response(status_code=404)
+        action = request.path_params["action"]
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return json_error(400, _graph_error("BadRequest", "The request body must be a JSON object."))
+        with ctx.world.lock:
+            if ctx.fail_graph_writes > 0:
+                ctx.fail_graph_writes -= 1
+                return json_error(
+                    ctx.graph_write_status,
+                    _graph_error("serviceNotAvailable", "The service is temporarily unavailable. Please retry later."),
+                    headers={"Retry-After": str(ctx.graph_write_retry_after_s)},
+                )
+            return _credential_write(ctx, app, action, body)
+
+    async def application_view(request: Request) -> Response:
+        """Test view of an app registration's credentials: values only as SHA-256, never in the clear."""
+        app = ctx.world.applications.get(request.path_params["name"])
+        if app is None:
+            return json_error(404, {"error": "no such application"})
+        with ctx.world.lock:
+            return JSONResponse({
+                "passwords": [
+                    {"key_id": p.key_id, "display_name": p.display_name, "start": iso_utc(p.start),
+                     "end": iso_utc(p.end), "hint": p.hint,
+                     "accepted_after": iso_utc(p.accepted_after) if p.accepted_after else None,
+                     "value_sha256": hashlib.sha256(p.value.encode()).hexdigest()}
+                    for p in app.passwords
+                ],
+                "keys": [
+                    {"key_id": k.key_id, "thumbprint": k.sha1.hex().upper(), "start": iso_utc(k.start),
+                     "end": iso_utc(k.end), "has_private_key": k.private_key is not None,
+                     "accepted_after": iso_utc(k.accepted_after) if k.accepted_after else None}
+                    for k in app.keys if k.registered
+                ],
+                "owners": list(app.owners),
+            })  # fmt: skip
+
     async def control(request: Request) -> Response:
-        """Test-only faults and changes: clock offset, add or remove an app password."""
+        """Test-only faults and changes: clock offset, add or remove an app password, Graph write failures,
+        the propagation delay of new credentials."""
         action = await request.json()
         with ctx.world.lock:
             if "fail_token_requests" in action:
                 ctx.fail_token_requests = int(action["fail_token_requests"])
+            if "fail_graph_writes" in action:
+                spec = action["fail_graph_writes"] or {}
+                ctx.fail_graph_writes = int(spec.get("count", 0))
+                ctx.graph_write_status = int(spec.get("status", 503))
+                ctx.graph_write_retry_after_s = int(spec.get("retry_after_s", 1))
+            if "credential_propagation_s" in action:
+                ctx.world.credential_propagation_s = float(action["credential_propagation_s"])
             if "clock_offset_s" in action:
                 ctx.world.clock_offset_s = float(action["clock_offset_s"])
             if "add_password" in action:
@@ -285,6 +380,12 @@ def entra_app(ctx: EntraContext) -> Starlette:
         Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
         Route("/v1.0/applications", graph_list, methods=["GET"]),
         Route("/v1.0/applications(appId='{app_id}')", graph_get, methods=["GET"]),
+        Route("/v1.0/applications/{object_id}", graph_get, methods=["GET"]),
+        Route("/v1.0/applications(appId='{app_id}')/owners", graph_owners, methods=["GET"]),
+        Route("/v1.0/applications/{object_id}/owners", graph_owners, methods=["GET"]),
+        Route("/v1.0/applications(appId='{app_id}')/{action:str}", graph_write, methods=["POST"]),
+        Route("/v1.0/applications/{object_id}/{action:str}", graph_write, methods=["POST"]),
+        Route("/_devstack/applications/{name}", application_view, methods=["GET"]),
         Route("/_devstack/control", control, methods=["POST"]),
         *stats_routes(ctx.stats),
     ]
@@ -310,6 +411,8 @@ def _authenticate_client(
     if "client_secret" in fields:
         offered = fields["client_secret"].encode()
         match = next((p for p in app.passwords if hmac.compare_digest(p.value.encode(), offered)), None)
+        if match is not None and match.accepted_after is not None and now < match.accepted_after.timestamp():
+            match = None  # added moments ago: Entra refuses it as if it were wrong, until it has propagated
         if match is None:
             return aadsts_error(
                 ctx,
@@ -354,6 +457,8 @@ def _verify_assertion(
     for candidate in app.keys:
         if not candidate.registered:
             continue
+        if candidate.accepted_after is not None and now < candidate.accepted_after.timestamp():
+            continue  # uploaded moments ago: not yet known everywhere
         x5t = _unpadded(base64.urlsafe_b64encode(candidate.sha1).decode())
         x5t256 = _unpadded(base64.urlsafe_b64encode(candidate.sha256).decode())
         if _unpadded(str(header.get("x5t", ""))) == x5t or _unpadded(str(header.get("x5t#S256", ""))) == x5t256:
@@ -434,7 +539,11 @@ def _graph_error(code: str, message: str) -> dict[str, Any]:
     }
 
 
-def _graph_authorize(ctx: EntraContext, request: Request) -> Response | None:
+def _graph_authorize(
+    ctx: EntraContext, request: Request, app: Application | None = None, *, write: bool = False
+) -> Response | None:
+    """The caller's Graph app roles against the operation: ReadWrite.All anywhere, ReadWrite.OwnedBy on the
+    registrations it owns (the token's oid among the owners), the read roles for reads."""
     token = bearer_token(request)
     if token is None:
         return json_error(401, _graph_error("InvalidAuthenticationToken", "Access token is empty."))
@@ -450,11 +559,129 @@ def _graph_authorize(ctx: EntraContext, request: Request) -> Response | None:
             401,
             _graph_error("InvalidAuthenticationToken", "Access token validation failure. Invalid audience."),
         )
-    if not GRAPH_READ_ROLES & set(claims.get("roles", [])):
+    roles = set(claims.get("roles", []))
+    owns = app is not None and str(claims.get("oid", "")) in app.owners
+    if write:
+        allowed = GRAPH_WRITE_ALL in roles or (GRAPH_OWNED_BY in roles and owns)
+    else:
+        allowed = bool(GRAPH_READ_ROLES & roles) or (GRAPH_OWNED_BY in roles and (owns or app is None))
+    if not allowed:
         return json_error(
             403,
             _graph_error("Authorization_RequestDenied", "Insufficient privileges to complete the operation."),
         )
+    return None
+
+
+def _credential_write(ctx: EntraContext, app: Application, action: str, body: dict[str, Any]) -> Response:
+    now = ctx.now()
+    accepted_after = datetime.fromtimestamp(now + ctx.world.credential_propagation_s, UTC)
+    if action == "addPassword":
+        spec = body.get("passwordCredential") or {}
+        end_text = spec.get("endDateTime")
+        try:
+            end = graph_datetime(end_text) if end_text else datetime.fromtimestamp(now + 2 * 365 * 86400, UTC)
+        except ValueError:
+            return json_error(400, _graph_error("Request_BadRequest", f"Invalid endDateTime: {str(end_text)[:40]}"))
+        password = PasswordCredential(
+            key_id=str(uuid.uuid4()), display_name=str(spec.get("displayName") or ""), value=new_secret_value(),
+            start=datetime.fromtimestamp(now, UTC), end=end, accepted_after=accepted_after,
+        )  # fmt: skip
+        app.passwords.append(password)
+        ctx.issuer.record(password.value)
+        return JSONResponse({
+            "@odata.context": f"{GRAPH_RESOURCE}/v1.0/$metadata#microsoft.graph.passwordCredential",
+            "customKeyIdentifier": None, "displayName": password.display_name, "endDateTime": iso_utc(password.end),
+            "hint": password.hint, "keyId": password.key_id, "secretText": password.value,
+            "startDateTime": iso_utc(password.start),
+        })  # fmt: skip
+    if action == "removePassword":
+        key_id = str(body.get("keyId") or "")
+        if not any(p.key_id == key_id for p in app.passwords):
+            # Graph's answer for an unknown keyId is UNCONFIRMED: a 404 in its error envelope.
+            return json_error(
+                404, _graph_error("Request_ResourceNotFound", f"No password credential with keyId {key_id}.")
+            )
+        app.passwords = [p for p in app.passwords if p.key_id != key_id]
+        return Response(status_code=204)
+    if action in ("addKey", "removeKey"):
+        refused = _verify_proof(ctx, app, str(body.get("proof") or ""), now)
+        if refused is not None:
+            return refused
+        if action == "removeKey":
+            key_id = str(body.get("keyId") or "")
+            if not any(k.key_id == key_id and k.registered for k in app.keys):
+                return json_error(
+                    404, _graph_error("Request_ResourceNotFound", f"No key credential with keyId {key_id}.")
+                )
+            app.keys = [k for k in app.keys if k.key_id != key_id]
+            return Response(status_code=204)
+        return _add_key(app, body.get("keyCredential") or {}, accepted_after)
+    return json_error(400, _graph_error("BadRequest", f"Unsupported action '{action[:40]}' on applications."))
+
+
+def graph_datetime(value: str) -> datetime:
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _add_key(app: Application, spec: dict[str, Any], accepted_after: datetime) -> Response:
+    import base64
+
+    from cryptography import x509
+
+    if spec.get("type") != "AsymmetricX509Cert" or spec.get("usage") != "Verify":
+        return json_error(
+            400, _graph_error("Request_BadRequest", "keyCredential must be type AsymmetricX509Cert, usage Verify.")
+        )
+    try:
+        certificate = x509.load_der_x509_certificate(base64.b64decode(str(spec.get("key") or "")))
+    except ValueError:
+        return json_error(400, _graph_error("Request_BadRequest", "keyCredential.key is not a base64 DER certificate."))
+    key = KeyCredential(
+        key_id=str(uuid.uuid4()), display_name=str(spec.get("displayName") or "uploaded"), private_key=None,
+        certificate=certificate, accepted_after=accepted_after,
+    )  # fmt: skip
+    app.keys.append(key)
+    return JSONResponse({
+        "@odata.context": f"{GRAPH_RESOURCE}/v1.0/$metadata#microsoft.graph.keyCredential",
+        "customKeyIdentifier": base64.b64encode(key.sha1).decode(), "displayName": key.display_name,
+        "endDateTime": iso_utc(key.end), "key": None, "keyId": key.key_id, "startDateTime": iso_utc(key.start),
+        "type": "AsymmetricX509Cert", "usage": "Verify",
+    })  # fmt: skip
+
+
+def _verify_proof(ctx: EntraContext, app: Application, proof: str, now: float) -> Response | None:
+    """addKey/removeKey's proof of possession: a JWT signed with one of the app's valid certificates, aud Azure
+    AD Graph's app id, iss the application's object id, at most ten minutes long. Graph's code and message
+    for a bad proof are UNCONFIRMED (a 400 in its envelope)."""
+    import base64
+
+    def bad(reason: str) -> Response:
+        return json_error(400, _graph_error("Request_BadRequest", f"Proof of possession validation failed: {reason}"))
+
+    try:
+        header = jwt.get_unverified_header(proof)
+    except jwt.InvalidTokenError:
+        return bad("the proof is not a JWT")
+    x5t = _unpadded(str(header.get("x5t", "")))
+    signer = next((k for k in app.keys if k.registered and _unpadded(base64.urlsafe_b64encode(k.sha1).decode()) == x5t
+                   and k.end.timestamp() > now), None)  # fmt: skip
+    if signer is None:
+        return bad("it is not signed by a valid certificate of the application")
+    public_key = signer.certificate.public_key()
+    if not isinstance(public_key, RSAPublicKey):
+        return bad("the signing certificate is not RSA")
+    try:
+        claims = jwt.decode(proof, public_key, algorithms=["RS256"], audience=PROOF_AUDIENCE,
+                            options={"verify_exp": False, "verify_nbf": False})  # fmt: skip
+    except jwt.InvalidTokenError as exc:
+        return bad(str(exc))
+    if claims.get("iss") != app.object_id:
+        return bad("iss is not the application's object id")
+    nbf, exp = float(claims.get("nbf", 0)), float(claims.get("exp", 0))
+    if not (nbf - ASSERTION_CLOCK_SKEW_S <= now < exp) or exp - nbf > PROOF_MAX_LIFETIME_S:
+        return bad("outside its validity (at most ten minutes)")
     return None
 
 
