@@ -3,7 +3,11 @@ several hosts against one devstack. Its stderr goes to tests/.artifacts, which t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +19,7 @@ import requests
 from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess, subprocess_env
 
 STOP_TIMEOUT_S = 20
+WORKER_STARTED = re.compile(r"Starting worker process: .* \(pid (\d+)\)")
 
 
 class HostProcess:
@@ -40,7 +45,14 @@ class HostProcess:
             raise RuntimeError(f"the host did not start: {line!r}")
         _, _, self.url, self.key = line.split()
         self.lines: list[str] = []  # the invocation log ("Executed 'Functions.x' (Succeeded, ...)")
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout or []), daemon=True).start()
+        self._log = (ARTIFACTS / f"host-{name}.out").open("a")  # the invocation log, kept for a failure's reader
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout or []:
+            self.lines.append(line)
+            self._log.write(line)
+            self._log.flush()
 
     def function_key(self, name: str) -> str:
         keys = json.loads((self.stack.directory / "host-keys.json").read_text())
@@ -58,9 +70,15 @@ class HostProcess:
         return requests.get(f"{self.url}{path}", headers={"x-functions-key": self.key}, timeout=timeout)
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup, leases stay held until they expire."""
+        """SIGKILL the host and its Python workers, as an instance that dies: no cleanup, leases stay held until
+        they expire. The worker runs in its own session and would finish its invocations without the host."""
         self.proc.kill()
         self.proc.wait(timeout=10)
+        for line in list(self.lines):
+            found = WORKER_STARTED.search(line)
+            if found:
+                with contextlib.suppress(ProcessLookupError):  # it had exited
+                    os.kill(int(found.group(1)), signal.SIGKILL)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -11,8 +11,8 @@ found without changing anything.
   signs the proof addKey requires.
 
 Every missing piece is reported, each with its catalogue entry, as a warning: the chain to Dataverse works
-without them (a first deployment grants the scoped roles only once the secret exists). An unset ``KEY_VAULT_RESOURCE_ID`` or a service
-that does not answer leaves a piece unchecked, which is a warning, not a failure.
+without them (a first deployment grants the scoped roles only once the secret exists). An unset
+``KEY_VAULT_RESOURCE_ID`` or a service that does not answer leaves a piece unchecked, also a warning.
 """
 
 from __future__ import annotations

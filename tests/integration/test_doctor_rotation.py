@@ -96,7 +96,8 @@ def test_the_default_world_is_ready_for_rotation(worlds: Worlds, app_env: Any) -
 
 def test_without_the_graph_permission_the_step_names_it(worlds: Worlds, app_env: Any) -> None:
     report, step = doctor(worlds, app_env, "no-graph-permission")
-    assert report.ok and step.status == "warn", report.render()  # the chain works; rotation could not run
+    assert report.ok, report.render()  # the chain works; rotation could not run
+    assert step.status == "warn", report.render()
     assert missing(step) == ["RotationGraphPermissionMissing"]
     assert "Application.Read.All" in (step.cause or "")
     assert "infra/scripts/grant-graph-permission.sh" in (step.fix or "")
@@ -105,7 +106,8 @@ def test_without_the_graph_permission_the_step_names_it(worlds: Worlds, app_env:
 
 def test_without_ownership_the_step_names_it(worlds: Worlds, app_env: Any) -> None:
     report, step = doctor(worlds, app_env, "not-owner")
-    assert report.ok and step.status == "warn", report.render()
+    assert report.ok, report.render()
+    assert step.status == "warn", report.render()
     assert missing(step) == ["RotationNotOwner"]
     assert IDENTITY_OID in (step.cause or "")
     assert f"az ad app owner add --id {APP} --owner-object-id {IDENTITY_OID}" in (step.fix or "")
@@ -114,7 +116,8 @@ def test_without_ownership_the_step_names_it(worlds: Worlds, app_env: Any) -> No
 def test_without_the_key_vault_role_the_step_names_it(worlds: Worlds, app_env: Any) -> None:
     stack = worlds("no-key-vault-role")
     report, step = doctor(worlds, app_env, "no-key-vault-role")
-    assert report.ok and step.status == "warn", report.render()
+    assert report.ok, report.render()
+    assert step.status == "warn", report.render()
     assert missing(step) == ["RotationKeyVaultRoleMissing"]
     assert "Microsoft.KeyVault/vaults/secrets/setSecret/action" in (step.cause or "")
     assert f"--scope {stack.env['KEY_VAULT_RESOURCE_ID']}/secrets/{SECRET}" in (step.fix or "")
