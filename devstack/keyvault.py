@@ -33,9 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -53,6 +51,7 @@ from devstack.world import (
     SecretVersion,
     World,
     new_version_id,
+    self_signed_certificate,
 )
 
 if TYPE_CHECKING:
@@ -285,17 +284,8 @@ class CertificateRenewer:
 
 
 def _self_signed(previous: KeyCredential, policy: CertificatePolicy, now: datetime) -> KeyCredential:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=policy.key_size)
-    subject = previous.certificate.subject
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(_add_months(now, policy.validity_months))
-        .sign(key, hashes.SHA256())
+    key, certificate = self_signed_certificate(
+        previous.certificate.subject, now, _add_months(now, policy.validity_months), policy.key_size
     )
     return KeyCredential(
         key_id=str(uuid.uuid4()),

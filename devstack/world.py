@@ -216,13 +216,15 @@ def new_version_id() -> str:
     return uuid.uuid4().hex
 
 
-def _make_certificate(common_name: str, start: datetime, end: datetime) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def self_signed_certificate(
+    subject: x509.Name, start: datetime, end: datetime, key_size: int = RSA_KEY_BITS
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A new key and a self-signed certificate for it: the world's certificates and Key Vault's renewals."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -271,7 +273,10 @@ def build_world(scenario: dict[str, Any], now: datetime | None = None) -> World:
             )
         for kc in entry.get("key_credentials") or []:
             start, end = when(kc.get("start"), "-1d"), when(kc.get("end"), "+365d")
-            key, cert = _make_certificate(f"{name}-{kc.get('display_name', 'cert')}", start, end)
+            common_name = f"{name}-{kc.get('display_name', 'cert')}"
+            key, cert = self_signed_certificate(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), start, end
+            )
             app.keys.append(
                 KeyCredential(
                     key_id=str(kc.get("key_id") or uuid.uuid4()),

@@ -45,7 +45,7 @@ class HostProcess:
             raise RuntimeError(f"the host did not start: {line!r}")
         _, _, self.url, self.key = line.split()
         self.lines: list[str] = []  # the invocation log ("Executed 'Functions.x' (Succeeded, ...)")
-        self._log = (ARTIFACTS / f"host-{name}.out").open("a")  # the invocation log, kept for a failure's reader
+        self._log = (ARTIFACTS / f"host-{name}.log").open("a")  # the invocation log, kept for a failure's reader
         threading.Thread(target=self._read_stdout, daemon=True).start()
 
     def _read_stdout(self) -> None:

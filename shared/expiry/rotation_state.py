@@ -5,16 +5,11 @@ invocation's successor resumes from the last step saved."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal
 
-from shared.expiry.state import StateConflict
-
-if TYPE_CHECKING:  # the SDK loads lazily: indexing must stay light
-    from azure.core import MatchConditions
-    from azure.data.tables import TableClient, TableEntity, UpdateMode
+from shared.expiry.state import EntityTable, StateConflict
 
 ROTATION_TABLE = "credentialrotation"
 PARTITION = "rotation"
@@ -61,34 +56,11 @@ class RotationState:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("etag", "notified")}
 
 
-class RotationTable(Protocol):
-    """The part of ``azure.data.tables.TableClient`` the store uses (a unit test passes an in-memory table)."""
-
-    def get_entity(self, partition_key: str, row_key: str) -> TableEntity: ...
-
-    def create_entity(self, entity: Mapping[str, Any]) -> Mapping[str, Any]: ...
-
-    def update_entity(
-        self,
-        entity: Mapping[str, Any],
-        mode: UpdateMode = ...,
-        *,
-        etag: str | None = ...,
-        match_condition: MatchConditions | None = ...,
-    ) -> Mapping[str, Any]: ...
-
-
-if TYPE_CHECKING:
-
-    def _sdk_client_is_a_rotation_table(client: TableClient) -> RotationTable:
-        return client  # mypy proves the real client still fits the Protocol
-
-
 class RotationStore:
     """One row per credential (RowKey: the Key Vault object name, which Key Vault limits to letters, digits
     and dashes, so it is a safe key as it is)."""
 
-    def __init__(self, table_client: RotationTable) -> None:
+    def __init__(self, table_client: EntityTable) -> None:
         self._table = table_client
 
     def get(self, credential: str) -> RotationState | None:

@@ -30,8 +30,9 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-class StateTable(Protocol):
-    """The part of ``azure.data.tables.TableClient`` the store uses (a unit test passes an in-memory table)."""
+class EntityTable(Protocol):
+    """The part of ``azure.data.tables.TableClient`` a one-row-per-key store uses (a unit test passes an
+    in-memory table): the alert state here, the rotation state in rotation_state."""
 
     def get_entity(self, partition_key: str, row_key: str) -> TableEntity: ...
 
@@ -46,6 +47,8 @@ class StateTable(Protocol):
         match_condition: MatchConditions | None = ...,
     ) -> Mapping[str, Any]: ...
 
+
+class StateTable(EntityTable, Protocol):
     def query_entities(self, query_filter: str) -> Iterable[TableEntity]: ...
 
 

@@ -174,7 +174,8 @@ _ENTRIES = [
         "Key Vault role missing",
         "The app's managed identity ({identity}) has no data-plane role that allows reading {name} in vault {vault}.",
         "Assign 'Key Vault Secrets User' (" + KV_SECRETS_USER_ROLE_ID + ") on the vault to the identity; for a"
-        " certificate credential assign 'Key Vault Certificate User' (" + KV_CERTIFICATE_USER_ROLE_ID + ")."
+        " certificate credential also 'Key Vault Certificate User' (" + KV_CERTIFICATE_USER_ROLE_ID + ") scoped to"
+        " that certificate alone (main.bicep's grantRotationAccess), not the vault."
         " Role assignments can take a few minutes to apply.",
     ),
     Diagnosis(
