@@ -5,6 +5,7 @@ store, a new secret Entra keeps refusing)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.devstack_process import DevstackProcess
 from tests.e2e.rotation_world import (
@@ -227,3 +229,49 @@ def test_a_failed_rotation_keeps_the_old_credential_and_names_the_cause(
 
 NEVER_SCHEDULE = "0 0 0 1 1 *"
 VERIFY_WAIT_S = 120
+
+
+@pytest.fixture(scope="module")
+def event_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
+    stack = start_stack(tmp_path_factory.mktemp("rotationevent"), "rotationevent")
+    yield stack
+    stack.stop()
+
+
+def near_expiry_event(stack: DevstackProcess, name: str, version: str, expires: datetime) -> dict[str, Any]:
+    """Key Vault's SecretNearExpiry as Event Grid delivers it (devstack's vault_events sends the same shape)."""
+    return {
+        "id": str(uuid.uuid4()), "topic": stack.env["KEY_VAULT_RESOURCE_ID"], "subject": name,
+        "eventType": "Microsoft.KeyVault.SecretNearExpiry", "eventTime": datetime.now(UTC).isoformat(),
+        "data": {"Id": f"{stack.env['KEY_VAULT_URL']}/secrets/{name}/{version}", "VaultName": "dvbridge-dev",
+                 "ObjectType": "Secret", "ObjectName": name, "Version": version, "NBF": None,
+                 "EXP": int(expires.timestamp())},
+        "dataVersion": "1", "metadataVersion": "1",
+    }  # fmt: skip
+
+
+def test_key_vaults_near_expiry_event_for_the_secret_starts_the_rotation(event_stack: DevstackProcess, app_env) -> None:
+    stack = event_stack
+    app_env(stack)
+    current = vault_client(stack).get_secret(SECRET)
+    host = start_host(stack, "rotationevent", ROTATION_SCHEDULE=NEVER_SCHEDULE)  # only the event can start it
+    try:
+        code = json.loads((stack.directory / "host-keys.json").read_text())["systemKeys"]["eventgrid_extension"]
+
+        def deliver(name: str) -> None:
+            event = near_expiry_event(stack, name, current.properties.version or "",
+                                      current.properties.expires_on or datetime.now(UTC))  # fmt: skip
+            answer = requests.post(
+                f"{host.url}/runtime/webhooks/eventgrid", params={"functionName": "expiry_event", "code": code},
+                headers={"aeg-event-type": "Notification"}, json=[event], timeout=VERIFY_WAIT_S,
+            )  # fmt: skip
+            assert answer.status_code in (200, 202), answer.text
+
+        deliver("erp-api-key")  # another secret near its end: alerted, not rotated
+        assert rotation(host) == {}, "no rotation for a secret that is not the Dataverse credential"
+        deliver(SECRET)
+        switched = wait_for("the switch", phase_is(host, "switched", "retired"))
+        assert switched["reason"] == "event"
+        assert switched["new_key_id"] in {p["key_id"] for p in entra_view(stack)["passwords"]}
+    finally:
+        host.stop()
