@@ -30,6 +30,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from devstack.alerts import AlertSink, alerts_app
+from devstack.appinsights import appinsights_app, build_appinsights
 from devstack.arm import ArmContext, arm_app
 from devstack.azurite import Azurite, start_azurite
 from devstack.common import add_read_timeout_arguments, read_timeouts_from, server_config
@@ -117,7 +118,7 @@ async def _serve(args: argparse.Namespace) -> int:
     world = build_world(scenario)
 
     entra_sock, mi_sock, vault_sock, dataverse_sock, alerts_sock = _bind(), _bind(), _bind(), _bind(), _bind()
-    arm_sock = _bind()
+    arm_sock, appinsights_sock = _bind(), _bind()
     alerts_url = f"http://{LOOPBACK}:{alerts_sock.getsockname()[1]}"
     _point_channels_at_sink(world, alerts_url)
     entra_url = f"https://{LOOPBACK}:{entra_sock.getsockname()[1]}"
@@ -125,6 +126,7 @@ async def _serve(args: argparse.Namespace) -> int:
     mi_url = f"http://{LOOPBACK}:{mi_sock.getsockname()[1]}"
     dataverse_url = f"https://{LOOPBACK}:{dataverse_sock.getsockname()[1]}"
     arm_url = f"https://{LOOPBACK}:{arm_sock.getsockname()[1]}"
+    appinsights_url = f"https://{LOOPBACK}:{appinsights_sock.getsockname()[1]}"
 
     record_path = Path(args.record_secrets).resolve() if args.record_secrets else None
     issuer = TokenIssuer(entra_url, world.tenant_id, record_path=record_path)
@@ -134,6 +136,8 @@ async def _serve(args: argparse.Namespace) -> int:
     vault_events = VaultEventEmitter(world, vault_url)  # delivers to the local host once it runs
     vault_ctx = VaultContext(world, issuer, Stats(), vault_url, entra_url, events=vault_events)
     arm_ctx = ArmContext(world, issuer, Stats(), entra_url)
+    # Before the contexts below serve: it makes Entra and the managed-identity endpoint issue Azure Monitor tokens.
+    appinsights_ctx = build_appinsights(scenario, world, issuer, Stats(), local_auth=args.appinsights_local_auth)
     dataverse_ctx = build_dataverse(
         scenario,
         world,
@@ -150,6 +154,7 @@ async def _serve(args: argparse.Namespace) -> int:
         _Listener("dataverse", dataverse_app(dataverse_ctx), dataverse_sock, tls=True),
         _Listener("alerts", alerts_app(AlertSink()), alerts_sock, tls=False),
         _Listener("arm", arm_app(arm_ctx), arm_sock, tls=True),
+        _Listener("appinsights", appinsights_app(appinsights_ctx), appinsights_sock, tls=True),
     ]
     for value in [*world.every_secret_value(), identity_header]:
         issuer.record(value)
@@ -223,6 +228,13 @@ async def _serve(args: argparse.Namespace) -> int:
             "REQUESTS_CA_BUNDLE": str(tls.bundle),
             "ARM_URL": arm_url,
             "KEY_VAULT_RESOURCE_ID": vault_resource_id(world.vault_name),
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": appinsights_ctx.connection_string(appinsights_url),
+            # As the Bicep sets it: the exporter takes a managed-identity token for https://monitor.azure.com.
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD",
+            # The exporter would call https://settings.sdk.monitor.azure.com (OneSettings) 5-15 s after it starts,
+            # and statsbeat sends the SDK's own metrics to a Microsoft endpoint: both off, nothing leaves the box.
+            "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
             **({"AzureWebJobsStorage": azurite.connection_string} if azurite else {}),
             **world.settings,
             "DEVSTACK_ENTRA_URL": entra_url,
@@ -231,6 +243,7 @@ async def _serve(args: argparse.Namespace) -> int:
             "DEVSTACK_DATAVERSE_URL": dataverse_url,
             "DEVSTACK_ALERTS_URL": alerts_url,
             "DEVSTACK_ARM_URL": arm_url,
+            "DEVSTACK_APPINSIGHTS_URL": appinsights_url,
             "DEVSTACK_CA_CERT": str(tls.ca_cert),
             "DEVSTACK_SEED_ACCOUNTS": str(args.seed_accounts),
         }
@@ -409,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-port", type=int, default=7071, help="port of the local Functions host (0: any free)")
     parser.add_argument("--no-azurite", action="store_true", help="do not start Azurite (identity/Dataverse only)")
     parser.add_argument("--memory", action="store_true", help="keep the Dataverse store in memory")
+    parser.add_argument(
+        "--appinsights-local-auth", choices=["enabled", "disabled"],
+        help="Application Insights ingestion without a token (enabled) or Entra only (disabled; the scenario's"
+        " application_insights.local_auth_disabled, default disabled as the Bicep)",
+    )  # fmt: skip
     parser.add_argument(
         "--seed-accounts", type=int, default=10_000, help="size of the ERP seed (contacts: 3x; bad rows: 3 %%)"
     )

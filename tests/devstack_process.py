@@ -75,6 +75,7 @@ class DevstackProcess:
             "keyvault": self.env["DEVSTACK_KEY_VAULT_URL"],
             "dataverse": self.env["DEVSTACK_DATAVERSE_URL"],
             "alerts": self.env["DEVSTACK_ALERTS_URL"],
+            "appinsights": self.env["DEVSTACK_APPINSIGHTS_URL"],
         }[server]
 
     def _call(self, server: str, path: str, payload: dict[str, Any] | None = None) -> Any:
