@@ -154,8 +154,18 @@ def phase_is(host: HostProcess, *phases: str) -> Callable[[], dict[str, Any] | N
     return check
 
 
-def rotation_notices(stack: DevstackProcess) -> list[dict[str, Any]]:
-    return [a for a in received(stack) if a.get("kind") == "rotation"]
+def rotation_notices(
+    stack: DevstackProcess, *, until: str | None = None, after: int = 0, timeout_s: float = 15
+) -> list[dict[str, Any]]:
+    """The rotation notices the JSON channel received; with ``until``, once one of that level has arrived after
+    the first ``after`` (a step's state is saved before its notice is sent: a test that saw the phase may be
+    ahead of it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        notices = [a for a in received(stack) if a.get("kind") == "rotation"]
+        if until is None or any(n.get("level") == until for n in notices[after:]) or time.monotonic() > deadline:
+            return notices
+        time.sleep(0.2)
 
 
 def run_timer(host: HostProcess, function: str) -> None:

@@ -108,7 +108,7 @@ def test_a_secret_25_days_from_its_end_is_rotated_by_the_sweep(secret_stack: Dev
         assert "AADSTS7000215" in refused
         assert disabled(client, SECRET, old.properties.version or ""), "the old Key Vault version is disabled"
     finally:
-        notices = rotation_notices(stack)
+        notices = rotation_notices(stack, until="retired")
         run_timer(host, "expiry_sweep")  # Entra's old password is gone: its alerts are closed
         host.stop()
         sampler.stop()
@@ -163,7 +163,7 @@ def test_a_certificate_renewed_by_key_vault_is_uploaded_verified_and_the_old_one
         assert [k["thumbprint"] for k in entra_view(stack)["keys"]] == [thumbprint], "removeKey of the old one"
         assert switched["new_version"] == renewed.properties.version
     finally:
-        notices = rotation_notices(stack)
+        notices = rotation_notices(stack, until="retired")
         host.stop()
     assert [n["level"] for n in notices] == CERTIFICATE_STEPS
 
@@ -221,7 +221,7 @@ def test_a_failed_rotation_keeps_the_old_credential_and_names_the_cause(
     latest = vault_client(stack).get_secret(SECRET)
     assert latest.value == current.value, "Key Vault's latest version is the old secret"
     assert token_error(stack, latest.value or "") is None, "the old credential still works"
-    failed = [n for n in rotation_notices(stack)[seen:] if n["level"] == "failed"]
+    failed = [n for n in rotation_notices(stack, until="failed", after=seen)[seen:] if n["level"] == "failed"]
     assert len(failed) == 1, failed
     assert named in failed[0]["title"] + failed[0]["text"], failed
     assert failed[0]["fix"], "the alert says what to do"
