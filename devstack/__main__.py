@@ -235,6 +235,7 @@ async def _serve(args: argparse.Namespace) -> int:
             # and statsbeat sends the SDK's own metrics to a Microsoft endpoint: both off, nothing leaves the box.
             "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            "TELEMETRY_LIVE_METRICS": "false",  # devstack does not emulate Live Metrics (QuickPulse)
             **({"AzureWebJobsStorage": azurite.connection_string} if azurite else {}),
             **world.settings,
             "DEVSTACK_ENTRA_URL": entra_url,

@@ -191,7 +191,22 @@ def worker() -> Worker:
     with _lock:
         if _worker is None:
             _worker = Worker()
-        return _worker
+            created = _worker
+        else:
+            return _worker
+    _configure_telemetry(created)
+    return created
+
+
+def _configure_telemetry(built: Worker) -> None:
+    """The first invocation in a worker turns the app's telemetry on (never at indexing)."""
+    from shared import telemetry
+    from shared.errors import ConfigError
+
+    try:
+        telemetry.configure(built.credential())
+    except ConfigError:  # a bad telemetry setting leaves telemetry off; the doctor lists the problem
+        return
 
 
 def reset_worker() -> None:

@@ -26,6 +26,8 @@ class EnvVars:
     STORAGE_CLIENT_ID = "AzureWebJobsStorage__clientId"
     APPINSIGHTS_CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
     APPINSIGHTS_AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+    TELEMETRY_ENABLED = "TELEMETRY_ENABLED"
+    TELEMETRY_LIVE_METRICS = "TELEMETRY_LIVE_METRICS"
     WORKER_RUNTIME = "FUNCTIONS_WORKER_RUNTIME"
     WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
     # identity
@@ -267,7 +269,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Client ID of the user-assigned identity the host reaches storage with.",
             read_by=ReadBy.HOST, deploy=D.TEMPLATE_WHEN, deploy_note="a user-assigned identity is given"),
     Setting(EnvVars.APPINSIGHTS_CONNECTION_STRING, K.PLATFORM, T.CONNECTION,
-            "Where the host sends telemetry.", secret=True, read_by=ReadBy.HOST, deploy=D.TEMPLATE),
+            "Where the host and the app (the Azure Monitor OpenTelemetry distro) send telemetry.", secret=True,
+            read_by=ReadBy.BOTH, deploy=D.TEMPLATE),
+    Setting(EnvVars.TELEMETRY_ENABLED, K.PLATFORM, T.BOOL,
+            "Send the app's metrics, spans and logs to Application Insights (needs its connection string).",
+            default="true"),
+    Setting(EnvVars.TELEMETRY_LIVE_METRICS, K.PLATFORM, T.BOOL,
+            "Application Insights Live Metrics from the app (devstack does not emulate it: its env sets false).",
+            default="true"),
     Setting(EnvVars.APPINSIGHTS_AUTHENTICATION_STRING, K.PLATFORM, T.TEXT,
             "Telemetry authenticated with Entra (the resource has local auth disabled).",
             choices=("Authorization=AAD",), read_by=ReadBy.HOST, deploy=D.TEMPLATE),

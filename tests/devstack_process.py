@@ -100,8 +100,9 @@ class DevstackProcess:
         return self._call(server, "/_devstack/control", payload)
 
     def app_settings(self) -> dict[str, str]:
-        """The settings a function app would see (devstack's own DEVSTACK_* entries left out)."""
-        return {k: v for k, v in self.env.items() if not k.startswith("DEVSTACK_")}
+        """The settings a function app would see (devstack's own DEVSTACK_* entries left out), with the app's
+        telemetry off: in the test process its OpenTelemetry providers could be set only once."""
+        return {"TELEMETRY_ENABLED": "false", **{k: v for k, v in self.env.items() if not k.startswith("DEVSTACK_")}}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -123,6 +124,7 @@ def _read_env(path: Path) -> dict[str, str]:
 
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAVERSE_", "KEY_VAULT", "IDENTITY_"))}
+    env["TELEMETRY_ENABLED"] = "false"  # on only where a test reads the telemetry (tests/e2e/test_telemetry.py)
     env.update(extra)
     env["PYTHONPATH"] = str(ROOT)
     return env

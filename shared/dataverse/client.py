@@ -38,6 +38,7 @@ from shared.dataverse.wire import (
 from shared.errors import DataverseError, DownstreamError
 from shared.logging import log_event
 from shared.outgoing_http import DATAVERSE, HttpCaller, RetryNotice, RetryPolicy
+from shared.telemetry import record_dataverse_response
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class DataverseClient:
 
         def on_response(response: requests.Response) -> bool:
             nonlocal refreshed
+            throttle_code = throttled_from(response).code if response.status_code == 429 else None
+            record_dataverse_response(response.status_code, throttle_code)
             hint = response.headers.get("x-ms-dop-hint")
             if hint and hint.isdigit():
                 self.governor.apply_dop_hint(int(hint))
@@ -183,6 +186,8 @@ class DataverseClient:
             )
         except DownstreamError as exc:
             cause = exc.original
+            if exc.status is None:
+                record_dataverse_response(None)
             if exc.outcome_unknown:
                 raise DataverseError(
                     0,

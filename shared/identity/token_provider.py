@@ -24,6 +24,7 @@ from shared.identity.credential import DataverseCredential, load_credential
 from shared.identity.diagnosis import aadsts_code, auth_error
 from shared.identity.secret_store import SecretStore
 from shared.logging import log_event
+from shared.telemetry import record_token
 
 if TYPE_CHECKING:
     import msal
@@ -195,6 +196,7 @@ class DataverseTokenProvider:
         source = str(result.get("token_source", "identity_provider"))
         if source != "cache":
             log_event(logger, "dataverse_token_acquired", expires_in_s=result.get("expires_in"))
+        record_token("cache" if source == "cache" else "entra")
         return AccessToken(result["access_token"], self._clock() + float(result.get("expires_in", 0)), source)
 
     def _call(self, app: msal.ConfidentialClientApplication) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 
 from shared.logging import log_event
+from shared.telemetry import record_run
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ class SyncRun:
             if self._client is not None:
                 report.requests = self._client.requests_sent - self._requests_before
                 report.throttles = self._client.governor.throttles - self._throttles_before
+            record_run(report)
             self._save()
         return False
 

@@ -1,0 +1,111 @@
+"""The app's telemetry through the local host into devstack's Application Insights ingestion, sent by the real
+Azure Monitor distro with the managed identity's token: after a sync run, the records metric holds exactly the
+run report's counts, and the Dataverse requests metric exactly what the emulator answered."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.devstack_process import ARTIFACTS, ROOT, DevstackProcess
+from tests.host_process import HostProcess
+
+pytestmark = pytest.mark.e2e
+
+NEVER = "0 0 0 1 1 *"
+EXPORT_WAIT_S = 60
+HOST_SETTINGS = {
+    "TELEMETRY_ENABLED": "true",
+    "OTEL_METRIC_EXPORT_INTERVAL": "1000",  # ms: the SDK's default is a minute
+    "OTEL_BSP_SCHEDULE_DELAY": "500",
+    **{name: NEVER for name in ("EXPIRY_SWEEP_SCHEDULE", "WEBHOOK_RECONCILE_SCHEDULE", "WEBHOOK_WATCH_SCHEDULE",
+                                "SYNC_SCHEDULE_ACCOUNTS", "SYNC_SCHEDULE_CONTACTS", "SYNC_SCHEDULE_SHIPMENTS_OUT",
+                                "ROTATION_SCHEDULE")},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]:
+    scenario = ROOT / "devstack" / "scenarios" / "default.yaml"
+    process = DevstackProcess(scenario, tmp_path_factory.mktemp("telemetry"), "telemetry", "--memory")
+    yield process
+    process.stop()
+
+
+def stored(stack: DevstackProcess, **filters: str) -> list[dict[str, Any]]:
+    answer = requests.get(f"{stack.env['DEVSTACK_APPINSIGHTS_URL']}/_devstack/telemetry", params=filters,
+                          verify=stack.env["REQUESTS_CA_BUNDLE"], timeout=10)  # fmt: skip
+    answer.raise_for_status()
+    return list(answer.json()["items"])
+
+
+def metric_sums(stack: DevstackProcess, name: str) -> Counter[tuple[tuple[str, str], ...]]:
+    """The exported deltas of ``name`` added up per attribute set (Application Insights' customDimensions)."""
+    sums: Counter[tuple[tuple[str, str], ...]] = Counter()
+    for item in stored(stack, type="MetricData", name=name):
+        data = item["data"]["baseData"]
+        dimensions = tuple(sorted((data.get("properties") or {}).items()))
+        sums[dimensions] += sum(int(m["value"]) for m in data["metrics"] if m["name"] == name)
+    return sums
+
+
+def dataverse_requests(stack: DevstackProcess) -> int:
+    routes = stack.stats("dataverse")["requests"]
+    return sum(sum(statuses.values()) for route, statuses in routes.items() if "/_devstack/" not in route)
+
+
+def upload(stack: DevstackProcess, rows: int) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    tag = uuid.uuid4().hex[:5]
+    text = "CustomerNo;Name;Category\n" + "".join(f"T{tag}{i};Telemetry {i};Standard\n" for i in range(rows))
+    text += ";Telemetry without a key;Standard\n"  # no CustomerNo (required): a dead letter
+    service = BlobServiceClient.from_connection_string(stack.env["AzureWebJobsStorage"])
+    container = service.get_container_client("erp-import")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob(f"accounts/{tag}.csv", text.encode(), overwrite=True)
+
+
+def test_a_sync_run_exports_its_counts_and_every_dataverse_request(stack: DevstackProcess, tmp_path: Path) -> None:
+    host = HostProcess(stack, "telemetry", HOST_SETTINGS)
+    try:
+        before = dataverse_requests(stack)
+        upload(stack, rows=12)
+        answer = host.post("/api/sync/accounts/run", timeout=120)
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        assert report["status"] == "succeeded", report
+        sent = dataverse_requests(stack) - before
+        wanted = {"read": report["rows_read"], "written": report["written"],
+                  "dead_lettered": report["dead_lettered"]}  # fmt: skip
+        assert (wanted["written"], wanted["dead_lettered"]) == (12, 1), report
+        deadline = time.monotonic() + EXPORT_WAIT_S
+        while time.monotonic() < deadline:
+            records = {dict(k)["outcome"]: v for k, v in metric_sums(stack, "dvbridge.sync.records").items()
+                       if dict(k).get("job") == "accounts"}  # fmt: skip
+            responses = sum(metric_sums(stack, "dvbridge.dataverse.requests").values())
+            if records == wanted and responses >= sent:
+                break
+            time.sleep(0.5)
+        assert records == wanted, "the records metric holds the run report's counts"
+        assert responses == sent, "one count per request the emulator answered"
+        durations = stored(stack, type="MetricData", name="dvbridge.sync.run.duration")
+        assert [d["data"]["baseData"]["properties"]["status"] for d in durations] == ["succeeded"]
+    finally:
+        host.stop()
+    every = stored(stack)
+    assert every, "the host's telemetry reached the ingestion endpoint"
+    # Kept where the secret-hygiene scan (tests/integration/test_zz_secret_hygiene.py) reads every log.
+    (ARTIFACTS / "telemetry-envelopes.log").write_text("\n".join(json.dumps(item) for item in every))
+    text = str(every)
+    assert "erp-import" not in text, "no blob name in telemetry"
+    assert "Telemetry 0" not in text, "no record value in telemetry"
