@@ -13,6 +13,7 @@ the Dataverse client instead, by status class.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ RECORD_OUTCOMES = {"read": "rows_read", "written": "written", "unchanged": "unch
 # Library names the distro instruments by default that would record URLs (azure_sdk: every Storage and Key
 # Vault call's, with blob and secret names), or that the app does not use.
 UNINSTRUMENTED = ("azure_sdk", "requests", "urllib", "urllib3", "django", "flask", "fastapi", "psycopg2")
+_OPERATION = re.compile(r"[A-Za-z_$][A-Za-z0-9_.$]{0,99}")
 LOGGER_NAME = "shared"  # the app's own loggers only: the SDKs' request logs stay out of the telemetry
 
 _lock = threading.Lock()
@@ -136,6 +138,14 @@ def record_dataverse_response(status: int | None, throttle_code: str | None = No
     status_class = f"{status // 100}xx" if status else "none"
     attributes = {"status_class": status_class, "throttle_code": throttle_code or "none"}
     instruments().dataverse_requests.add(1, attributes)
+
+
+def operation_name(path: str) -> str:
+    """A Dataverse request's entity set, function or ``$batch``, from its path; never a key or a query (a
+    path's first segment up to ``(`` or ``?``, else ``other``)."""
+    segment = path.split("/api/data/", 1)[-1].split("/", 1)[-1] if "://" in path else path.lstrip("/")
+    head = re.split(r"[(?/]", segment, maxsplit=1)[0]
+    return head if _OPERATION.fullmatch(head) else "other"
 
 
 def record_token(source: str) -> None:

@@ -38,7 +38,7 @@ from shared.dataverse.wire import (
 from shared.errors import DataverseError, DownstreamError
 from shared.logging import log_event
 from shared.outgoing_http import DATAVERSE, HttpCaller, RetryNotice, RetryPolicy
-from shared.telemetry import record_dataverse_response
+from shared.telemetry import operation_name, record_dataverse_response, span
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,28 @@ class DataverseClient:
                 self.governor.succeeded()
             return False
 
+        with span("dataverse.request", **{"http.request.method": method.upper(),
+                                           "dataverse.operation": operation_name(path)}) as current:  # fmt: skip
+            response = self._send(method, url, body, data, params, headers, on_response, idempotent, timeout)
+            current.set_attribute("http.response.status_code", response.status_code)
+        if raise_for_status and response.status_code >= 400:
+            raise throttled_from(response) if response.status_code == 429 else error_from(response)
+        return response
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        body: Any,
+        data: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        on_response: Callable[[requests.Response], bool],
+        idempotent: bool | None,
+        timeout: tuple[float, float],
+    ) -> requests.Response:
         try:
-            response = self._caller.send(
+            return self._caller.send(
                 method,
                 url,
                 json=body if data is None else None,
@@ -195,9 +215,6 @@ class DataverseClient:
                     f"the connection broke during a non-idempotent {method}: {type(cause).__name__}",
                 ) from cause
             raise DataverseError(0, "ConnectionError", f"{type(cause).__name__}: {cause}") from cause
-        if raise_for_status and response.status_code >= 400:
-            raise throttled_from(response) if response.status_code == 429 else error_from(response)
-        return response
 
     def _paused_for(self, notice: RetryNotice) -> bool:
         """A 429 pauses every worker through the governor: that pause is the wait, the caller does not

@@ -14,6 +14,7 @@ key are never in flight together; duplicate keys inside a chunk collapse to the 
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -183,7 +184,8 @@ class _Run:
                 while pending and (chunk.keys & in_flight_keys or len(pending) >= 2 * self.concurrency):
                     yield from self._collect(pending, in_flight_keys, return_when=FIRST_COMPLETED)
                 self.summary.chunks += 1
-                pending[pool.submit(self._execute, chunk, self._mode())] = chunk
+                # Each chunk in a copy of this thread's context: its requests' spans stay in the run's trace.
+                pending[pool.submit(contextvars.copy_context().run, self._execute, chunk, self._mode())] = chunk
                 in_flight_keys |= chunk.keys
             while pending:
                 yield from self._collect(pending, in_flight_keys, return_when=FIRST_COMPLETED)

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 
 from shared.logging import log_event
-from shared.telemetry import record_run
+from shared.telemetry import record_run, span
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,15 @@ class SyncRun:
 
     def __enter__(self) -> SyncRun:
         self._started = time.monotonic()
+        self._span = span("sync.run", job=self.job, kind=self.kind)
+        self._traced = self._span.__enter__()
+        try:
+            return self._enter()
+        except BaseException as exc:
+            self._span.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def _enter(self) -> SyncRun:
         if self._chunk_of is None:
             self._lease = self._storage.lease(self.job)
             if self._lease is None:
@@ -171,6 +180,12 @@ class SyncRun:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> Literal[False]:
+        try:
+            return self._finish(exc)
+        finally:
+            self._span.__exit__(kind, exc, traceback)
+
+    def _finish(self, exc: BaseException | None) -> Literal[False]:
         if self.skipped:
             return False
         report = self.report
@@ -193,7 +208,13 @@ class SyncRun:
                 report.throttles = self._client.governor.throttles - self._throttles_before
             record_run(report)
             self._save()
+            self._span_attributes(report)
         return False
+
+    def _span_attributes(self, report: RunReport) -> None:
+        self._traced.set_attribute("dvbridge.run.status", report.status)
+        for name in ("rows_read", "written", "dead_lettered", "failed", "requests", "throttles"):
+            self._traced.set_attribute(f"dvbridge.run.{name}", int(getattr(report, name)))
 
     def _release(self) -> None:
         if self._lease is not None:

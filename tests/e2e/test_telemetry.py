@@ -100,6 +100,19 @@ def test_a_sync_run_exports_its_counts_and_every_dataverse_request(stack: Devsta
         assert responses == sent, "one count per request the emulator answered"
         durations = stored(stack, type="MetricData", name="dvbridge.sync.run.duration")
         assert [d["data"]["baseData"]["properties"]["status"] for d in durations] == ["succeeded"]
+
+        def spans(name: str) -> list[dict[str, Any]]:
+            return [i for i in stored(stack, type="RemoteDependencyData") if i["data"]["baseData"]["name"] == name]
+
+        deadline = time.monotonic() + EXPORT_WAIT_S
+        while not spans("sync.run") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        (run_span,) = spans("sync.run")
+        trace, run_id = run_span["tags"]["ai.operation.id"], run_span["data"]["baseData"]["id"]
+        children = [s for s in spans("dataverse.request") if s["tags"].get("ai.operation.parentId") == run_id]
+        assert len(children) == report["requests"], "every request of the run, the write planner's threads too"
+        assert {c["tags"]["ai.operation.id"] for c in children} == {trace}
+        assert run_span["data"]["baseData"]["properties"]["dvbridge.run.written"] == "12"
     finally:
         host.stop()
     every = stored(stack)

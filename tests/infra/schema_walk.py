@@ -17,7 +17,8 @@ values; ARM may accept others, but a literal outside them is a mistake more ofte
   never a type error, though the paths it reads are still checked;
 - a literal (or a parameter's ``@allowed`` values or literal default) that is not a known value of the property's
   enum, or breaks the model's length or range limits;
-- a required property missing from an object the Bicep writes out;
+- a required property missing from an object the Bicep writes out, including those of :data:`ALSO_REQUIRED`: what
+  the REST specification or the service requires though the SDK model does not say so [4];
 - a read such as ``site.properties.defaultHostName`` whose path the resource's model lacks, and a module read
   ``storage.outputs.blobEndpoint`` whose module declares no such output; module params the module does not
   declare, or leaves without a default and the caller does not give.
@@ -31,6 +32,7 @@ Model versions (the SDK packages are pinned in requirements-dev.txt):
 | Microsoft.KeyVault/vaults (and /secrets) @2023-07-01 | azure-mgmt-keyvault 10.3.1: v2023_07_01 | same |
 | Microsoft.KeyVault/vaults/certificates@2023-07-01 | none: scope only [3] | - |
 | Microsoft.Insights/components@2020-02-02 | azure-mgmt-applicationinsights 4.1.0: v2020_02_02 | same |
+| Microsoft.Insights/workbooks@2023-06-01 | azure-mgmt-applicationinsights 4.1.0: v2023_06_01 | same |
 | Microsoft.Authorization/roleAssignments@2022-04-01 | azure-mgmt-authorization 4.0.0: v2022_04_01 | same |
 | Microsoft.EventGrid/systemTopics (/eventSubscriptions) @2024-06-01-preview | azure-mgmt-eventgrid 10.3.0b4 | same |
 | Microsoft.Insights/actionGroups@2023-01-01 | azure-mgmt-monitor 6.0.2: v2023_01_01 | same |
@@ -44,6 +46,10 @@ Model versions (the SDK packages are pinned in requirements-dev.txt):
 [3] ARM has no resource type for a Key Vault certificate (so no SDK model, and Bicep no type definition), yet Key
     Vault RBAC takes one as a role assignment's scope (Azure/bicep#5630). :data:`SCOPE_ONLY` lists such types: a
     declaration must be ``existing``, and only its ``id`` and ``name`` may be read.
+[4] msrest flattens ``properties`` into the resource model and drops the ``required`` of properties inside it
+    when ``properties`` itself is optional: the workbook spec (workbooks_API.json, 2023-06-01) requires
+    ``displayName``, ``category`` and ``serializedData``, the model none. :data:`ALSO_REQUIRED` restores them, with
+    the reason each one is required.
 
 Run it alone with ``python -m tests.infra.schema_walk [infra-dir]`` (exit status 1 when it finds anything).
 """
@@ -108,6 +114,7 @@ WEB = "azure.mgmt.web.v2024_04_01.models"
 STORAGE = "azure.mgmt.storage.v2023_05_01.models"
 KEYVAULT = "azure.mgmt.keyvault.v2023_07_01.models"
 APPINSIGHTS = "azure.mgmt.applicationinsights.v2020_02_02.models"
+APPINSIGHTS_WORKBOOKS = "azure.mgmt.applicationinsights.v2023_06_01.models"
 AUTHORIZATION = "azure.mgmt.authorization.v2022_04_01.models"
 EVENTGRID = "azure.mgmt.eventgrid.models"
 MONITOR_ACTION_GROUPS = "azure.mgmt.monitor.v2023_01_01.models"
@@ -137,6 +144,9 @@ MODELS: dict[tuple[str, str], ModelRef] = {
     ),
     ("microsoft.insights/components", "2020-02-02"): ModelRef(
         APPINSIGHTS, "ApplicationInsightsComponent", "ApplicationInsightsComponent", "2020-02-02"
+    ),
+    ("microsoft.insights/workbooks", "2023-06-01"): ModelRef(
+        APPINSIGHTS_WORKBOOKS, "Workbook", "Workbook", "2023-06-01"
     ),
     ("microsoft.authorization/roleassignments", "2022-04-01"): ModelRef(
         AUTHORIZATION, "RoleAssignmentCreateParameters", "RoleAssignment", "2022-04-01"
@@ -168,6 +178,20 @@ SCOPE_ONLY: dict[tuple[str, str], str] = {
     ("microsoft.keyvault/vaults/certificates", "2023-07-01"): "a Key Vault certificate (a data-plane object)",
 }
 SCOPE_ONLY_READS = frozenset({"id", "name"})
+
+# (type in lower case, API version) -> {property path: why it is required}: what a resource needs though its SDK
+# model does not say so (see [4] in the module docstring). A path is reported missing only where the Bicep writes
+# out every object above it.
+WORKBOOK_SPEC = "required by the REST spec (workbooks_API.json 2023-06-01, WorkbookProperties)"
+ALSO_REQUIRED: dict[tuple[str, str], dict[str, str]] = {
+    ("microsoft.insights/workbooks", "2023-06-01"): {
+        "kind": "'shared', which every new workbook is (Microsoft Learn, workbooks-automate; the model's"
+        " WorkbookSharedTypeKind knows no other); without it the workbook is no shared one",
+        "properties.displayName": WORKBOOK_SPEC,
+        "properties.category": f"{WORKBOOK_SPEC}; 'workbook' lists it in the Workbooks gallery",
+        "properties.serializedData": WORKBOOK_SPEC,
+    },
+}
 
 # Keys of a resource body that are Bicep's, not the resource's: never looked up in the model.
 BICEP_BODY_KEYS = frozenset({"name", "scope", "parent", "dependsOn", "depends_on"})
@@ -551,6 +575,20 @@ class SchemaWalk:
         root = Shape(Kind.OBJECT, models=(ref.write_model(),))
         context = Context(parsed, declaration.symbol, declaration.line, root)
         self.check_object(dict(declaration.body), root, "", context)
+        self.check_also_required(declaration, context)
+
+    def check_also_required(self, declaration: Declaration, context: Context) -> None:
+        for path, why in ALSO_REQUIRED.get((declaration.type.lower(), declaration.api_version), {}).items():
+            *parents, last = path.split(".")
+            node: Any = dict(declaration.body)
+            for key in parents:
+                node = {unquote(name): item for name, item in node.items()}.get(key)
+                if not isinstance(node, Mapping) or operator_of(node) or function_of(node):
+                    break  # an object built by an expression, or absent (then the model's own check speaks)
+            else:
+                if last not in {unquote(name) for name in node}:
+                    message = f"missing property '{last}', which {declaration.type} needs: {why}"
+                    self.report(context, declaration.symbol, path, message)
 
     def check(self, value: Any, shape: Shape, path: str, context: Context) -> None:
         """Check one Bicep value against the shape the model expects at ``path``."""

@@ -37,6 +37,9 @@ EXPECTED_ROLES = {  # variable in modules/roles.bicep -> built-in role GUID
     "keyVaultSecretsOfficerRoleId": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
     "monitoringMetricsPublisherRoleId": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
+ALERT_RULE_ROLES = {  # variable in modules/alerts.bicep -> built-in role GUID: each alert rule's identity reads
+    "readerRoleId": "acdd72a7-3385-48ef-bd42-f606fba81ae7",  # Application Insights with it, nothing else
+}
 KEY_VAULT_EVENTS = {  # the four expiry events, and a certificate's renewal (it starts the certificate's rotation)
     "Microsoft.KeyVault.SecretNearExpiry", "Microsoft.KeyVault.SecretExpired",
     "Microsoft.KeyVault.CertificateNearExpiry", "Microsoft.KeyVault.CertificateExpired",

@@ -6,6 +6,9 @@ for storage (``AzureWebJobsStorage__credential``/``__clientId``), for its deploy
 still authenticates with it). Every role assignment's name (``guid(...)``) differs per principal: two principals
 sharing one name would make ARM overwrite one assignment with the other.
 
+Each alert rule (modules/alerts.bicep) queries with a system-assigned identity of its own, which holds Reader on
+Application Insights and nothing else; the app's identities hold nothing of the rules'.
+
 Rotation's role (``grantRotationAccess``) goes to the identity the app calls Key Vault with, and only there, on the
 one object named by the app's credential setting: Key Vault Secrets Officer on ``vault/secrets/<the secret>``,
 or Key Vault Certificate User on ``vault/certificates/<the certificate>``. The same role on the vault, or on the
@@ -29,18 +32,20 @@ from tests.devstack_process import ROOT
 from tests.infra.bicep_eval import Instance, Unknown, instantiate, render
 from tests.infra.flex_rules import REQUIRED_PARAMS, SITES
 from tests.infra.planting import planted_copy
-from tests.infra.test_bicep_contract import EXPECTED_ROLES
+from tests.infra.test_bicep_contract import ALERT_RULE_ROLES, EXPECTED_ROLES
 from tests.infra.test_flex_rules import USER_ASSIGNED
 
 pytestmark = pytest.mark.infra
 
 INFRA = ROOT / "infra"
 ROLE_ASSIGNMENTS = "Microsoft.Authorization/roleAssignments"
+ALERT_RULES = "Microsoft.Insights/scheduledQueryRules"
 SYSTEM_PRINCIPAL = Unknown("app.outputs.principalId")
 USER_PRINCIPAL = USER_ASSIGNED["userAssignedIdentityPrincipalId"]
 CERTIFICATE = {"dataverseCertificateName": "dataverse-cert"}
 GRANT = {"grantRotationAccess": True}
-ROLE_NAMES = {guid: name for name, guid in EXPECTED_ROLES.items()}
+ROLE_NAMES = {guid: name for name, guid in {**EXPECTED_ROLES, **ALERT_RULE_ROLES}.items()}
+RULE_READS = frozenset({(ALERT_RULE_ROLES["readerRoleId"], "appInsights")})  # what every alert rule's identity holds
 SECRETS_OFFICER = EXPECTED_ROLES["keyVaultSecretsOfficerRoleId"]
 CERTIFICATE_USER = EXPECTED_ROLES["keyVaultCertificateUserRoleId"]
 SCOPES = {  # the read roles and their scopes (module resource symbols), which every identity the app uses holds
@@ -91,6 +96,21 @@ def grants(root: Path, params: Mapping[str, Any]) -> list[Grant]:
     return found
 
 
+def rule_principals(root: Path, params: Mapping[str, Any]) -> set[Unknown]:
+    """The system-assigned identity of each alert rule deployed, as ARM will know it: ``<rule>.identity.principalId``."""
+    return {
+        Unknown(f"{declaration.symbol}.identity.principalId")
+        for instance in deployment(root, params).walk()
+        for declaration, _ in instance.resources(ALERT_RULES)
+    }
+
+
+def app_grants(root: Path, params: Mapping[str, Any]) -> list[Grant]:
+    """The grants to the app's identities (every one but the alert rules')."""
+    rules = rule_principals(root, params)
+    return [grant for grant in grants(root, params) if grant.principal not in rules]
+
+
 def scope_of(instance: Instance, body: dict[str, Any]) -> str:
     """Where an assignment applies: the resource symbol its ``scope`` names (``vault``, ``storage``...), for a
     Key Vault object ``<vault symbol>/<secrets|certificates>/<its evaluated name>``, or RESOURCE_GROUP."""
@@ -132,6 +152,8 @@ def identity_problems(root: Path, params: Mapping[str, Any]) -> list[str]:
             else (SECRETS_OFFICER, f"vault/secrets/{settings.get('DATAVERSE_CLIENT_SECRET_NAME')}")
         )  # fmt: skip
         expected[rotating] = expected[rotating] | {rotation}
+    for rule in rule_principals(root, params):
+        expected[rule] = RULE_READS
     found = grants(root, params)
     held: dict[Any, set[tuple[str, str]]] = {}
     for grant in found:
@@ -182,7 +204,7 @@ def test_each_identity_the_app_uses_holds_its_roles(params: dict[str, str]) -> N
 
 
 def test_the_system_identity_alone_gets_every_role_and_no_user_assigned_setting() -> None:
-    found = grants(INFRA, {})
+    found = app_grants(INFRA, {})
     assert {grant.principal for grant in found} == {SYSTEM_PRINCIPAL}
     assert {(grant.role, grant.scope) for grant in found} == ALWAYS_HELD
     settings = {item["name"] for item in site(INFRA, {})["properties"]["siteConfig"]["appSettings"]}
@@ -190,7 +212,7 @@ def test_the_system_identity_alone_gets_every_role_and_no_user_assigned_setting(
 
 
 def test_a_user_assigned_identity_gets_the_same_roles_under_names_of_its_own() -> None:
-    found = grants(INFRA, USER_ASSIGNED)
+    found = app_grants(INFRA, USER_ASSIGNED)
     by_principal = {p: {g.role for g in found if g.principal == p} for p in (SYSTEM_PRINCIPAL, USER_PRINCIPAL)}
     assert by_principal == {SYSTEM_PRINCIPAL: ALWAYS, USER_PRINCIPAL: ALWAYS}
     names = {render(grant.name) for grant in found}
@@ -200,7 +222,7 @@ def test_a_user_assigned_identity_gets_the_same_roles_under_names_of_its_own() -
 
 
 def test_rotation_writes_one_secret_and_reads_one_certificate_never_the_vault() -> None:
-    secret = grants(INFRA, GRANT)
+    secret = app_grants(INFRA, GRANT)
     rotation = [grant for grant in secret if grant.role not in ALWAYS]
     assert [(g.role, g.scope, g.resource) for g in rotation] == [
         (SECRETS_OFFICER, "vault/secrets/dataverse-client-secret", "roles.secretRotation")
@@ -208,14 +230,24 @@ def test_rotation_writes_one_secret_and_reads_one_certificate_never_the_vault() 
     assert render(rotation[0].name) == (
         f"guid(dataverseSecret.id, app.outputs.principalId, '{SECRETS_OFFICER}')"
     )  # its own name: the vault-wide roles' names start with vault.id
-    certificate = grants(INFRA, {**GRANT, **CERTIFICATE})
+    certificate = app_grants(INFRA, {**GRANT, **CERTIFICATE})
     assert [(g.role, g.scope) for g in certificate if g.role not in ALWAYS] == [
         (CERTIFICATE_USER, "vault/certificates/dataverse-cert")
     ]
     for params in ({}, CERTIFICATE, USER_ASSIGNED, {**USER_ASSIGNED, **CERTIFICATE}):  # not until asked for
-        assert {grant.role for grant in grants(INFRA, params)} == ALWAYS, params
+        assert {grant.role for grant in app_grants(INFRA, params)} == ALWAYS, params
     both = grants(INFRA, {**GRANT, **USER_ASSIGNED})
     assert {g.principal for g in both if g.role == SECRETS_OFFICER} == {USER_PRINCIPAL}  # the one that rotates
+
+
+@pytest.mark.parametrize("params", [{}, {"alertEmail": "ops@example.com"}], ids=["no e-mail", "e-mail"])
+def test_each_alert_rule_reads_application_insights_with_an_identity_of_its_own(params: dict[str, str]) -> None:
+    rules = rule_principals(INFRA, params)
+    assert len(rules) == 8  # whether or not anyone is e-mailed, the rules are deployed (docs/infra.md)
+    found = [grant for grant in grants(INFRA, params) if grant.principal in rules]
+    assert {grant.principal: {(grant.role, grant.scope)} for grant in found} == dict.fromkeys(rules, set(RULE_READS))
+    assert len(found) == len(rules)
+    assert all(grant.resource.startswith("alerts.") for grant in found)
 
 
 @pytest.mark.parametrize(("params", "principal"), [({}, SYSTEM_PRINCIPAL), (USER_ASSIGNED, USER_PRINCIPAL)])
@@ -290,6 +322,15 @@ PLANTS = [
           (f"{USER_PRINCIPAL!r} lacks ['keyVaultCertificateUserRoleId on vault/certificates/dataverse-cert']",
            f"{USER_PRINCIPAL!r} should not hold ['keyVaultCertificateUserRoleId on vault']"),
           count=2, params=tuple({**ROTATING_SECRET, **CERTIFICATE}.items())),
+    Plant("an alert rule's Reader on the resource group", "modules/alerts.bicep",
+          (("name: guid(appInsights.id, poisonMessages.id, readerRoleId)\n  scope: appInsights\n",
+            "name: guid(appInsights.id, poisonMessages.id, readerRoleId)\n"),),
+          ("poisonMessages.identity.principalId lacks ['readerRoleId on appInsights']",
+           f"poisonMessages.identity.principalId should not hold ['readerRoleId on {RESOURCE_GROUP}']"),
+          count=2),
+    Plant("an alert rule's Reader given to another rule", "modules/alerts.bicep",
+          (("principalId: webhookLag.identity.principalId", "principalId: deadLetters.identity.principalId"),),
+          ("webhookLag.identity.principalId lacks ['readerRoleId on appInsights']",)),
 ]  # fmt: skip
 
 

@@ -6,11 +6,14 @@ off, and its failure never escapes."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -204,3 +207,32 @@ def test_indexing_imports_no_opentelemetry() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", "cold start must not pay for the distro"
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("WhoAmI", "WhoAmI"), ("accounts(accountnumber='C000%3269')", "accounts"), ("$batch", "$batch"),
+     ("/accounts?$filter=name eq 'x'", "accounts"), ("https://org.example/api/data/v9.2/contacts(1)", "contacts"),
+     ("../../secrets/x", "other"), ("", "other"), ("accounts%2F..", "other")],
+)  # fmt: skip
+def test_a_request_is_named_by_its_entity_set_or_function_only(path: str, name: str) -> None:
+    assert telemetry.operation_name(path) == name
+
+
+@given(st.text(max_size=200))
+def test_no_path_becomes_a_name_with_a_key_a_query_or_a_separator(path: str) -> None:
+    name = telemetry.operation_name(path)
+    assert name == "other" or re.fullmatch(r"[A-Za-z_$][A-Za-z0-9_.$]{0,99}", name)
+    assert not set(name) & set("()'?/=% &\\\"")
+
+
+def test_a_run_span_holds_its_outcome(recorded: Recorded) -> None:
+    from shared.sync.run import SyncRun
+    from tests.fakes.sync_store import FakeSyncStore
+
+    with SyncRun("accounts", "inbound", FakeSyncStore(), None) as run:
+        run.report.written = 3
+    (finished,) = [s for s in recorded.spans.get_finished_spans() if s.name == "sync.run"]
+    assert finished.attributes is not None
+    assert finished.attributes["dvbridge.run.status"] == "succeeded"
+    assert finished.attributes["dvbridge.run.written"] == 3
