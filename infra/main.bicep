@@ -1,5 +1,6 @@
 // dvbridge on Azure: a Flex Consumption function app with a managed identity, identity-only storage,
-// an RBAC Key Vault holding the Dataverse credential and the alert channel URLs, and telemetry.
+// an RBAC Key Vault holding the Dataverse credential and the alert channel URLs, telemetry with an operations
+// workbook, and Azure Monitor alert rules over that telemetry.
 // Syntax is kept to what pycep-parser 0.5.1 (checkov's) reads: no user-defined types, no `.?`/`??`,
 // no lambdas, no imports, no spread. `az bicep build` is still the compiler of record (DEPLOY.md).
 targetScope = 'resourceGroup'
@@ -100,8 +101,26 @@ param maximumInstanceCount int = 100
 ])
 param instanceMemoryMB int = 2048
 
-@description('An e-mail address for alert rules on the expiry log events; empty = no alert rules.')
+// Alert rules (modules/alerts.bicep) are always deployed: without alertEmail their alerts open and resolve in
+// Azure Monitor > Alerts and nobody is e-mailed. Thresholds are per 15 minutes where a rate is meant.
+@description('E-mail address the alert rules notify (an action group); empty = no action group, the alerts are still in Azure Monitor > Alerts.')
 param alertEmail string = ''
+
+@description('Alert when a sync job dead-letters more records, or a webhook route more events, than this in 15 minutes.')
+@minValue(0)
+param alertDeadLettersPer15Min int = 10
+
+@description('Alert when Dataverse answers 429 more often than this in 15 minutes (per service protection limit).')
+@minValue(0)
+param alertThrottledPer15Min int = 20
+
+@description('Alert when a webhook event waits longer than this many seconds between received and processed.')
+@minValue(1)
+param alertWebhookLagSeconds int = 300
+
+@description('Alert when a credential has fewer days left than this.')
+@minValue(1)
+param alertCredentialDaysLeft int = 14
 
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var tags = {
@@ -295,52 +314,19 @@ module userAssignedRoles 'modules/roles.bicep' = if (useUserAssigned) {
   }
 }
 
-// Optional: an Azure Monitor alert on the expiry log events (error and critical alerts the app sent).
-resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmail)) {
-  name: 'ag-${resourceToken}'
-  location: 'global'
-  tags: tags
-  properties: {
-    groupShortName: 'dvbridge'
-    enabled: true
-    emailReceivers: [
-      {
-        name: 'owner'
-        emailAddress: alertEmail
-        useCommonAlertSchema: true
-      }
-    ]
-  }
-}
-
-resource expiryAlertRule 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = if (!empty(alertEmail)) {
-  name: 'alert-credential-expiry-${resourceToken}'
-  location: location
-  tags: tags
-  properties: {
-    displayName: 'dvbridge: a credential is expiring or expired'
-    severity: 1
-    enabled: true
-    evaluationFrequency: 'PT1H'
-    windowSize: 'PT1H'
-    scopes: [
-      monitoring.outputs.appInsightsId
-    ]
-    criteria: {
-      allOf: [
-        {
-          query: 'traces | where message startswith "credential_expiry_alert" and severityLevel >= 3'
-          timeAggregation: 'Count'
-          operator: 'GreaterThan'
-          threshold: 0
-        }
-      ]
-    }
-    actions: {
-      actionGroups: [
-        actionGroup.id
-      ]
-    }
+// Alert rules over the app's telemetry in Application Insights, each with its own identity (Reader there only).
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    location: location
+    name: resourceToken
+    tags: tags
+    appInsightsName: monitoring.outputs.appInsightsName
+    alertEmail: alertEmail
+    deadLettersPer15Min: alertDeadLettersPer15Min
+    throttledPer15Min: alertThrottledPer15Min
+    webhookLagSeconds: alertWebhookLagSeconds
+    credentialDaysLeft: alertCredentialDaysLeft
   }
 }
 

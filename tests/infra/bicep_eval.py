@@ -53,7 +53,7 @@ def render(value: Any) -> str:
         return value.text
     if isinstance(value, str):
         return f"'{value}'"
-    return json.dumps(value)
+    return json.dumps(value, default=render)  # an object or array holding an Unknown: its text in place
 
 
 def as_text(value: Any) -> str:

@@ -97,7 +97,7 @@ def grants(root: Path, params: Mapping[str, Any]) -> list[Grant]:
 
 
 def rule_principals(root: Path, params: Mapping[str, Any]) -> set[Unknown]:
-    """The system-assigned identity of each alert rule deployed, as ARM will know it: ``<rule>.identity.principalId``."""
+    """The system-assigned identity of each alert rule deployed, as ARM knows it: ``<rule>.identity.principalId``."""
     return {
         Unknown(f"{declaration.symbol}.identity.principalId")
         for instance in deployment(root, params).walk()
@@ -245,7 +245,8 @@ def test_each_alert_rule_reads_application_insights_with_an_identity_of_its_own(
     rules = rule_principals(INFRA, params)
     assert len(rules) == 8  # whether or not anyone is e-mailed, the rules are deployed (docs/infra.md)
     found = [grant for grant in grants(INFRA, params) if grant.principal in rules]
-    assert {grant.principal: {(grant.role, grant.scope)} for grant in found} == dict.fromkeys(rules, set(RULE_READS))
+    held = {grant.principal: {(grant.role, grant.scope)} for grant in found}
+    assert held == {rule: set(RULE_READS) for rule in rules}
     assert len(found) == len(rules)
     assert all(grant.resource.startswith("alerts.") for grant in found)
 

@@ -110,7 +110,7 @@ PLANTS = [
           "credentialExpiring", "properties.criteria.allOf[0].timeAggregation",
           "'Min' is not a known TimeAggregation value"),
     Plant("a rule's autoMitigate misnested in its criteria", "modules/alerts.bicep",
-          (("          threshold: throttledPer15Min\n", "          threshold: throttledPer15Min\n          autoMitigate: true\n"),),
+          (("threshold: throttledPer15Min\n", "threshold: throttledPer15Min\n          autoMitigate: true\n"),),
           "throttled", "properties.criteria.allOf[0].autoMitigate",
           "unknown property 'autoMitigate' in Condition (the model has it at properties.autoMitigate)"),
     Plant("read of a rule identity's property the model lacks", "modules/alerts.bicep",
