@@ -28,6 +28,7 @@ class EnvVars:
     APPINSIGHTS_AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
     TELEMETRY_ENABLED = "TELEMETRY_ENABLED"
     TELEMETRY_LIVE_METRICS = "TELEMETRY_LIVE_METRICS"
+    TELEMETRY_SAMPLING_RATIO = "TELEMETRY_SAMPLING_RATIO"
     WORKER_RUNTIME = "FUNCTIONS_WORKER_RUNTIME"
     WEBSITE_HOSTNAME = "WEBSITE_HOSTNAME"
     # identity
@@ -274,6 +275,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(EnvVars.TELEMETRY_ENABLED, K.PLATFORM, T.BOOL,
             "Send the app's metrics, spans and logs to Application Insights (needs its connection string).",
             default="true"),
+    Setting(EnvVars.TELEMETRY_SAMPLING_RATIO, K.PLATFORM, T.NUMBER,
+            "The share of traces kept, whole (by trace id): the distro's own default, 5 spans a second, drops a "
+            "run's span and keeps some of its requests'.", default="1.0", minimum=0, maximum=1),
     Setting(EnvVars.TELEMETRY_LIVE_METRICS, K.PLATFORM, T.BOOL,
             "Application Insights Live Metrics from the app (devstack does not emulate it: its env sets false).",
             default="true"),

@@ -15,23 +15,75 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.settings_registry import EnvVars
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
-    from opentelemetry.metrics import Counter, Histogram, MeterProvider
+    from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import Span, TracerProvider
 
 METER_NAME = "dvbridge"
-# The instrument names are a contract: infra/ alert rules and the workbook query them (docs/telemetry.md).
 SYNC_RECORDS = "dvbridge.sync.records"
 SYNC_RUN_DURATION = "dvbridge.sync.run.duration"
 DATAVERSE_REQUESTS = "dvbridge.dataverse.requests"
+WEBHOOK_EVENTS = "dvbridge.webhook.events"
+WEBHOOK_LAG = "dvbridge.webhook.lag"
 TOKEN_ACQUISITIONS = "dvbridge.token.acquisitions"  # noqa: S105 - an instrument's name  # nosec B105
+CREDENTIAL_DAYS_LEFT = "dvbridge.credential.days_left"
+QUEUE_BACKLOG = "dvbridge.queue.backlog"
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """One instrument: its name, kind (counter, histogram or gauge), unit, attributes (each with the values it
+    takes, None when open, as a job's name) and what it counts."""
+
+    name: str
+    kind: str
+    unit: str
+    attributes: Mapping[str, frozenset[str] | None]
+    what: str
+
+
+def _values(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+# The contract with infra/: its alert rules and workbook query these names, attributes and values
+# (tests/infra checks every query against this table; docs/infra.md lists it for people).
+CONTRACT: tuple[InstrumentSpec, ...] = (
+    InstrumentSpec(SYNC_RECORDS, "counter", "{record}",
+                   {"job": None, "kind": _values("inbound", "outbound", "replay", "chunk"),
+                    "outcome": _values("read", "written", "unchanged", "dead_lettered", "failed")},
+                   "records a sync run read, wrote, left unchanged, dead-lettered or failed"),
+    InstrumentSpec(SYNC_RUN_DURATION, "histogram", "s",
+                   {"job": None, "kind": _values("inbound", "outbound", "replay", "chunk"),
+                    "status": _values("succeeded", "fanned_out", "failed")},
+                   "how long a sync run took, and how it ended (one point per run)"),
+    InstrumentSpec(DATAVERSE_REQUESTS, "counter", "{request}",
+                   {"status_class": _values("2xx", "3xx", "4xx", "5xx", "none"), "throttle_code": None},
+                   "Dataverse Web API responses (none: no response came); a 429's throttle_code is the service"
+                   " protection limit's error code (unknown when it named none), every other response's none"),
+    InstrumentSpec(TOKEN_ACQUISITIONS, "counter", "{acquisition}", {"source": _values("cache", "entra")},
+                   "Dataverse tokens handed out, from the cache or newly from Entra"),
+    InstrumentSpec(WEBHOOK_EVENTS, "counter", "{event}",
+                   {"route": None,
+                    "outcome": _values("received", "processed", "duplicate", "stale", "dead_lettered")},
+                   "webhook events by what became of them (route: the receiver's, /api/webhooks/<route>)"),
+    InstrumentSpec(WEBHOOK_LAG, "histogram", "s", {"route": None},
+                   "seconds from an event's receipt to the end of its processing"),
+    InstrumentSpec(CREDENTIAL_DAYS_LEFT, "gauge", "d", {"credential": None, "source": None},
+                   "days until a credential expires (credential: an id such as kv-secret:<vault>:<name>)"),
+    InstrumentSpec(QUEUE_BACKLOG, "gauge", "{message}", {"queue": None},
+                   "messages waiting in a queue, every queue watched and 0 included (a poison queue ends with"
+                   " -poison)"),
+)  # fmt: skip
 # The report's counters, by the outcome attribute they are recorded under.
 RECORD_OUTCOMES = {"read": "rows_read", "written": "written", "unchanged": "unchanged",
                    "dead_lettered": "dead_lettered", "failed": "failed"}  # fmt: skip
@@ -55,25 +107,34 @@ class Instruments:
         from opentelemetry import metrics
 
         meter = provider.get_meter(METER_NAME) if provider is not None else metrics.get_meter(METER_NAME)
-        self.records: Counter = meter.create_counter(
-            SYNC_RECORDS, unit="{record}", description="Records a sync run read, wrote, left unchanged, "
-            "dead-lettered or failed, by job and outcome",
-        )  # fmt: skip
-        self.run_duration: Histogram = meter.create_histogram(
-            SYNC_RUN_DURATION, unit="s", description="How long a sync run took, by job and status"
-        )
-        self.dataverse_requests: Counter = meter.create_counter(
-            DATAVERSE_REQUESTS, unit="{request}", description="Dataverse Web API responses by status class; "
-            "429s by the service protection limit's error code",
-        )  # fmt: skip
-        self.token_acquisitions: Counter = meter.create_counter(
-            TOKEN_ACQUISITIONS, unit="{acquisition}", description="Dataverse tokens handed out, from the cache "
-            "or newly from Entra",
-        )  # fmt: skip
+        made: dict[str, Callable[..., Any]] = {"counter": meter.create_counter, "histogram": meter.create_histogram,
+                                               "gauge": meter.create_gauge}  # fmt: skip
+        self._by_name: dict[str, Any] = {
+            spec.name: made[spec.kind](spec.name, unit=spec.unit, description=spec.what) for spec in CONTRACT
+        }
+
+    def add(self, name: str, amount: int, attributes: Mapping[str, str]) -> None:
+        self._by_name[name].add(amount, attributes)
+
+    def record(self, name: str, value: float, attributes: Mapping[str, str]) -> None:
+        self._by_name[name].record(value, attributes)
+
+    def set(self, name: str, value: float, attributes: Mapping[str, str]) -> None:
+        self._by_name[name].set(value, attributes)
+
+
+def _ensure_configured() -> None:
+    """The distro configured (or found off) before the first span or instrument: a span opened on the API's
+    proxy before then would never record, though its children, opened after, would."""
+    if _configured is None:
+        from shared.composition import worker
+
+        worker()  # building this worker's composition root configures telemetry with its managed identity
 
 
 def instruments() -> Instruments:
     global _instruments
+    _ensure_configured()
     with _lock:
         if _instruments is None:
             _instruments = Instruments()
@@ -94,6 +155,7 @@ def configure(credential: TokenCredential | None, env: Mapping[str, str] | None 
         connection = reader.optional(EnvVars.APPINSIGHTS_CONNECTION_STRING)
         enabled = reader.boolean(EnvVars.TELEMETRY_ENABLED)
         live_metrics = reader.boolean(EnvVars.TELEMETRY_LIVE_METRICS)
+        sampling_ratio = reader.number(EnvVars.TELEMETRY_SAMPLING_RATIO)
         reader.raise_problems()
         if not connection or not enabled:
             return False
@@ -105,6 +167,7 @@ def configure(credential: TokenCredential | None, env: Mapping[str, str] | None 
                 credential=credential,
                 logger_name=LOGGER_NAME,
                 enable_live_metrics=live_metrics,
+                sampling_ratio=sampling_ratio,  # whole traces by trace id, not the distro's spans per second
                 enable_performance_counters=False,  # process counters, not what an operator of dvbridge opens
                 instrumentation_options={name: {"enabled": False} for name in UNINSTRUMENTED},
             )
@@ -128,16 +191,16 @@ def record_run(report: Any) -> None:
     for outcome, field in RECORD_OUTCOMES.items():
         count = int(getattr(report, field, 0) or 0)
         if count:
-            meter.records.add(count, {"job": report.job, "outcome": outcome, "kind": report.kind})
-    meter.run_duration.record(float(report.duration_s), {"job": report.job, "status": report.status,
-                                                         "kind": report.kind})  # fmt: skip
+            meter.add(SYNC_RECORDS, count, {"job": report.job, "outcome": outcome, "kind": report.kind})
+    meter.record(SYNC_RUN_DURATION, float(report.duration_s), {"job": report.job, "status": report.status,
+                                                               "kind": report.kind})  # fmt: skip
 
 
 def record_dataverse_response(status: int | None, throttle_code: str | None = None) -> None:
     """One Dataverse response (None: no response came); a 429's limit by its error code."""
     status_class = f"{status // 100}xx" if status else "none"
-    attributes = {"status_class": status_class, "throttle_code": throttle_code or "none"}
-    instruments().dataverse_requests.add(1, attributes)
+    code = throttle_code or ("unknown" if status == 429 else "none")  # a 429 is never counted as "none"
+    instruments().add(DATAVERSE_REQUESTS, 1, {"status_class": status_class, "throttle_code": code})
 
 
 def operation_name(path: str) -> str:
@@ -148,9 +211,23 @@ def operation_name(path: str) -> str:
     return head if _OPERATION.fullmatch(head) else "other"
 
 
+def record_webhook(route: str, outcome: str, received_at: float | None = None) -> None:
+    """A webhook event's outcome (received, processed, duplicate, stale, dead_lettered) on its receiver's
+    route; for a processed one with its receipt time (epoch seconds), the lag."""
+    meter = instruments()
+    meter.add(WEBHOOK_EVENTS, 1, {"route": route, "outcome": outcome})
+    if outcome == "processed" and received_at:
+        meter.record(WEBHOOK_LAG, max(0.0, time.time() - float(received_at)), {"route": route})
+
+
+def record_credential_days_left(credential_id: str, source: str, days_left: float) -> None:
+    """A credential's days until it expires, as the expiry sweep read it (its id names no secret)."""
+    instruments().set(CREDENTIAL_DAYS_LEFT, round(days_left, 2), {"credential": credential_id, "source": source})
+
+
 def record_token(source: str) -> None:
     """A Dataverse token handed out: ``cache`` or ``entra``."""
-    instruments().token_acquisitions.add(1, {"source": source})
+    instruments().add(TOKEN_ACQUISITIONS, 1, {"source": source})
 
 
 @contextmanager
@@ -158,6 +235,7 @@ def span(name: str, **attributes: str | int | float | bool) -> Iterator[Span]:
     """A child of the current span (the invocation's, in the Functions host's OpenTelemetry mode)."""
     from opentelemetry import trace
 
+    _ensure_configured()
     tracer = trace.get_tracer(METER_NAME, tracer_provider=_tracer_provider)
     with tracer.start_as_current_span(name, attributes=attributes) as current:
         yield current
@@ -167,6 +245,6 @@ def use_providers_for_tests(meters: MeterProvider | None, tracers: TracerProvide
     """Record into a test's providers (the global ones can be set only once per process); None: forget."""
     global _configured, _instruments, _tracer_provider
     with _lock:
-        _configured = None
+        _configured = False if meters is not None or tracers is not None else None  # a test's: never the distro
         _instruments = Instruments(meters) if meters is not None else None
         _tracer_provider = tracers

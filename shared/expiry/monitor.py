@@ -29,6 +29,7 @@ from shared.expiry.settings import ExpirySettings, vault_name
 from shared.expiry.state import StateConflict, StateStore
 from shared.graph import GraphReader
 from shared.logging import log_event
+from shared.telemetry import record_credential_days_left
 
 if TYPE_CHECKING:
     from shared.identity.secret_store import SecretStore
@@ -158,6 +159,9 @@ class ExpiryMonitor:
         for problem in report.problems:
             log_event(logger, "expiry_source_unavailable", logging.ERROR, problem=problem)
         for credential in listed:
+            days = credential.days_left(now)
+            if days is not None:
+                record_credential_days_left(credential.id, str(credential.source), days)
             label = self._process(credential, now, report)
             report.credentials.append((credential, label))
         if entra_listed:  # without Entra's list every tagged copy would look like it names a deleted secret

@@ -25,6 +25,7 @@ from shared.failure_answers import failure_answer, is_outage
 from shared.http_input import preview
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
+from shared.telemetry import record_webhook
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
@@ -101,6 +102,7 @@ def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse 
     store = storage()
     source = str(message["source"])
     enqueued = enqueue_event(store, {**message, "key": key, "received_at": time.time()})
+    record_webhook(source, "received")
     if enqueued.blob:
         log_event(logger, "webhook_claim_checked", source=source)
     try:
@@ -111,6 +113,7 @@ def _accept(scope: str, key: str, message: dict[str, Any]) -> func.HttpResponse 
     if isinstance(outcome, Claim):
         return _answer(202, {"accepted": True})
     withdraw_event(store, enqueued)
+    record_webhook(source, "duplicate")
     if outcome.in_progress:
         log_event(logger, "webhook_claim_busy", logging.WARNING, scope=scope)
         return _answer(
@@ -128,6 +131,7 @@ def _accept_dataverse(message: dict[str, Any]) -> func.HttpResponse:
     from shared.webhooks.processor import enqueue_event
 
     enqueued = enqueue_event(storage(), {**message, "received_at": time.time()})
+    record_webhook("dataverse", "received")
     if enqueued.blob:
         log_event(logger, "webhook_claim_checked", source="dataverse")
     return _answer(202, {"accepted": True})

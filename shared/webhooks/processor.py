@@ -42,6 +42,7 @@ from shared.mapping.mapper import Mapper, Rejection
 from shared.outgoing_http import HttpCaller
 from shared.storage import Storage
 from shared.storage.queues import QueuedMessage, queue_message_fits
+from shared.telemetry import record_webhook
 from shared.webhooks.dedupe import DEDUPE_TABLE, Claim, ClaimLost, Dedupe, LeaseKeeper, processed_scope
 from shared.webhooks.routes import BlobHandler, Handler, HttpForwardHandler, RoutesFile, UpsertHandler
 
@@ -165,6 +166,7 @@ def process(message: dict[str, Any], routes: RoutesFile, ctx: HandlerContext) ->
         if claim.in_progress:
             raise EventInProgress(f"another copy of this {source} event is being processed; the queue retries")
         log_event(logger, "webhook_already_processed", source=source)
+        record_webhook(source, "duplicate")
         if blob:
             _drop_claim_blob(ctx.storage, blob)
         return []
@@ -184,6 +186,7 @@ def process(message: dict[str, Any], routes: RoutesFile, ctx: HandlerContext) ->
         return effects
     if blob:
         _drop_claim_blob(ctx.storage, blob)
+    record_webhook(source, "processed", message.get("received_at"))
     return effects
 
 
@@ -202,6 +205,7 @@ def _process_ordered(
     if not handlers:
         log_event(logger, "webhook_processed", source=DATAVERSE, table=table or "-", message=verb or "-", effects=0)
         _done(ctx.storage, blob)
+        record_webhook(DATAVERSE, "processed", message.get("received_at"))
         return []
     current = _current_state(ctx, key, event)
     if isinstance(current, str):  # dead-lettered or superseded: nothing to order
@@ -221,6 +225,7 @@ def _process_ordered(
         log_event(logger, name, source=DATAVERSE, table=str(table), message=str(verb), version=change.version,
                   applied_version=decision.applied_version, reconciled=bool(event.get("reconciled")))  # fmt: skip
         _done(ctx.storage, blob)
+        record_webhook(DATAVERSE, "stale" if decision.verdict is Verdict.STALE else "duplicate")
         return []
     try:
         effects = _apply_handlers(DATAVERSE, key, event, {}, handlers, ctx)
@@ -234,6 +239,7 @@ def _process_ordered(
     if not ordering.finish(decision.ticket):  # outlived the lease: the taker records; effects are idempotent
         log_event(logger, "webhook_claim_taken_over", logging.WARNING, source=DATAVERSE)
     _done(ctx.storage, blob)
+    record_webhook(DATAVERSE, "processed", message.get("received_at"))
     return effects
 
 

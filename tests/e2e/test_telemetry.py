@@ -57,6 +57,20 @@ def metric_sums(stack: DevstackProcess, name: str) -> Counter[tuple[tuple[str, s
     return sums
 
 
+def traces(stack: DevstackProcess) -> list[tuple[str, str, str, str]]:
+    """Every item but metrics as (type, name, id, parent id): what a failed assertion shows."""
+    return [
+        (
+            i["data"]["baseType"],
+            i["data"]["baseData"].get("name"),
+            i["data"]["baseData"].get("id"),
+            i["tags"].get("ai.operation.parentId"),
+        )
+        for i in stored(stack)
+        if i["data"]["baseType"] != "MetricData"
+    ]
+
+
 def dataverse_requests(stack: DevstackProcess) -> int:
     routes = stack.stats("dataverse")["requests"]
     return sum(sum(statuses.values()) for route, statuses in routes.items() if "/_devstack/" not in route)
@@ -107,7 +121,9 @@ def test_a_sync_run_exports_its_counts_and_every_dataverse_request(stack: Devsta
         deadline = time.monotonic() + EXPORT_WAIT_S
         while not spans("sync.run") and time.monotonic() < deadline:
             time.sleep(0.5)
-        (run_span,) = spans("sync.run")
+        found = spans("sync.run")
+        assert len(found) == 1, traces(stack)
+        (run_span,) = found
         trace, run_id = run_span["tags"]["ai.operation.id"], run_span["data"]["baseData"]["id"]
         children = [s for s in spans("dataverse.request") if s["tags"].get("ai.operation.parentId") == run_id]
         assert len(children) == report["requests"], "every request of the run, the write planner's threads too"
@@ -122,3 +138,35 @@ def test_a_sync_run_exports_its_counts_and_every_dataverse_request(stack: Devsta
     text = str(every)
     assert "erp-import" not in text, "no blob name in telemetry"
     assert "Telemetry 0" not in text, "no record value in telemetry"
+
+
+def test_a_signed_webhook_is_counted_received_and_processed_with_its_lag(stack: DevstackProcess, app_env) -> None:
+    import json as _json
+
+    from shared.composition import secret_store
+    from tests.e2e.test_webhooks_receivers import signed_headers
+
+    app_env(stack)
+    secret = secret_store().get("erp-webhook-secret").value
+    host = HostProcess(stack, "telemetry-webhook", HOST_SETTINGS)
+    try:
+        body = _json.dumps({"customer_no": f"TEL-{uuid.uuid4().hex[:8]}", "name": "Telemetry Webhook Ltd"}).encode()
+        answer = requests.post(f"{host.url}/api/webhooks/erp", data=body, timeout=30,
+                               headers=signed_headers(secret, body) | {"x-functions-key": host.function_key(
+                                   "signed_webhook")})  # fmt: skip
+        assert answer.status_code == 202, answer.text
+        wanted = {"received": 1, "processed": 1}
+        deadline = time.monotonic() + EXPORT_WAIT_S
+        while time.monotonic() < deadline:
+            events = {dict(k)["outcome"]: v for k, v in metric_sums(stack, "dvbridge.webhook.events").items()
+                      if dict(k).get("route") == "erp"}  # fmt: skip
+            if events == wanted:
+                break
+            time.sleep(0.5)
+        assert events == wanted
+        lags = [m for item in stored(stack, type="MetricData", name="dvbridge.webhook.lag")
+                for m in item["data"]["baseData"]["metrics"]]  # fmt: skip
+        assert sum(int(m.get("count", 1)) for m in lags) == 1, lags
+        assert 0 <= float(lags[0]["value"]) < EXPORT_WAIT_S
+    finally:
+        host.stop()

@@ -19,53 +19,16 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+
+from shared.telemetry import CONTRACT, InstrumentSpec
 
 PREFIX = "dvbridge."
 
 
-@dataclass(frozen=True)
-class Instrument:
-    name: str
-    kind: str  # counter, histogram or gauge
-    unit: str
-    attributes: Mapping[str, frozenset[str] | None]  # attribute -> its values, None when open (a job's name)
-    what: str
-
-
-def values(*names: str) -> frozenset[str]:
-    return frozenset(names)
-
-
-INSTRUMENTS: dict[str, Instrument] = {
-    instrument.name: instrument
-    for instrument in (
-        Instrument("dvbridge.sync.records", "counter", "{records}",
-                   {"job": None, "outcome": values("read", "written", "unchanged", "dead_lettered", "failed")},
-                   "records a sync run read, wrote, left unchanged, dead-lettered or failed"),
-        Instrument("dvbridge.sync.run.duration", "histogram", "s",
-                   {"job": None, "status": values("succeeded", "failed", "partial")},
-                   "how long a sync run took, and how it ended"),
-        Instrument("dvbridge.dataverse.requests", "counter", "{requests}",
-                   {"status_class": values("2xx", "4xx", "5xx", "none"), "throttle_code": None},
-                   "Dataverse Web API responses; a 429's throttle_code is the service protection limit's error"
-                   " code, every other response's none"),
-        Instrument("dvbridge.token.acquisitions", "counter", "{acquisitions}",
-                   {"source": values("cache", "entra")},
-                   "Dataverse tokens handed out, from the cache or newly from Entra"),
-        Instrument("dvbridge.webhook.events", "counter", "{events}",
-                   {"route": None,
-                    "outcome": values("received", "processed", "duplicate", "stale", "dead_lettered")},
-                   "webhook events by what became of them"),
-        Instrument("dvbridge.webhook.lag", "histogram", "s", {"route": None},
-                   "seconds from an event's receipt to its processing"),
-        Instrument("dvbridge.credential.days_left", "gauge", "d", {"credential": None, "source": None},
-                   "days until a credential expires (credential: an id such as kv-secret:<vault>:<name>)"),
-        Instrument("dvbridge.queue.backlog", "gauge", "{messages}", {"queue": None},
-                   "messages waiting in a queue, every queue watched and 0 included (a poison queue ends with"
-                   " -poison)"),
-    )
-}  # fmt: skip
+# The app's own registry (shared/telemetry.py) is the contract: one table for what the app records and what
+# infra/ may query.
+Instrument = InstrumentSpec
+INSTRUMENTS: dict[str, Instrument] = {spec.name: spec for spec in CONTRACT}
 
 STRING = r"(?:\"([^\"]*)\"|'([^']*)')"  # a KQL string literal, either quote
 LITERAL = re.compile(STRING)

@@ -180,6 +180,7 @@ def test_configure_stays_off_without_a_connection_string_or_when_turned_off(
     assert all(options[name] == {"enabled": False} for name in ("azure_sdk", "requests", "urllib", "urllib3"))
     assert calls[0]["logger_name"] == "shared"
     assert calls[0]["enable_performance_counters"] is False
+    assert calls[0]["sampling_ratio"] == 1.0, "whole traces: the distro's spans-per-second default drops run spans"
 
 
 def test_a_distro_that_fails_leaves_telemetry_off_and_the_invocation_going(
@@ -236,3 +237,24 @@ def test_a_run_span_holds_its_outcome(recorded: Recorded) -> None:
     assert finished.attributes is not None
     assert finished.attributes["dvbridge.run.status"] == "succeeded"
     assert finished.attributes["dvbridge.run.written"] == 3
+
+
+def test_every_point_the_app_records_is_in_the_contract(recorded: Recorded) -> None:
+    """What infra/'s queries rely on: no attribute or value outside shared.telemetry.CONTRACT."""
+    telemetry.record_run(RunReport("accounts", "r", "t", status="fanned_out", rows_read=2, written=1, failed=1))
+    for status, code in ((200, None), (304, None), (429, "0x80072322"), (429, None), (503, None), (None, None)):
+        telemetry.record_dataverse_response(status, code)
+    for outcome in ("received", "processed", "duplicate", "stale"):
+        telemetry.record_webhook("erp", outcome, received_at=1.0)
+    telemetry.record_token("cache")
+    telemetry.record_credential_days_left("kv-secret:dvbridge-dev:dataverse-client-secret", "keyvault-secret", 12.5)
+    checked = 0
+    for spec in telemetry.CONTRACT:
+        for attributes, _point in recorded.points(spec.name):
+            checked += 1
+            assert set(attributes) <= set(spec.attributes), (spec.name, attributes)
+            for key, value in attributes.items():
+                allowed = spec.attributes[key]
+                assert allowed is None or value in allowed, (spec.name, key, value)
+    assert checked >= 12
+    assert recorded.sums(telemetry.DATAVERSE_REQUESTS)[(("status_class", "4xx"), ("throttle_code", "unknown"))] == 1
