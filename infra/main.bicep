@@ -214,6 +214,11 @@ module app 'modules/functionapp.bicep' = {
         value: 'Authorization=AAD'
       }
       {
+        // The Python worker attaches each invocation's trace context: the app's spans are the host's children.
+        name: 'PYTHON_ENABLE_OPENTELEMETRY'
+        value: 'true'
+      }
+      {
         name: 'DATAVERSE_URL'
         value: dataverseUrl
       }

@@ -26,6 +26,7 @@ class EnvVars:
     STORAGE_CLIENT_ID = "AzureWebJobsStorage__clientId"
     APPINSIGHTS_CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
     APPINSIGHTS_AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+    PYTHON_ENABLE_OPENTELEMETRY = "PYTHON_ENABLE_OPENTELEMETRY"
     TELEMETRY_ENABLED = "TELEMETRY_ENABLED"
     TELEMETRY_LIVE_METRICS = "TELEMETRY_LIVE_METRICS"
     TELEMETRY_SAMPLING_RATIO = "TELEMETRY_SAMPLING_RATIO"
@@ -272,6 +273,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(EnvVars.APPINSIGHTS_CONNECTION_STRING, K.PLATFORM, T.CONNECTION,
             "Where the host and the app (the Azure Monitor OpenTelemetry distro) send telemetry.", secret=True,
             read_by=ReadBy.BOTH, deploy=D.TEMPLATE),
+    Setting(EnvVars.PYTHON_ENABLE_OPENTELEMETRY, K.PLATFORM, T.BOOL,
+            "The Python worker attaches each invocation's trace context (host.json telemetryMode OpenTelemetry), "
+            "so the app's spans are children of the host's invocation.", read_by=ReadBy.HOST, deploy=D.TEMPLATE),
     Setting(EnvVars.TELEMETRY_ENABLED, K.PLATFORM, T.BOOL,
             "Send the app's metrics, spans and logs to Application Insights (needs its connection string).",
             default="true"),
