@@ -18,6 +18,9 @@ the host does around that:
   non-HTTP function now.
 * One log line per invocation start and end, in Core Tools' words; ``functionTimeout`` enforced by
   replacing the worker, since the runtime cannot cancel an invocation.
+* A W3C trace context per invocation in ``InvocationRequest.trace_context`` (an HTTP request's continues an
+  incoming ``traceparent``), and with host.json ``"telemetryMode": "OpenTelemetry"`` and a connection string
+  the host's own request items exported to Application Insights (:mod:`devstack.host_telemetry`).
 
 Payloads cross as ``TypedData``: ``RpcHttp`` for requests and responses, the timer's JSON, the queue
 message's text with its trigger metadata, the Event Grid event's JSON.
@@ -46,6 +49,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devstack.host_telemetry import HostTracing, InvocationSpan
 from devstack.rpc import function_rpc_pb2 as protos
 from devstack.worker_channel import WorkerError, WorkerPool, raw_bindings
 
@@ -367,6 +371,7 @@ class LocalHost:
             else DEFAULT_FUNCTION_TIMEOUT_S
         )
         self.queue_settings = {**QUEUE_DEFAULTS, **((host_json.get("extensions") or {}).get("queues") or {})}
+        self.tracing = HostTracing(host_json, settings, app_dir, log)
         self.channel = WorkerPool(app_dir, settings, log)
         self.functions: list[FunctionInfo] = []
         self.by_name: dict[str, FunctionInfo] = {}
@@ -412,9 +417,36 @@ class LocalHost:
 
     # -- invocation ------------------------------------------------------------------------------
     async def invoke(
-        self, info: FunctionInfo, data: Any, reason: str, trigger_metadata: dict[str, Any] | None = None
+        self,
+        info: FunctionInfo,
+        data: Any,
+        reason: str,
+        trigger_metadata: dict[str, Any] | None = None,
+        *,
+        span: InvocationSpan | None = None,
     ) -> Any:
-        """One invocation in the worker; its queue outputs are sent before it counts as Succeeded."""
+        """One invocation in the worker; its queue outputs are sent before it counts as Succeeded. ``span``: the
+        HTTP request's, which the caller ends; without one the invocation gets a span of its own (a new trace,
+        as the host starts one for a trigger no instrumentation covers), ended and exported here."""
+        own = span is None
+        current = self.tracing.trigger_span(info.name) if span is None else span
+        failed = True
+        try:
+            response = await self._invoke(info, data, reason, trigger_metadata, current)
+            failed = False
+            return response
+        finally:
+            if own:
+                self.tracing.finish(current, failed=failed)
+
+    async def _invoke(
+        self,
+        info: FunctionInfo,
+        data: Any,
+        reason: str,
+        trigger_metadata: dict[str, Any] | None,
+        span: InvocationSpan,
+    ) -> Any:
         invocation_id = str(uuid.uuid4())
         self.log(f"Executing 'Functions.{info.name}' (Reason='{reason}', Id={invocation_id})")
         started = time.monotonic()
@@ -426,6 +458,7 @@ class LocalHost:
                 trigger_metadata or {},
                 invocation_id=invocation_id,
                 timeout_s=self.function_timeout_s,
+                trace_context=span.rpc_trace_context(),
             )
         except TimeoutError:
             self.log(
@@ -500,13 +533,30 @@ class LocalHost:
         return _key_matches(supplied, allowed)
 
     async def http(self, request: Request, path: str) -> Response:
-        """``path``: everything after ``/api/``, decoded, exactly as the client sent it."""
+        """``path``: everything after ``/api/``, decoded, exactly as the client sent it. The request is one span
+        (ASP.NET Core's in the real host), whatever its answer; a function it invokes is its child."""
+        span = self.tracing.http_span(
+            request.method, str(request.url), request.headers, host_header=request.headers.get("host", "")
+        )
+        status = 500
+        try:
+            response = await self._http(request, path, span)
+            status = response.status_code
+            return response
+        finally:
+            self.tracing.finish(span, status_code=status)
+
+    async def _http(self, request: Request, path: str, span: InvocationSpan | None) -> Response:
         for info, pattern, _ in self.routes:
             match = pattern.match(path)
             if match is None:
                 continue
             if request.method not in info.methods:
                 continue
+            if span is not None:
+                self.tracing.matched(
+                    span, request.method, API_PREFIX.strip("/") + "/" + (info.route or info.name), info.name
+                )
             if not self._authorized(request, info, info.auth_level or "function"):
                 return Response(status_code=401)
             body = await request.body()
@@ -519,7 +569,7 @@ class LocalHost:
                 body=protos.TypedData(bytes=body),
             )
             try:
-                response = await self.invoke(info, protos.TypedData(http=rpc), PROGRAMMATIC)
+                response = await self.invoke(info, protos.TypedData(http=rpc), PROGRAMMATIC, span=span)
             except InvocationFailed:
                 return Response(status_code=500)
             return _http_response(response.return_value)
@@ -565,6 +615,19 @@ class LocalHost:
         return Response(status_code=404)
 
     async def eventgrid(self, request: Request) -> Response:
+        """One HTTP request span for the delivery; each event's invocation is its child."""
+        span = self.tracing.http_span(
+            request.method, str(request.url), request.headers, host_header=request.headers.get("host", "")
+        )
+        status = 500
+        try:
+            response = await self._eventgrid(request, span)
+            status = response.status_code
+            return response
+        finally:
+            self.tracing.finish(span, status_code=status)
+
+    async def _eventgrid(self, request: Request, span: InvocationSpan | None) -> Response:
         name = request.query_params.get("functionName", "")
         info = self.by_name.get(name)
         supplied = request.query_params.get("code") or request.headers.get("x-functions-key") or ""
@@ -572,6 +635,8 @@ class LocalHost:
             return Response(status_code=401)
         if info is None or info.disabled or info.trigger_type != "eventGridTrigger":
             return JSONResponse({"error": f"no Event Grid function named {name!r}"}, status_code=404)
+        if span is not None:
+            span.attributes = self.tracing.attributes(info.name)
         try:
             events = await request.json()
         except ValueError:
@@ -582,7 +647,7 @@ class LocalHost:
             return JSONResponse({"validationResponse": data.get("validationCode")})
         for event in events:
             try:
-                await self.invoke(info, protos.TypedData(json=json.dumps(event)), "EventGrid trigger fired")
+                await self.invoke(info, protos.TypedData(json=json.dumps(event)), "EventGrid trigger fired", span=span)
             except InvocationFailed:
                 return Response(status_code=500)  # Event Grid retries
         return Response(status_code=202)
@@ -599,6 +664,9 @@ class LocalHost:
                     "pids": [worker.process.pid for worker in self.channel.processes],
                     "restarts": self.channel.restarts,
                     "host_pid": os.getpid(),
+                    "capabilities": dict(current.capabilities) if current else {},
+                    "open_telemetry": current.open_telemetry if current else False,
+                    "telemetry_mode": self.tracing.mode,
                 }
             )
 
@@ -652,6 +720,7 @@ class LocalHost:
         await self.channel.stop()
         for thread in self._threads:
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
+        await asyncio.get_running_loop().run_in_executor(None, self.tracing.stop)
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack.host_telemetry import WORKER_OPEN_TELEMETRY_CAPABILITY
 from devstack.rpc import function_rpc_pb2 as protos
 
 HOST_VERSION = "4.1040.0-devstack"  # what WorkerInitRequest reports; the runtime logs it, nothing branches on it
@@ -60,6 +61,13 @@ class WorkerProcess:
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     killed_for: str | None = None  # why the host killed it (a timeout), so in-flight calls say so
     closed: bool = False  # its stream has ended: nothing sent to it will be answered
+    capabilities: dict[str, str] = field(default_factory=dict)  # what its WorkerInitResponse reported
+
+    @property
+    def open_telemetry(self) -> bool:
+        """It said ``WorkerOpenTelemetryEnabled`` (the runtime does with ``PYTHON_ENABLE_OPENTELEMETRY=true``):
+        it attaches each invocation's trace context and sends its own telemetry."""
+        return self.capabilities.get(WORKER_OPEN_TELEMETRY_CAPABILITY, "").lower() == "true"
 
 
 class _Servicer:
@@ -222,6 +230,7 @@ class WorkerChannel:
             INIT_TIMEOUT_S,
         )
         _raise_on_failure(init.worker_init_response.result, "Worker failed to index functions")
+        worker.capabilities = dict(init.worker_init_response.capabilities)
         answer = await self._request(
             worker,
             protos.StreamingMessage(
@@ -383,8 +392,10 @@ class WorkerChannel:
         *,
         invocation_id: str,
         timeout_s: float,
+        trace_context: Any = None,
     ) -> Any:
-        """Run one invocation; raise TimeoutError after ``timeout_s`` (the worker is then replaced)."""
+        """Run one invocation; raise TimeoutError after ``timeout_s`` (the worker is then replaced).
+        ``trace_context``: the ``RpcTraceContext`` of the host's span for it (none: the field stays empty)."""
         try:
             await asyncio.wait_for(self.ready.wait(), timeout=timeout_s)
         except TimeoutError as exc:
@@ -396,6 +407,7 @@ class WorkerChannel:
             function_id=self.function_ids[name],
             input_data=input_data,
             trigger_metadata=trigger_metadata,
+            trace_context=trace_context,
         )
         if worker.closed:  # it died after `ready` was awaited; nothing will answer
             raise WorkerError(worker.killed_for or "the worker process exited")
@@ -454,6 +466,7 @@ class WorkerPool:
         *,
         invocation_id: str,
         timeout_s: float,
+        trace_context: Any = None,
     ) -> Any:
         ready = [i for i, c in enumerate(self.channels) if c.ready.is_set()] or list(self._in_flight)
         index = min(ready, key=lambda i: self._in_flight[i])
@@ -461,7 +474,12 @@ class WorkerPool:
         self._in_flight[index] += 1
         try:
             return await channel.invoke(
-                name, input_data, trigger_metadata, invocation_id=invocation_id, timeout_s=timeout_s
+                name,
+                input_data,
+                trigger_metadata,
+                invocation_id=invocation_id,
+                timeout_s=timeout_s,
+                trace_context=trace_context,
             )
         except TimeoutError:
             self._timed_out[invocation_id] = channel
