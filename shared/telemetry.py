@@ -241,6 +241,52 @@ def span(name: str, **attributes: str | int | float | bool) -> Iterator[Span]:
         yield current
 
 
+def traced(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A function's invocation as the current trace context (the host's span for it), so the spans it opens are
+    the host's children. The Python runtime attaches that context itself only for async functions; for a sync
+    one (all of dvbridge's) it runs the function in its thread pool without it. The wrapper takes the
+    runtime's ``context`` argument (azure.functions.Context, which carries the trace context) and attaches it."""
+    import functools
+    import inspect
+
+    import azure.functions as func
+
+    signature = inspect.signature(function)
+    if inspect.iscoroutinefunction(function) or "context" in signature.parameters:
+        return function  # the runtime attaches it for a coroutine; a function taking context does its own
+
+    @functools.wraps(function)
+    def invoked(*args: Any, **kwargs: Any) -> Any:
+        context = kwargs.pop("context", None)
+        with invocation_context(context):
+            return function(*args, **kwargs)
+
+    extra = inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=func.Context)
+    invoked.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])  # type: ignore[attr-defined]
+    invoked.__annotations__ = {**function.__annotations__, "context": func.Context}
+    return invoked
+
+
+@contextmanager
+def invocation_context(context: Any) -> Iterator[None]:
+    """Attach the W3C trace context the host gave this invocation (none given: the current one stays)."""
+    trace_context = getattr(context, "trace_context", None)
+    parent = getattr(trace_context, "trace_parent", "") or ""
+    if not parent:
+        yield
+        return
+    _ensure_configured()
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {"traceparent": parent, "tracestate": getattr(trace_context, "trace_state", "") or ""}
+    token = otel_context.attach(TraceContextTextMapPropagator().extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def use_providers_for_tests(meters: MeterProvider | None, tracers: TracerProvider | None) -> None:
     """Record into a test's providers (the global ones can be set only once per process); None: forget."""
     global _configured, _instruments, _tracer_provider

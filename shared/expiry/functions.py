@@ -16,6 +16,7 @@ from shared.http_input import RequestRejected, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.silences import refusal_text, silence_body
+from shared.telemetry import traced
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -36,6 +37,7 @@ def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> fu
 
 
 @bp.timer_trigger(arg_name="timer", schedule=f"%{SWEEP_SCHEDULE_SETTING}%")
+@traced
 def expiry_sweep(timer: func.TimerRequest) -> None:
     """Every credential against the thresholds; alerts once per threshold; drift; the live probe."""
     from shared.expiry.wiring import monitor
@@ -46,6 +48,7 @@ def expiry_sweep(timer: func.TimerRequest) -> None:
 
 
 @bp.event_grid_trigger(arg_name="event")
+@traced
 def expiry_event(event: func.EventGridEvent) -> None:
     """Key Vault's SecretNearExpiry/SecretExpired/CertificateNearExpiry/CertificateExpired, through the
     same policy and state as the sweep (one alert per threshold, whichever sees it first)."""
@@ -81,6 +84,7 @@ def _rotate_on(parsed: Any) -> None:
 
 
 @bp.route(route="credentials", methods=["GET"])
+@traced
 def credentials_list(req: func.HttpRequest) -> func.HttpResponse:
     """Every credential the sweep knows, with its end date, days left and alert state."""
     from shared.expiry.policy import current_level
@@ -167,12 +171,14 @@ def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
 
 
 @bp.route(route="credentials/{id}/ack", methods=["POST"])
+@traced
 def credentials_ack(req: func.HttpRequest) -> func.HttpResponse:
     """Acknowledge: silent until ``until`` (default 7 days), recorded with who acknowledged."""
     return _silence(req, "ack")
 
 
 @bp.route(route="credentials/{id}/snooze", methods=["POST"])
+@traced
 def credentials_snooze(req: func.HttpRequest) -> func.HttpResponse:
     """Snooze until ``until`` (or for ``days``)."""
     return _silence(req, "snooze")

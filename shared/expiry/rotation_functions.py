@@ -12,6 +12,7 @@ from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
+from shared.telemetry import traced
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -26,6 +27,7 @@ def _answer(status: int, body: Any) -> func.HttpResponse:
 
 
 @bp.timer_trigger(arg_name="timer", schedule=f"%{ROTATION_SCHEDULE_SETTING}%")
+@traced
 def credential_rotation(timer: func.TimerRequest) -> None:
     """Start a rotation of the Dataverse credential when it is due, and move one in progress on."""
     from shared.expiry.wiring import build_rotator
@@ -37,6 +39,7 @@ def credential_rotation(timer: func.TimerRequest) -> None:
 
 
 @bp.route(route="rotation", methods=["GET"])
+@traced
 def rotation_status(req: func.HttpRequest) -> func.HttpResponse:
     """The Dataverse credential's last or current rotation (no secret is ever part of it)."""
     from shared.expiry.wiring import build_rotator
@@ -53,6 +56,7 @@ def rotation_status(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="rotation/start", methods=["POST"], auth_level=func.AuthLevel.ADMIN)  # it changes the credential
+@traced
 def rotation_start(req: func.HttpRequest) -> func.HttpResponse:
     """Start a rotation now, whatever the end date (or resume the one in progress), and run it as far as it
     goes now: to the grace period, or its end."""

@@ -12,6 +12,7 @@ import azure.functions as func
 
 from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, query
+from shared.telemetry import traced
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -19,6 +20,7 @@ JSON = "application/json"
 
 
 @bp.route(route="health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 def health_live(req: func.HttpRequest) -> func.HttpResponse:
     """Liveness probe: the worker is up. The only anonymous route; it reveals nothing, and it reads nothing
     of the request, so no probe's query string can make it fail."""
@@ -26,6 +28,7 @@ def health_live(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="health/doctor", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@traced
 def health_doctor(req: func.HttpRequest) -> func.HttpResponse:
     """Walk the identity chain and return the doctor's report; 503 when a step failed."""
     from shared.identity.doctor import run_doctor

@@ -23,6 +23,7 @@ from shared.http_input import RequestRejected, int_param, preview, query, text_p
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.sync.jobs_file import job_index, schedule_setting
+from shared.telemetry import traced
 
 if TYPE_CHECKING:
     from shared.sync.engine import SyncContext
@@ -73,6 +74,7 @@ def run_job(name: str) -> dict[str, Any]:
 def _timer(name: str) -> None:
     @bp.function_name(f"sync_{name.replace('-', '_')}")
     @bp.timer_trigger(arg_name="timer", schedule=f"%{schedule_setting(name)}%")
+    @traced
     def sync_timer(timer: func.TimerRequest) -> None:
         if timer.past_due:
             log_event(logger, "sync_timer_past_due", job=name)
@@ -88,6 +90,7 @@ def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> fu
 
 
 @bp.route(route="sync/runs", methods=["GET"])
+@traced
 def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
     """Recent run reports, newest first (``?limit=`` of them, 1..MAX_RUNS_LIMIT)."""
     from shared.composition import worker
@@ -105,6 +108,7 @@ def sync_runs(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="sync/{job}/run", methods=["POST"])
+@traced
 def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
     """Run a job now; 200 with its report, 404 for an unknown job, 409 when another run holds it."""
     name = req.route_params.get("job", "")
@@ -118,6 +122,7 @@ def sync_run_now(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="sync/{job}/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+@traced
 def sync_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Re-send a job's dead letters (``?run=<run id>`` for one run); admin key only."""
     from shared.sync.engine import replay_dead_letters
@@ -158,6 +163,7 @@ def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpR
 
 
 @bp.queue_trigger(arg_name="item", queue_name="sync-chunks", connection=EnvVars.STORAGE)
+@traced
 def sync_chunk(item: func.QueueMessage) -> None:
     """Write one fanned-out chunk. Failures retry per host.json and end in ``sync-chunks-poison`` with
     their chunk id in the message."""

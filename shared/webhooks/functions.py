@@ -25,7 +25,7 @@ from shared.failure_answers import failure_answer, is_outage
 from shared.http_input import preview
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
-from shared.telemetry import record_webhook
+from shared.telemetry import record_webhook, traced
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
@@ -148,6 +148,7 @@ def _accept_signed(source: str, nonce: str, message: dict[str, Any]) -> func.Htt
 
 
 @bp.route(route="webhooks/dataverse", methods=["POST"])
+@traced
 def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Dataverse service endpoints (WebhookKey auth sends ``?code=``, the function key)."""
     from shared.webhooks.context import parse_remote_execution_context
@@ -172,6 +173,7 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="webhooks/{source}", methods=["POST"])
+@traced
 def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Signed generic webhooks: HMAC-SHA256 over timestamp, nonce and body with the source's secret."""
     from shared.webhooks.context import parse_json_payload
@@ -197,6 +199,7 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.queue_trigger(arg_name="item", queue_name="webhook-events", connection=EnvVars.STORAGE)
+@traced
 def webhook_processor(item: func.QueueMessage) -> None:
     """Dispatch to the routed handlers; failures retry per host.json, then ``webhook-events-poison``."""
     from shared.webhooks.processor import process
@@ -205,6 +208,7 @@ def webhook_processor(item: func.QueueMessage) -> None:
 
 
 @bp.route(route="webhooks-admin/replay", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+@traced
 def webhook_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Move poisoned webhook events back onto the processing queue (after a fix)."""
     from shared.webhooks.processor import EVENT_QUEUE

@@ -20,6 +20,7 @@ from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, json_object, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
+from shared.telemetry import traced
 
 if TYPE_CHECKING:
     from shared.storage import Storage
@@ -58,6 +59,7 @@ def reconciler() -> Reconciler:
 
 
 @bp.timer_trigger(arg_name="timer", schedule=f"%{SCHEDULE_SETTING}%")
+@traced
 def webhook_reconcile_timer(timer: func.TimerRequest) -> None:
     """Reconcile every routed table; a table that failed fails the invocation (what monitoring alerts on),
     after the others ran."""
@@ -85,6 +87,7 @@ def _tables(raw: bytes) -> list[str] | None:
 
 
 @bp.route(route="webhooks-admin/reconcile", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+@traced
 def webhook_reconcile(req: func.HttpRequest) -> func.HttpResponse:
     """Run the reconciler now (all routed tables, or the body's ``tables``) and answer its report."""
     try:

@@ -32,6 +32,7 @@ from shared.http_input import RequestRejected, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.silences import MAX_SILENCE_BODY_BYTES, refusal_text, silence_body
+from shared.telemetry import traced
 
 if TYPE_CHECKING:
     from shared.composition import Worker
@@ -127,6 +128,7 @@ def incidents() -> Incidents:
 
 # -- the timer and the run route -----------------------------------------------------------------------------------
 @bp.timer_trigger(arg_name="timer", schedule=f"%{SCHEDULE_SETTING}%")
+@traced
 def webhook_watch_timer(timer: func.TimerRequest) -> None:
     """Watch every step; a step that failed fails the invocation (what monitoring alerts on), after the others."""
     if timer.past_due:
@@ -137,6 +139,7 @@ def webhook_watch_timer(timer: func.TimerRequest) -> None:
 
 
 @bp.route(route="webhooks-admin/watch", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+@traced
 def webhook_watch(req: func.HttpRequest) -> func.HttpResponse:
     """Run the watcher now and answer its report."""
     try:
@@ -152,6 +155,7 @@ def webhook_watch(req: func.HttpRequest) -> func.HttpResponse:
 
 # -- the incidents API ---------------------------------------------------------------------------------------------
 @bp.route(route="webhooks-admin/incidents", methods=["GET"])
+@traced
 def webhook_incidents(req: func.HttpRequest) -> func.HttpResponse:
     """Every incident and every watched step's cumulative count of failed jobs."""
     try:
@@ -213,12 +217,14 @@ def _silence(req: func.HttpRequest, action: str) -> func.HttpResponse:
 
 
 @bp.route(route="webhooks-admin/incidents/{id}/ack", methods=["POST"])
+@traced
 def webhook_incident_ack(req: func.HttpRequest) -> func.HttpResponse:
     """Acknowledge an open incident: its reminder is withheld until ``until`` (default 7 days)."""
     return _silence(req, "ack")
 
 
 @bp.route(route="webhooks-admin/incidents/{id}/snooze", methods=["POST"])
+@traced
 def webhook_incident_snooze(req: func.HttpRequest) -> func.HttpResponse:
     """Snooze an open incident until ``until`` (or for ``days``)."""
     return _silence(req, "snooze")

@@ -258,3 +258,53 @@ def test_every_point_the_app_records_is_in_the_contract(recorded: Recorded) -> N
                 assert allowed is None or value in allowed, (spec.name, key, value)
     assert checked >= 12
     assert recorded.sums(telemetry.DATAVERSE_REQUESTS)[(("status_class", "4xx"), ("throttle_code", "unknown"))] == 1
+
+
+def test_traced_takes_the_runtimes_context_and_its_spans_continue_the_hosts_trace(recorded: Recorded) -> None:
+    import inspect
+    from types import SimpleNamespace
+
+    import azure.functions as func
+
+    def handler(req: func.HttpRequest) -> str:
+        with telemetry.span("inside"):
+            return "done"
+
+    wrapped = telemetry.traced(handler)
+    parameter = inspect.signature(wrapped).parameters["context"]
+    assert (parameter.kind, parameter.annotation) == (inspect.Parameter.KEYWORD_ONLY, func.Context)
+    assert "context" not in inspect.signature(handler).parameters, "the original is left as it was"
+    host = SimpleNamespace(trace_context=SimpleNamespace(
+        trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", trace_state=""))  # fmt: skip
+    assert wrapped(None, context=host) == "done"
+    assert wrapped(None) == "done", "called without a context (a test, the doctor's CLI): no trace to continue"
+    first, second = [s for s in recorded.spans.get_finished_spans() if s.name == "inside"]
+    assert f"{first.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert first.parent is not None
+    assert f"{first.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert second.parent is None, "the host's context was detached after the invocation"
+
+
+def test_traced_leaves_a_coroutine_and_a_function_taking_context_alone() -> None:
+    import azure.functions as func
+
+    async def handler(req: func.HttpRequest) -> None:
+        return None
+
+    def takes(req: func.HttpRequest, context: func.Context) -> None:
+        return None
+
+    assert telemetry.traced(handler) is handler
+    assert telemetry.traced(takes) is takes
+
+
+def test_every_function_of_the_app_is_traced() -> None:
+    import inspect
+
+    from function_app import app
+
+    functions = app.get_functions()
+    assert len(functions) >= 25
+    for function in functions:
+        user = function.get_user_function()
+        assert "context" in inspect.signature(user).parameters, function.get_function_name()
