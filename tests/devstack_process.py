@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,11 @@ class DevstackProcess:
 
     def stats(self, server: str) -> dict[str, Any]:
         return dict(self._call(server, "/_devstack/stats"))
+
+    def telemetry(self, **filters: str) -> list[dict[str, Any]]:
+        """What devstack's Application Insights ingestion stored (filters: type, name, operation_id, ...)."""
+        query = f"?{urllib.parse.urlencode(filters)}" if filters else ""
+        return list(self._call("appinsights", f"/_devstack/telemetry{query}")["items"])
 
     def reset_stats(self) -> None:
         for server in ("entra", "mi", "keyvault"):

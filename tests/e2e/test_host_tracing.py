@@ -390,17 +390,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]
     process.stop()
 
 
-def stored(stack: DevstackProcess, **filters: str) -> list[dict[str, Any]]:
-    answer = requests.get(f"{stack.env['DEVSTACK_APPINSIGHTS_URL']}/_devstack/telemetry", params=filters,
-                          verify=stack.env["REQUESTS_CA_BUNDLE"], timeout=10)  # fmt: skip
-    answer.raise_for_status()
-    return list(answer.json()["items"])
-
-
 def wait_for_one(stack: DevstackProcess, what: str, **filters: str) -> dict[str, Any]:
     deadline = time.monotonic() + EXPORT_WAIT_S
     while time.monotonic() < deadline:
-        found = stored(stack, **filters)
+        found = stack.telemetry(**filters)
         if found:
             assert len(found) == 1, found
             return found[0]
@@ -470,7 +463,7 @@ def sync_run(stack: DevstackProcess) -> dict[str, Any]:
                                name="POST api/sync/{job}/run")  # fmt: skip
 
         def spans() -> list[dict[str, Any]]:
-            return [s for s in stored(stack, type="RemoteDependencyData")
+            return [s for s in stack.telemetry(type="RemoteDependencyData")
                     if s["data"]["baseData"]["name"] in ("sync.run", "dataverse.request")]  # fmt: skip
 
         deadline = time.monotonic() + EXPORT_WAIT_S

@@ -40,17 +40,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevstackProcess]
     process.stop()
 
 
-def stored(stack: DevstackProcess, **filters: str) -> list[dict[str, Any]]:
-    answer = requests.get(f"{stack.env['DEVSTACK_APPINSIGHTS_URL']}/_devstack/telemetry", params=filters,
-                          verify=stack.env["REQUESTS_CA_BUNDLE"], timeout=10)  # fmt: skip
-    answer.raise_for_status()
-    return list(answer.json()["items"])
-
-
 def metric_sums(stack: DevstackProcess, name: str) -> Counter[tuple[tuple[str, str], ...]]:
     """The exported deltas of ``name`` added up per attribute set (Application Insights' customDimensions)."""
     sums: Counter[tuple[tuple[str, str], ...]] = Counter()
-    for item in stored(stack, type="MetricData", name=name):
+    for item in stack.telemetry(type="MetricData", name=name):
         data = item["data"]["baseData"]
         dimensions = tuple(sorted((data.get("properties") or {}).items()))
         sums[dimensions] += sum(int(m["value"]) for m in data["metrics"] if m["name"] == name)
@@ -66,7 +59,7 @@ def traces(stack: DevstackProcess) -> list[tuple[str, str, str, str]]:
             i["data"]["baseData"].get("id"),
             i["tags"].get("ai.operation.parentId"),
         )
-        for i in stored(stack)
+        for i in stack.telemetry()
         if i["data"]["baseType"] != "MetricData"
     ]
 
@@ -112,11 +105,11 @@ def test_a_sync_run_exports_its_counts_and_every_dataverse_request(stack: Devsta
             time.sleep(0.5)
         assert records == wanted, "the records metric holds the run report's counts"
         assert responses == sent, "one count per request the emulator answered"
-        durations = stored(stack, type="MetricData", name="dvbridge.sync.run.duration")
+        durations = stack.telemetry(type="MetricData", name="dvbridge.sync.run.duration")
         assert [d["data"]["baseData"]["properties"]["status"] for d in durations] == ["succeeded"]
 
         def spans(name: str) -> list[dict[str, Any]]:
-            return [i for i in stored(stack, type="RemoteDependencyData") if i["data"]["baseData"]["name"] == name]
+            return [i for i in stack.telemetry(type="RemoteDependencyData") if i["data"]["baseData"]["name"] == name]
 
         deadline = time.monotonic() + EXPORT_WAIT_S
         while not spans("sync.run") and time.monotonic() < deadline:
@@ -131,7 +124,7 @@ def test_a_sync_run_exports_its_counts_and_every_dataverse_request(stack: Devsta
         assert run_span["data"]["baseData"]["properties"]["dvbridge.run.written"] == "12"
     finally:
         host.stop()
-    every = stored(stack)
+    every = stack.telemetry()
     assert every, "the host's telemetry reached the ingestion endpoint"
     # Kept where the secret-hygiene scan (tests/integration/test_zz_secret_hygiene.py) reads every log.
     (ARTIFACTS / "telemetry-envelopes.log").write_text("\n".join(json.dumps(item) for item in every))
@@ -164,7 +157,7 @@ def test_a_signed_webhook_is_counted_received_and_processed_with_its_lag(stack: 
                 break
             time.sleep(0.5)
         assert events == wanted
-        lags = [m for item in stored(stack, type="MetricData", name="dvbridge.webhook.lag")
+        lags = [m for item in stack.telemetry(type="MetricData", name="dvbridge.webhook.lag")
                 for m in item["data"]["baseData"]["metrics"]]  # fmt: skip
         assert sum(int(m.get("count", 1)) for m in lags) == 1, lags
         assert 0 <= float(lags[0]["value"]) < EXPORT_WAIT_S
