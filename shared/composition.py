@@ -12,8 +12,11 @@ while the Dataverse credential is broken (an expired secret must not turn delive
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 
@@ -234,3 +237,30 @@ def token_provider() -> DataverseTokenProvider:
 
 def dataverse_token() -> AccessToken:
     return worker().dataverse_token()
+
+
+def traced(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Every function's invocation: this worker's root built first (so telemetry is configured before any span
+    opens), then the host's trace context attached for the call, so the spans the function opens are the
+    host's children. The Python runtime attaches that context itself only for async functions: a sync one
+    (all of dvbridge's) runs in its thread pool without it. The wrapper takes the runtime's ``context``
+    argument (``azure.functions.Context``, which carries the trace context) for that."""
+    import azure.functions as func
+
+    signature = inspect.signature(function)
+    if inspect.iscoroutinefunction(function) or "context" in signature.parameters:
+        return function  # the runtime attaches it for a coroutine; a function taking context does its own
+
+    @functools.wraps(function)
+    def invoked(*args: Any, **kwargs: Any) -> Any:
+        from shared.telemetry import invocation_context
+
+        context = kwargs.pop("context", None)
+        worker()
+        with invocation_context(context):
+            return function(*args, **kwargs)
+
+    extra = inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=func.Context)
+    invoked.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])  # type: ignore[attr-defined]
+    invoked.__annotations__ = {**function.__annotations__, "context": func.Context}
+    return invoked

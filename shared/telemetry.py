@@ -123,18 +123,8 @@ class Instruments:
         self._by_name[name].set(value, attributes)
 
 
-def _ensure_configured() -> None:
-    """The distro configured (or found off) before the first span or instrument: a span opened on the API's
-    proxy before then would never record, though its children, opened after, would."""
-    if _configured is None:
-        from shared.composition import worker
-
-        worker()  # building this worker's composition root configures telemetry with its managed identity
-
-
 def instruments() -> Instruments:
     global _instruments
-    _ensure_configured()
     with _lock:
         if _instruments is None:
             _instruments = Instruments()
@@ -235,36 +225,9 @@ def span(name: str, **attributes: str | int | float | bool) -> Iterator[Span]:
     """A child of the current span (the invocation's, in the Functions host's OpenTelemetry mode)."""
     from opentelemetry import trace
 
-    _ensure_configured()
     tracer = trace.get_tracer(METER_NAME, tracer_provider=_tracer_provider)
     with tracer.start_as_current_span(name, attributes=attributes) as current:
         yield current
-
-
-def traced(function: Callable[..., Any]) -> Callable[..., Any]:
-    """A function's invocation as the current trace context (the host's span for it), so the spans it opens are
-    the host's children. The Python runtime attaches that context itself only for async functions; for a sync
-    one (all of dvbridge's) it runs the function in its thread pool without it. The wrapper takes the
-    runtime's ``context`` argument (azure.functions.Context, which carries the trace context) and attaches it."""
-    import functools
-    import inspect
-
-    import azure.functions as func
-
-    signature = inspect.signature(function)
-    if inspect.iscoroutinefunction(function) or "context" in signature.parameters:
-        return function  # the runtime attaches it for a coroutine; a function taking context does its own
-
-    @functools.wraps(function)
-    def invoked(*args: Any, **kwargs: Any) -> Any:
-        context = kwargs.pop("context", None)
-        with invocation_context(context):
-            return function(*args, **kwargs)
-
-    extra = inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=func.Context)
-    invoked.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])  # type: ignore[attr-defined]
-    invoked.__annotations__ = {**function.__annotations__, "context": func.Context}
-    return invoked
 
 
 @contextmanager
@@ -275,7 +238,6 @@ def invocation_context(context: Any) -> Iterator[None]:
     if not parent:
         yield
         return
-    _ensure_configured()
     from opentelemetry import context as otel_context
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 

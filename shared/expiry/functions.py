@@ -10,13 +10,13 @@ from typing import Any
 
 import azure.functions as func
 
+from shared.composition import traced
 from shared.expiry.settings import ExpirySettings
 from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.silences import refusal_text, silence_body
-from shared.telemetry import traced
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]

@@ -8,11 +8,11 @@ from typing import Any
 
 import azure.functions as func
 
+from shared.composition import traced
 from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
-from shared.telemetry import traced
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()  # type: ignore[no-untyped-call]

@@ -10,9 +10,9 @@ import json
 
 import azure.functions as func
 
+from shared.composition import traced
 from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, query
-from shared.telemetry import traced
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 

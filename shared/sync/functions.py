@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from shared.composition import traced
 from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, int_param, preview, query, text_param
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.sync.jobs_file import job_index, schedule_setting
-from shared.telemetry import traced
 
 if TYPE_CHECKING:
     from shared.sync.engine import SyncContext

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from shared.composition import traced
 from shared.errors import WebhookRejected
 from shared.failure_answers import failure_answer, is_outage
 from shared.http_input import preview
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
-from shared.telemetry import record_webhook, traced
+from shared.telemetry import record_webhook
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 

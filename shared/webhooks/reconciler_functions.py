@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from shared.composition import traced
 from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, json_object, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
-from shared.telemetry import traced
 
 if TYPE_CHECKING:
     from shared.storage import Storage

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
+from shared.composition import traced
 from shared.failure_answers import failure_answer
 from shared.http_input import RequestRejected, preview, query
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.silences import MAX_SILENCE_BODY_BYTES, refusal_text, silence_body
-from shared.telemetry import traced
 
 if TYPE_CHECKING:
     from shared.composition import Worker

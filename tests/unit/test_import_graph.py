@@ -27,7 +27,7 @@ CLIENTS = {"shared.dataverse", "shared.storage", "shared.identity", "shared.mapp
 ROOT_MODULE = "shared.composition"
 FOUNDATION = {"shared", "shared.errors", "shared.settings_registry", "shared.config", "shared.logging",
               "shared.http_input", "shared.failure_answers", "shared.outgoing_http",
-              "shared.settings_docs"}  # fmt: skip
+              "shared.settings_docs", "shared.telemetry"}  # fmt: skip
 # The build-time stamp tool validates the jobs and routes files of two capabilities (python -m shared.stamps):
 # it may read their file modules, and nothing else of theirs.
 STAMP_TOOL = "shared.stamps"

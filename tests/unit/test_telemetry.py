@@ -266,11 +266,13 @@ def test_traced_takes_the_runtimes_context_and_its_spans_continue_the_hosts_trac
 
     import azure.functions as func
 
+    from shared.composition import traced
+
     def handler(req: func.HttpRequest) -> str:
         with telemetry.span("inside"):
             return "done"
 
-    wrapped = telemetry.traced(handler)
+    wrapped = traced(handler)
     parameter = inspect.signature(wrapped).parameters["context"]
     assert (parameter.kind, parameter.annotation) == (inspect.Parameter.KEYWORD_ONLY, func.Context)
     assert "context" not in inspect.signature(handler).parameters, "the original is left as it was"
@@ -288,23 +290,30 @@ def test_traced_takes_the_runtimes_context_and_its_spans_continue_the_hosts_trac
 def test_traced_leaves_a_coroutine_and_a_function_taking_context_alone() -> None:
     import azure.functions as func
 
+    from shared.composition import traced
+
     async def handler(req: func.HttpRequest) -> None:
         return None
 
     def takes(req: func.HttpRequest, context: func.Context) -> None:
         return None
 
-    assert telemetry.traced(handler) is handler
-    assert telemetry.traced(takes) is takes
+    assert traced(handler) is handler
+    assert traced(takes) is takes
 
 
 def test_every_function_of_the_app_is_traced() -> None:
-    import inspect
+    """In a fresh interpreter, as the worker indexes it (get_functions() may run only once per app)."""
+    import json
+    import subprocess
+    import sys
 
-    from function_app import app
+    from tests.devstack_process import ROOT
 
-    functions = app.get_functions()
-    assert len(functions) >= 25
-    for function in functions:
-        user = function.get_user_function()
-        assert "context" in inspect.signature(user).parameters, function.get_function_name()
+    probe = ("import inspect, json, function_app; fs = function_app.app.get_functions(); print(json.dumps("
+             "[len(fs), [f.get_function_name() for f in fs"
+             " if 'context' not in inspect.signature(f.get_user_function()).parameters]]))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    count, untraced = json.loads(out.stdout.strip().splitlines()[-1])
+    assert count >= 25
+    assert untraced == []
