@@ -207,9 +207,11 @@ def _configure_telemetry(built: Worker) -> None:
     from shared.errors import ConfigError
 
     try:
-        telemetry.configure(built.credential())
+        configured = telemetry.configure(built.credential())
     except ConfigError:  # a bad telemetry setting leaves telemetry off; the doctor lists the problem
         return
+    if configured:
+        telemetry.observe_queues(lambda queue: built.storage().backlog(queue))
 
 
 def reset_worker() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,7 @@ class InstrumentSpec:
     unit: str
     attributes: Mapping[str, frozenset[str] | None]
     what: str
+    observed: bool = False  # read by a callback at each export (observe_queues), not recorded as it happens
 
 
 def _values(*names: str) -> frozenset[str]:
@@ -82,7 +83,7 @@ CONTRACT: tuple[InstrumentSpec, ...] = (
                    "days until a credential expires (credential: an id such as kv-secret:<vault>:<name>)"),
     InstrumentSpec(QUEUE_BACKLOG, "gauge", "{message}", {"queue": None},
                    "messages waiting in a queue, every queue watched and 0 included (a poison queue ends with"
-                   " -poison)"),
+                   " -poison)", observed=True),
 )  # fmt: skip
 # The report's counters, by the outcome attribute they are recorded under.
 RECORD_OUTCOMES = {"read": "rows_read", "written": "written", "unchanged": "unchanged",
@@ -97,6 +98,7 @@ _lock = threading.Lock()
 _configured: bool | None = None  # None: not tried yet in this worker
 _instruments: Instruments | None = None
 _tracer_provider: TracerProvider | None = None  # a test's; None: the global one
+_watched_queues: set[str] = set()
 
 
 class Instruments:
@@ -110,7 +112,9 @@ class Instruments:
         made: dict[str, Callable[..., Any]] = {"counter": meter.create_counter, "histogram": meter.create_histogram,
                                                "gauge": meter.create_gauge}  # fmt: skip
         self._by_name: dict[str, Any] = {
-            spec.name: made[spec.kind](spec.name, unit=spec.unit, description=spec.what) for spec in CONTRACT
+            spec.name: made[spec.kind](spec.name, unit=spec.unit, description=spec.what)
+            for spec in CONTRACT
+            if not spec.observed
         }
 
     def add(self, name: str, amount: int, attributes: Mapping[str, str]) -> None:
@@ -171,6 +175,43 @@ def configure(credential: TokenCredential | None, env: Mapping[str, str] | None 
             return False
         _configured = True
         return True
+
+
+def watch_queue(name: str) -> None:
+    """A queue whose backlog (and its poison queue's) the app reports; the doors name theirs at indexing."""
+    with _lock:
+        _watched_queues.add(name)
+
+
+def observe_queues(backlog: Callable[[str], int], provider: MeterProvider | None = None) -> None:
+    """Report every watched queue's backlog, read by ``backlog`` when the metrics are exported (once an export
+    interval, a minute by default: a call per queue, cheap). A queue that cannot be read is left out."""
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        with _lock:
+            names = sorted(_watched_queues)
+        for queue in (q for name in names for q in (name, f"{name}-poison")):
+            try:
+                count = backlog(queue)
+            except Exception as exc:  # storage unreachable: no figure this interval, never a failed export
+                _log_unreadable(queue, exc)
+                continue
+            yield Observation(count, {"queue": queue})
+
+    spec = next(s for s in CONTRACT if s.name == QUEUE_BACKLOG)
+    meter = provider.get_meter(METER_NAME) if provider is not None else metrics.get_meter(METER_NAME)
+    meter.create_observable_gauge(spec.name, callbacks=[observe], unit=spec.unit, description=spec.what)
+
+
+def _log_unreadable(queue: str, exc: Exception) -> None:
+    import logging
+
+    from shared.logging import log_event
+
+    log_event(logging.getLogger(__name__), "queue_backlog_unreadable", logging.WARNING, queue=queue,
+              error=type(exc).__name__)  # fmt: skip
 
 
 def record_run(report: Any) -> None:

@@ -24,12 +24,14 @@ from shared.http_input import RequestRejected, int_param, preview, query, text_p
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
 from shared.sync.jobs_file import job_index, schedule_setting
+from shared.telemetry import watch_queue
 
 if TYPE_CHECKING:
     from shared.sync.engine import SyncContext
     from shared.sync.jobs import InboundJob
 
 logger = logging.getLogger(__name__)
+CHUNK_QUEUE_NAME = "sync-chunks"  # shared.sync.fanout.CHUNK_QUEUE, which a test keeps equal
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
 DEFAULT_RUNS_LIMIT = 20  # reports per GET /api/sync/runs
@@ -162,7 +164,10 @@ def _report_response(name: str, run: Callable[[], dict[str, Any]]) -> func.HttpR
     return _answer(status, report)
 
 
-@bp.queue_trigger(arg_name="item", queue_name="sync-chunks", connection=EnvVars.STORAGE)
+watch_queue(CHUNK_QUEUE_NAME)  # its backlog, and its poison queue's, in the telemetry
+
+
+@bp.queue_trigger(arg_name="item", queue_name=CHUNK_QUEUE_NAME, connection=EnvVars.STORAGE)
 @traced
 def sync_chunk(item: func.QueueMessage) -> None:
     """Write one fanned-out chunk. Failures retry per host.json and end in ``sync-chunks-poison`` with

@@ -26,7 +26,7 @@ from shared.failure_answers import failure_answer, is_outage
 from shared.http_input import preview
 from shared.logging import log_event
 from shared.settings_registry import EnvVars
-from shared.telemetry import record_webhook
+from shared.telemetry import record_webhook, watch_queue
 from shared.webhooks.context import MAX_BODY_BYTES
 from shared.webhooks.routes_file import check_routes_at_start_up, routes
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from shared.webhooks.processor import HandlerContext
 
 logger = logging.getLogger(__name__)
+EVENT_QUEUE_NAME = "webhook-events"  # shared.webhooks.processor.EVENT_QUEUE, which a test keeps equal
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 JSON = "application/json"
 ACCEPTED = "accepted"  # the receiver's record of a delivery on the queue
@@ -199,7 +200,10 @@ def signed_webhook(req: func.HttpRequest) -> func.HttpResponse:
         return _unavailable(exc, source)
 
 
-@bp.queue_trigger(arg_name="item", queue_name="webhook-events", connection=EnvVars.STORAGE)
+watch_queue(EVENT_QUEUE_NAME)  # its backlog, and its poison queue's, in the telemetry
+
+
+@bp.queue_trigger(arg_name="item", queue_name=EVENT_QUEUE_NAME, connection=EnvVars.STORAGE)
 @traced
 def webhook_processor(item: func.QueueMessage) -> None:
     """Dispatch to the routed handlers; failures retry per host.json, then ``webhook-events-poison``."""

@@ -122,6 +122,17 @@ def test_a_sync_run_exports_its_counts_and_every_dataverse_request(stack: Devsta
         assert len(children) == report["requests"], "every request of the run, the write planner's threads too"
         assert {c["tags"]["ai.operation.id"] for c in children} == {trace}
         assert run_span["data"]["baseData"]["properties"]["dvbridge.run.written"] == "12"
+
+        def backlogs() -> dict[str, int]:
+            items = stack.telemetry(type="MetricData", name="dvbridge.queue.backlog")
+            return {i["data"]["baseData"]["properties"]["queue"]: int(i["data"]["baseData"]["metrics"][0]["value"])
+                    for i in items}  # fmt: skip
+
+        deadline = time.monotonic() + EXPORT_WAIT_S
+        while len(backlogs()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert backlogs() == {"sync-chunks": 0, "sync-chunks-poison": 0, "webhook-events": 0,
+                              "webhook-events-poison": 0}  # fmt: skip
     finally:
         host.stop()
     every = stack.telemetry()

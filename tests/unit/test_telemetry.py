@@ -317,3 +317,34 @@ def test_every_function_of_the_app_is_traced() -> None:
     count, untraced = json.loads(out.stdout.strip().splitlines()[-1])
     assert count >= 25
     assert untraced == []
+
+
+def test_every_watched_queue_and_its_poison_queue_report_their_backlog() -> None:
+    telemetry.watch_queue("work")
+    reader = InMemoryMetricReader()
+
+    def backlog(queue: str) -> int:
+        if queue == "unreadable":
+            raise ConnectionError("storage down")
+        return {"work": 3, "work-poison": 0}.get(queue, 0)
+
+    telemetry.watch_queue("unreadable")
+    telemetry.observe_queues(backlog, MeterProvider(metric_readers=[reader]))
+    data = reader.get_metrics_data()
+    points = {p.attributes["queue"]: p.value for r in data.resource_metrics for s in r.scope_metrics
+              for m in s.metrics if m.name == telemetry.QUEUE_BACKLOG for p in m.data.data_points}  # fmt: skip
+    assert points["work"] == 3
+    assert points["work-poison"] == 0, "an empty poison queue reports 0, so its alert can resolve"
+    assert "unreadable" not in points
+    assert points["unreadable-poison"] == 0
+    telemetry._watched_queues -= {"work", "unreadable"}
+
+
+def test_the_doors_watch_the_queues_their_capabilities_use() -> None:
+    from shared.sync.fanout import CHUNK_QUEUE
+    from shared.sync.functions import CHUNK_QUEUE_NAME
+    from shared.webhooks.functions import EVENT_QUEUE_NAME
+    from shared.webhooks.processor import EVENT_QUEUE
+
+    assert (CHUNK_QUEUE_NAME, EVENT_QUEUE_NAME) == (CHUNK_QUEUE, EVENT_QUEUE)
+    assert {CHUNK_QUEUE, EVENT_QUEUE} <= telemetry._watched_queues
