@@ -412,6 +412,7 @@ def _dead_letter(ctx: HandlerContext, source: str, key: str, row: dict[str, Any]
     container = ctx.storage.container(DEAD_LETTER_CONTAINER)
     record = {"key": key, "record": row, "code": rejection.code, "reason": rejection.reason, "field": rejection.field}
     container.upload_blob(f"{source}/{_event_name(key)}.json", json.dumps(record, default=str).encode(), overwrite=True)
+    record_webhook(source, "dead_lettered")
 
 
 def new_key() -> str:

@@ -348,3 +348,16 @@ def test_the_doors_watch_the_queues_their_capabilities_use() -> None:
 
     assert (CHUNK_QUEUE_NAME, EVENT_QUEUE_NAME) == (CHUNK_QUEUE, EVENT_QUEUE)
     assert {CHUNK_QUEUE, EVENT_QUEUE} <= telemetry._watched_queues
+
+
+def test_a_dead_lettered_webhook_event_is_counted_on_its_route(recorded: Recorded) -> None:
+    from shared.dataverse.schema import TableMetadata
+    from shared.mapping.mapper import Rejection
+    from shared.webhooks import processor
+    from tests.fakes.event_storage import FakeEventDataverse, FakeEventStorage
+
+    storage = FakeEventStorage()
+    ctx = processor.HandlerContext(storage, FakeEventDataverse(), TableMetadata(FakeEventDataverse()))  # type: ignore[arg-type]
+    processor._dead_letter(ctx, "erp", "k-1", {"customer_no": "C-1"}, Rejection("TooLong", "too long", "name"))
+    assert storage.in_container(processor.DEAD_LETTER_CONTAINER), "the dead letter itself"
+    assert recorded.sums(telemetry.WEBHOOK_EVENTS) == {(("outcome", "dead_lettered"), ("route", "erp")): 1}
