@@ -18,6 +18,7 @@ from tests.devstack_process import ROOT, DevstackProcess
 pytestmark = pytest.mark.e2e
 
 FIXTURE_APP = Path(__file__).parent / "fixture_app"
+ADMIN_RUN_WAIT_S = 45  # an admin run once missed the default wait in CI (cause not found): wait longer, show the log
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,9 @@ def test_admin_endpoint_runs_a_timer_now(stack) -> None:
         ).status_code
         == 202
     )
-    assert [json.loads(m) for m in queue_messages(stack, "nightly")] == [{"ran": True, "past_due": False}]
+    ran = [json.loads(m) for m in queue_messages(stack, "nightly", timeout_s=ADMIN_RUN_WAIT_S)]
+    lines = [line for line in stack.stdout_text().splitlines() if "nightly" in line][-10:]
+    assert ran == [{"ran": True, "past_due": False}], lines  # the host's log of the run, should it be missing
 
 
 def test_function_timeout_is_enforced(stack) -> None:
