@@ -260,24 +260,29 @@ def entra_app(ctx: EntraContext) -> Starlette:
             )
         return app, None
 
-    async def graph_get(request: Request) -> Response:
+    def authorized_app(request: Request, *, write: bool) -> tuple[Application | None, Response]:
+        """The application the path names, or the answer that refuses the request: the caller's permission
+        first (as Graph checks it before it looks the object up), then the object's absence."""
         app, missing = find_app(request)
-        denied = _graph_authorize(ctx, request, app)
+        denied = _graph_authorize(ctx, request, app, write=write)
         if denied is not None:
-            return denied
+            return None, denied
         if app is None:
-            return missing or Response(status_code=404)
+            return None, missing or Response(status_code=404)
+        return app, Response(status_code=200)
+
+    async def graph_get(request: Request) -> Response:
+        app, refused = authorized_app(request, write=False)
+        if app is None:
+            return refused
         body = _graph_application(app, _graph_select(request))
         body["@odata.context"] = f"{GRAPH_RESOURCE}/v1.0/$metadata#applications/$entity"
         return JSONResponse(body)
 
     async def graph_owners(request: Request) -> Response:
-        app, missing = find_app(request)
-        denied = _graph_authorize(ctx, request, app)
-        if denied is not None:
-            return denied
+        app, refused = authorized_app(request, write=False)
         if app is None:
-            return missing or Response(status_code=404)
+            return refused
         select = _graph_select(request)
         owners = []
         for object_id in app.owners:
@@ -293,12 +298,9 @@ def entra_app(ctx: EntraContext) -> Starlette:
 
     async def graph_write(request: Request) -> Response:
         """addPassword, removePassword, addKey, removeKey on one application."""
-        app, missing = find_app(request)
-        denied = _graph_authorize(ctx, request, app, write=True)
-        if denied is not None:
-            return denied
+        app, refused = authorized_app(request, write=True)
         if app is None:
-            return missing or Response(status_code=404)
+            return refused
         action = request.path_params["action"]
         try:
             body = await request.json()
